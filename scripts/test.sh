@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite: builds once, runs every test in parallel with cargo-nextest.
+# Usage: scripts/test.sh [extra nextest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# One persistent target dir, shared with `cargo run` and CI, so the DuckDB build happens once.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/snowgate/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "installing cargo-nextest"
+    cargo install cargo-nextest --locked
+fi
+
+cargo nextest run --no-fail-fast "$@"

@@ -1,0 +1,182 @@
+//! The application: every backend behind its trait, wired once, shared as `AppState`.
+
+use std::future::Future;
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::buffer::Buffers;
+use crate::catalog::Catalog;
+use crate::config::{Config, WarehouseKind};
+use crate::ledger::sqlite::SqliteLedger;
+use crate::ledger::Ledger;
+use crate::loader::Loader;
+use crate::stage::Stage;
+use crate::warehouse::duckdb::DuckDbWarehouse;
+use crate::warehouse::Warehouse;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("stage: {0}")]
+    Stage(#[from] crate::stage::StageError),
+    #[error("ledger: {0}")]
+    Ledger(#[from] crate::ledger::LedgerError),
+    #[error("warehouse: {0}")]
+    Warehouse(#[from] crate::warehouse::WarehouseError),
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Everything a request handler or background task needs.
+pub struct App {
+    pub config: Config,
+    pub ledger: Arc<dyn Ledger>,
+    pub stage: Arc<Stage>,
+    pub warehouse: Arc<dyn Warehouse>,
+    pub catalog: Catalog,
+    pub buffers: Buffers,
+    /// Notified when a file is staged (wakes the loader).
+    pub staged: Arc<Notify>,
+    /// Notified after the loader changed batch status (wakes `wait=loaded` polls).
+    pub loaded: Arc<Notify>,
+    /// Identifies this process in file claims.
+    pub instance_id: String,
+}
+
+/// Shared handle passed to handlers.
+#[derive(Clone)]
+pub struct AppState(pub Arc<App>);
+
+impl Deref for AppState {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+impl App {
+    /// Opens the stage, ledger and warehouse named by the configuration.
+    pub async fn build(config: Config) -> Result<App, StartError> {
+        config.validate()?;
+        let stage = Arc::new(Stage::open(&config.stage_url())?);
+        let ledger_url = config.ledger_url();
+        if let Some(path) = ledger_url.strip_prefix("sqlite://") {
+            if let Some(dir) = Path::new(path.split('?').next().unwrap_or(path)).parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir)?;
+                }
+            }
+        }
+        let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::connect(&ledger_url).await?);
+        let warehouse: Arc<dyn Warehouse> = match config.warehouse.kind {
+            WarehouseKind::Duckdb => {
+                let path = config.warehouse_path();
+                let stage = stage.clone();
+                let opened = tokio::task::spawn_blocking(move || DuckDbWarehouse::open(&path, stage))
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))??;
+                Arc::new(opened)
+            }
+        };
+        Ok(App::from_parts(config, stage, ledger, warehouse))
+    }
+
+    /// Wires already-open backends (tests use this to pick their own).
+    pub fn from_parts(
+        config: Config,
+        stage: Arc<Stage>,
+        ledger: Arc<dyn Ledger>,
+        warehouse: Arc<dyn Warehouse>,
+    ) -> App {
+        let staged = Arc::new(Notify::new());
+        let buffers = Buffers::new(stage.clone(), ledger.clone(), config.limits.memory_budget_bytes, staged.clone());
+        let catalog = Catalog::new(ledger.clone(), warehouse.clone(), config.defaults.drift);
+        App {
+            config,
+            ledger,
+            stage,
+            warehouse,
+            catalog,
+            buffers,
+            staged,
+            loaded: Arc::new(Notify::new()),
+            instance_id: format!("{}-{}", hostname(), Uuid::now_v7()),
+        }
+    }
+
+    fn loader(&self) -> Loader {
+        Loader::new(
+            self.ledger.clone(),
+            self.warehouse.clone(),
+            self.config.loader_settings(),
+            self.instance_id.clone(),
+            self.staged.clone(),
+            self.loaded.clone(),
+        )
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "snowgate".into())
+}
+
+/// Serves until `shutdown` resolves, then stops in order: stop accepting and drain requests,
+/// flush every buffer, let the loader finish its round.
+pub async fn serve(
+    app: App,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let state = AppState(Arc::new(app));
+    let cancel = CancellationToken::new();
+    let loader = state.config.loader.enabled.then(|| tokio::spawn(state.loader().run(cancel.child_token())));
+    let router = crate::http::router(state.clone());
+    let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
+    let stop_http = CancellationToken::new();
+    let stopping = stop_http.clone();
+    tracing::info!(addr = %listener.local_addr()?, ledger = state.ledger.backend(), warehouse = state.warehouse.backend(),
+        stage = state.stage.url(), "snowgate listening");
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections");
+        stopping.cancel();
+    });
+    let mut server = tokio::spawn(async move { server.await });
+    // In-flight requests wait for their flush, which the linger bounds; the grace period bounds the rest.
+    let finished = tokio::select! {
+        finished = &mut server => finished,
+        _ = stop_http.cancelled() => match tokio::time::timeout(grace, server).await {
+            Ok(finished) => finished,
+            Err(_) => {
+                tracing::warn!("requests still running after the grace period");
+                Ok(Ok(()))
+            }
+        },
+    };
+    match finished {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "server error"),
+        Err(e) => tracing::error!(error = %e, "server task failed"),
+    }
+    state.buffers.close().await;
+    tracing::info!("buffers flushed");
+    cancel.cancel();
+    if let Some(Err(e)) = match loader {
+        Some(task) => Some(task.await),
+        None => None,
+    } {
+        tracing::error!(error = %e, "loader task failed");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

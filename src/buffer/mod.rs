@@ -1,0 +1,371 @@
+//! Per-table micro-batches: rows from many requests share one Parquet file and one ledger commit.
+//!
+//! A request's rows join the table's open segment; the segment is cut when it reaches its row or
+//! byte limit or its linger time, then written to the stage and committed to the ledger, and every
+//! request with rows in it gets its answer. A request larger than one file is split into files of
+//! its own: all but the last are committed as `pending`, and the last commit makes them loadable,
+//! so nothing of a batch loads before the whole batch was acknowledged.
+
+pub mod encode;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{watch, Notify};
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::ingest::Row;
+use crate::ledger::{Ledger, LedgerError, NewBatch, NewFile, StageCommit};
+use crate::schema::TableSchema;
+use crate::stage::{Stage, StageError};
+use encode::RowGroup;
+
+/// When a table's open segment becomes a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushPolicy {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    pub linger: Duration,
+}
+
+/// Why rows could not be made durable; the request that sent them gets no 202.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BufferError {
+    #[error("gateway is over its memory budget")]
+    OverBudget,
+    #[error("gateway is shutting down")]
+    ShuttingDown,
+    #[error("stage unavailable: {0}")]
+    StageUnavailable(String),
+    #[error("ledger unavailable: {0}")]
+    LedgerUnavailable(String),
+    #[error("flush failed: {0}")]
+    Internal(String),
+}
+
+impl From<StageError> for BufferError {
+    fn from(e: StageError) -> Self {
+        match e {
+            StageError::Unavailable(m) => BufferError::StageUnavailable(m),
+            other => BufferError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<LedgerError> for BufferError {
+    fn from(e: LedgerError) -> Self {
+        match e {
+            LedgerError::Unavailable(m) => BufferError::LedgerUnavailable(m),
+            other => BufferError::Internal(other.to_string()),
+        }
+    }
+}
+
+type Outcome = Option<Result<(), BufferError>>;
+
+/// Rows of one request inside a segment.
+struct Entry {
+    batch_id: Uuid,
+    ingested_at: i64,
+    rows: Vec<Row>,
+    /// The batch record, on the entry holding the batch's last rows.
+    completes: Option<NewBatch>,
+}
+
+struct Segment {
+    id: u64,
+    schema: Arc<TableSchema>,
+    entries: Vec<Entry>,
+    rows: usize,
+    bytes: usize,
+    pending: bool,
+    done: watch::Sender<Outcome>,
+}
+
+impl Segment {
+    fn new(schema: Arc<TableSchema>, pending: bool) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Segment {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            schema,
+            entries: Vec::new(),
+            rows: 0,
+            bytes: 0,
+            pending,
+            done: watch::channel(None).0,
+        }
+    }
+
+    fn push(&mut self, entry: Entry, bytes: usize) {
+        self.rows += entry.rows.len();
+        self.bytes += bytes;
+        self.entries.push(entry);
+    }
+}
+
+#[derive(Default)]
+struct TableBuffer {
+    open: Option<Segment>,
+}
+
+struct Inner {
+    stage: Arc<Stage>,
+    ledger: Arc<dyn Ledger>,
+    tables: Mutex<HashMap<String, Arc<Mutex<TableBuffer>>>>,
+    flushes: TaskTracker,
+    closing: AtomicBool,
+    used_bytes: AtomicUsize,
+    max_bytes: usize,
+    /// Wakes the loader when a file is committed.
+    staged: Arc<Notify>,
+}
+
+/// All table buffers of one gateway.
+#[derive(Clone)]
+pub struct Buffers {
+    inner: Arc<Inner>,
+}
+
+/// One request's accepted rows, ready to buffer.
+pub struct Submission {
+    pub batch: NewBatch,
+    pub schema: Arc<TableSchema>,
+    pub rows: Vec<Row>,
+    pub bytes: usize,
+}
+
+impl Buffers {
+    pub fn new(stage: Arc<Stage>, ledger: Arc<dyn Ledger>, memory_budget: usize, staged: Arc<Notify>) -> Self {
+        Buffers {
+            inner: Arc::new(Inner {
+                stage,
+                ledger,
+                tables: Mutex::new(HashMap::new()),
+                flushes: TaskTracker::new(),
+                closing: AtomicBool::new(false),
+                used_bytes: AtomicUsize::new(0),
+                max_bytes: memory_budget,
+                staged,
+            }),
+        }
+    }
+
+    /// Bytes of rows buffered or being flushed.
+    pub fn used_bytes(&self) -> usize {
+        self.inner.used_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Buffers a request's rows and returns once they are in the stage and the ledger.
+    pub async fn submit(&self, submission: Submission, policy: FlushPolicy) -> Result<(), BufferError> {
+        if self.inner.closing.load(Ordering::Acquire) {
+            return Err(BufferError::ShuttingDown);
+        }
+        if submission.rows.is_empty() {
+            let commit =
+                StageCommit { file: None, parts: Vec::new(), completed: vec![submission.batch], pending: false };
+            return Ok(self.inner.ledger.commit_stage(&commit).await?);
+        }
+        let _reservation = Reservation::take(&self.inner, submission.bytes)?;
+        let pieces = submission.rows.len().div_ceil(policy.max_rows).max(submission.bytes.div_ceil(policy.max_bytes));
+        if pieces > 1 {
+            return self.submit_large(submission, pieces).await;
+        }
+        let mut done = self.join_open_segment(submission, policy);
+        wait(&mut done).await
+    }
+
+    fn join_open_segment(&self, submission: Submission, policy: FlushPolicy) -> watch::Receiver<Outcome> {
+        let table = self.table(&submission.schema.name);
+        let mut buffer = table.lock().expect("buffer lock");
+        let rows = submission.rows.len();
+        let fits = |s: &Segment| {
+            s.schema.columns.len() >= submission.schema.columns.len()
+                && s.rows + rows <= policy.max_rows
+                && s.bytes + submission.bytes <= policy.max_bytes
+        };
+        if buffer.open.as_ref().is_some_and(|s| !fits(s)) {
+            let full = buffer.open.take().expect("checked above");
+            self.spawn_flush(full);
+        }
+        let segment = buffer.open.get_or_insert_with(|| {
+            let segment = Segment::new(submission.schema.clone(), false);
+            self.spawn_linger(table.clone(), segment.id, policy.linger);
+            segment
+        });
+        let receiver = segment.done.subscribe();
+        let entry = entry(submission.batch, submission.rows, true);
+        segment.push(entry, submission.bytes);
+        if segment.rows >= policy.max_rows || segment.bytes >= policy.max_bytes {
+            let full = buffer.open.take().expect("just filled");
+            self.spawn_flush(full);
+        }
+        receiver
+    }
+
+    /// Splits a request into files of its own; the last one completes the batch.
+    async fn submit_large(&self, submission: Submission, pieces: usize) -> Result<(), BufferError> {
+        let Submission { batch, schema, mut rows, bytes } = submission;
+        let per_piece = rows.len().div_ceil(pieces);
+        let bytes_per_row = bytes / rows.len().max(1);
+        let last_rows = rows.split_off(per_piece * (pieces - 1));
+        let mut early = Vec::with_capacity(pieces - 1);
+        let mut rest = rows.into_iter();
+        for _ in 0..pieces - 1 {
+            let chunk: Vec<Row> = rest.by_ref().take(per_piece).collect();
+            let mut segment = Segment::new(schema.clone(), true);
+            let mut done = segment.done.subscribe();
+            let part = Entry {
+                batch_id: batch.id,
+                ingested_at: batch.received_at.timestamp_micros(),
+                rows: chunk,
+                completes: None,
+            };
+            segment.push(part, per_piece * bytes_per_row);
+            self.spawn_flush(segment);
+            early.push(async move { wait(&mut done).await });
+        }
+        for result in futures::future::join_all(early).await {
+            result?;
+        }
+        let mut segment = Segment::new(schema, false);
+        let mut done = segment.done.subscribe();
+        let last_bytes = last_rows.len() * bytes_per_row;
+        segment.push(entry(batch, last_rows, true), last_bytes);
+        self.spawn_flush(segment);
+        wait(&mut done).await
+    }
+
+    fn table(&self, name: &str) -> Arc<Mutex<TableBuffer>> {
+        let mut tables = self.inner.tables.lock().expect("tables lock");
+        tables.entry(name.to_string()).or_default().clone()
+    }
+
+    fn spawn_linger(&self, table: Arc<Mutex<TableBuffer>>, segment_id: u64, linger: Duration) {
+        let this = self.clone();
+        self.inner.flushes.spawn(async move {
+            tokio::time::sleep(linger).await;
+            let due = {
+                let mut buffer = table.lock().expect("buffer lock");
+                match &buffer.open {
+                    Some(open) if open.id == segment_id => buffer.open.take(),
+                    _ => None,
+                }
+            };
+            if let Some(segment) = due {
+                this.spawn_flush(segment);
+            }
+        });
+    }
+
+    fn spawn_flush(&self, segment: Segment) {
+        let inner = self.inner.clone();
+        self.inner.flushes.spawn(async move {
+            let Segment { schema, entries, pending, done, rows, .. } = segment;
+            let result = flush(&inner, schema, entries, rows, pending).await;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "flush failed");
+            } else {
+                inner.staged.notify_one();
+            }
+            done.send_replace(Some(result));
+        });
+    }
+
+    /// Stops taking rows, flushes every open segment and waits for all flushes to finish.
+    pub async fn close(&self) {
+        self.inner.closing.store(true, Ordering::Release);
+        let tables: Vec<_> = self.inner.tables.lock().expect("tables lock").values().cloned().collect();
+        for table in tables {
+            let open = table.lock().expect("buffer lock").open.take();
+            if let Some(segment) = open {
+                self.spawn_flush(segment);
+            }
+        }
+        self.inner.flushes.close();
+        self.inner.flushes.wait().await;
+    }
+}
+
+fn entry(batch: NewBatch, rows: Vec<Row>, completes: bool) -> Entry {
+    Entry {
+        batch_id: batch.id,
+        ingested_at: batch.received_at.timestamp_micros(),
+        rows,
+        completes: completes.then_some(batch),
+    }
+}
+
+async fn wait(done: &mut watch::Receiver<Outcome>) -> Result<(), BufferError> {
+    match done.wait_for(Option::is_some).await {
+        Ok(outcome) => outcome.clone().expect("waited for Some"),
+        Err(_) => Err(BufferError::Internal("flush task ended without an outcome".into())),
+    }
+}
+
+/// Encodes a segment, writes it to the stage, and commits it to the ledger.
+async fn flush(
+    inner: &Inner,
+    schema: Arc<TableSchema>,
+    mut entries: Vec<Entry>,
+    rows: usize,
+    pending: bool,
+) -> Result<(), BufferError> {
+    let parts: Vec<(Uuid, u64)> = entries.iter().map(|e| (e.batch_id, e.rows.len() as u64)).collect();
+    let completed: Vec<NewBatch> = entries.iter_mut().filter_map(|e| e.completes.take()).collect();
+    let encode_schema = schema.clone();
+    let data = tokio::task::spawn_blocking(move || {
+        let ids: Vec<String> = entries.iter().map(|e| e.batch_id.to_string()).collect();
+        let groups: Vec<RowGroup<'_>> = entries
+            .iter()
+            .zip(&ids)
+            .map(|(e, id)| RowGroup { batch_id: id, ingested_at: e.ingested_at, rows: &e.rows })
+            .collect();
+        let batch = encode::record_batch(&encode_schema, &groups)?;
+        encode::parquet_bytes(&batch)
+    })
+    .await
+    .map_err(|e| BufferError::Internal(format!("encoder task: {e}")))?
+    .map_err(|e| BufferError::Internal(e.to_string()))?;
+    let id = Uuid::now_v7();
+    let path = format!("{}/{}/{id}.parquet", schema.name, Utc::now().format("%Y/%m/%d"));
+    let bytes = data.len() as u64;
+    inner.stage.put_new(&path, data).await?;
+    let file = NewFile { id, table: schema.name.clone(), path, rows: rows as u64, bytes };
+    let commit = StageCommit { file: Some(file), parts, completed, pending };
+    inner.ledger.commit_stage(&commit).await?;
+    tracing::debug!(table = %schema.name, file_id = %id, rows, bytes, "staged file");
+    Ok(())
+}
+
+/// Bytes counted against the memory budget while a request's rows are in flight.
+struct Reservation<'a> {
+    inner: &'a Inner,
+    bytes: usize,
+}
+
+impl<'a> Reservation<'a> {
+    fn take(inner: &'a Inner, bytes: usize) -> Result<Self, BufferError> {
+        let mut used = inner.used_bytes.load(Ordering::Relaxed);
+        loop {
+            let next = used.saturating_add(bytes);
+            // A single request larger than the whole budget still goes through when nothing else is held.
+            if next > inner.max_bytes && used > 0 {
+                return Err(BufferError::OverBudget);
+            }
+            match inner.used_bytes.compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Ok(Reservation { inner, bytes }),
+                Err(actual) => used = actual,
+            }
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.inner.used_bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}

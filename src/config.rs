@@ -1,0 +1,334 @@
+//! Configuration: TOML file plus `SNOWGATE_` environment overrides, validated at start.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::buffer::FlushPolicy;
+use crate::ingest::decode::DecodeLimits;
+use crate::ingest::drift::DriftPolicy;
+use crate::loader::LoaderSettings;
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub stage: StageConfig,
+    pub ledger: LedgerConfig,
+    pub warehouse: WarehouseConfig,
+    pub defaults: TableSettings,
+    /// Per-table overrides, keyed by table name (case-insensitive).
+    pub tables: BTreeMap<String, TableOverrides>,
+    pub limits: Limits,
+    pub loader: LoaderConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Seconds to wait for in-flight requests on shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StageConfig {
+    /// `file://<folder>`; default `file://<data_dir>/stage`.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// `sqlite://<file>`; default `sqlite://<data_dir>/snowgate.db`.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WarehouseKind {
+    #[default]
+    Duckdb,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WarehouseConfig {
+    pub kind: WarehouseKind,
+    /// DuckDB file; default `<data_dir>/warehouse.duckdb`.
+    pub path: Option<PathBuf>,
+}
+
+/// Per-table behaviour; `[defaults]` holds every key, `[tables.<name>]` may override any.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TableSettings {
+    pub drift: DriftPolicy,
+    pub linger_ms: u64,
+    pub max_rows_per_file: usize,
+    pub max_bytes_per_file: usize,
+}
+
+impl Default for TableSettings {
+    fn default() -> Self {
+        TableSettings {
+            drift: DriftPolicy::Evolve,
+            linger_ms: 200,
+            max_rows_per_file: 100_000,
+            max_bytes_per_file: 64 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TableOverrides {
+    pub drift: Option<DriftPolicy>,
+    pub linger_ms: Option<u64>,
+    pub max_rows_per_file: Option<usize>,
+    pub max_bytes_per_file: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Request body as sent (compressed or not).
+    pub max_body_bytes: usize,
+    /// Request body after `Content-Encoding` is undone.
+    pub max_decompressed_bytes: usize,
+    pub max_record_bytes: usize,
+    /// Nesting depth of semi-structured values.
+    pub max_depth: usize,
+    pub max_records_per_request: usize,
+    /// Rows buffered or being flushed across all tables; past it, POSTs get 503.
+    pub memory_budget_bytes: usize,
+    /// Longest `wait=loaded` long-poll.
+    pub max_wait_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 64 << 20,
+            max_decompressed_bytes: 256 << 20,
+            max_record_bytes: 1 << 20,
+            max_depth: 64,
+            max_records_per_request: 1_000_000,
+            memory_budget_bytes: 1 << 30,
+            max_wait_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoaderConfig {
+    /// Run the loader in this process (an ingest-only replica sets false).
+    pub enabled: bool,
+    pub interval_ms: u64,
+    pub lease_secs: u64,
+    pub max_files_per_copy: usize,
+    pub retry_base_ms: u64,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        LoaderConfig {
+            enabled: true,
+            interval_ms: 1000,
+            lease_secs: 300,
+            max_files_per_copy: 1000,
+            retry_base_ms: 1000,
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` if it exists (or the named file, which must exist), then env.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) if !path.exists() => {
+                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+            }
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None if Path::new("snowgate.toml").exists() => figment = figment.merge(Toml::file_exact("snowgate.toml")),
+            None => {}
+        }
+        figment = figment.merge(Env::prefixed("SNOWGATE_").split("__"));
+        let config: Config = figment.extract().map_err(|e| ConfigError(describe_figment_error(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and combinations, with errors that name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let check =
+            |ok: bool, key: &str, rule: &str| if ok { Ok(()) } else { Err(ConfigError(format!("{key}: {rule}"))) };
+        let tables = std::iter::once(("defaults".to_string(), self.defaults.clone()))
+            .chain(self.tables.keys().map(|name| (format!("tables.{name}"), self.table_settings(name))));
+        for (key, t) in tables {
+            check((1..=600_000).contains(&t.linger_ms), &format!("{key}.linger_ms"), "must be 1..=600000")?;
+            check(
+                (1..=10_000_000).contains(&t.max_rows_per_file),
+                &format!("{key}.max_rows_per_file"),
+                "must be 1..=10000000",
+            )?;
+            check(t.max_bytes_per_file >= 1024, &format!("{key}.max_bytes_per_file"), "must be at least 1024")?;
+        }
+        for name in self.tables.keys() {
+            crate::catalog::table_name(name).map_err(|e| ConfigError(format!("tables.{name}: {e}")))?;
+        }
+        let l = &self.limits;
+        check(l.max_body_bytes >= 1024, "limits.max_body_bytes", "must be at least 1024")?;
+        check(
+            l.max_decompressed_bytes >= l.max_body_bytes,
+            "limits.max_decompressed_bytes",
+            "must be >= limits.max_body_bytes",
+        )?;
+        check(l.max_record_bytes >= 64, "limits.max_record_bytes", "must be at least 64")?;
+        check((1..=128).contains(&l.max_depth), "limits.max_depth", "must be 1..=128")?;
+        check(l.max_records_per_request >= 1, "limits.max_records_per_request", "must be at least 1")?;
+        check(l.memory_budget_bytes >= 1 << 20, "limits.memory_budget_bytes", "must be at least 1048576")?;
+        check(self.loader.interval_ms >= 10, "loader.interval_ms", "must be at least 10")?;
+        check(self.loader.lease_secs >= 5, "loader.lease_secs", "must be at least 5")?;
+        check((1..=1000).contains(&self.loader.max_files_per_copy), "loader.max_files_per_copy", "must be 1..=1000")?;
+        let stage = self.stage_url();
+        check(stage.starts_with("file://"), "stage.url", "must be a file:// URL in this build")?;
+        let ledger = self.ledger_url();
+        check(ledger.starts_with("sqlite:"), "ledger.url", "must be a sqlite:// URL in this build")?;
+        Ok(())
+    }
+
+    pub fn stage_url(&self) -> String {
+        self.stage.url.clone().unwrap_or_else(|| format!("file://{}", self.server.data_dir.join("stage").display()))
+    }
+
+    pub fn ledger_url(&self) -> String {
+        self.ledger
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.server.data_dir.join("snowgate.db").display()))
+    }
+
+    pub fn warehouse_path(&self) -> PathBuf {
+        self.warehouse.path.clone().unwrap_or_else(|| self.server.data_dir.join("warehouse.duckdb"))
+    }
+
+    /// Defaults with a table's overrides applied.
+    pub fn table_settings(&self, table: &str) -> TableSettings {
+        let overrides = self
+            .tables
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(table))
+            .map(|(_, o)| o.clone())
+            .unwrap_or_default();
+        let d = &self.defaults;
+        TableSettings {
+            drift: overrides.drift.unwrap_or(d.drift),
+            linger_ms: overrides.linger_ms.unwrap_or(d.linger_ms),
+            max_rows_per_file: overrides.max_rows_per_file.unwrap_or(d.max_rows_per_file),
+            max_bytes_per_file: overrides.max_bytes_per_file.unwrap_or(d.max_bytes_per_file),
+        }
+    }
+
+    pub fn flush_policy(&self, table: &str) -> FlushPolicy {
+        let t = self.table_settings(table);
+        FlushPolicy {
+            max_rows: t.max_rows_per_file,
+            max_bytes: t.max_bytes_per_file,
+            linger: Duration::from_millis(t.linger_ms),
+        }
+    }
+
+    pub fn decode_limits(&self) -> DecodeLimits {
+        DecodeLimits {
+            max_decompressed_bytes: self.limits.max_decompressed_bytes,
+            max_record_bytes: self.limits.max_record_bytes,
+            max_records: self.limits.max_records_per_request,
+        }
+    }
+
+    pub fn loader_settings(&self) -> LoaderSettings {
+        LoaderSettings {
+            interval: Duration::from_millis(self.loader.interval_ms),
+            lease: Duration::from_secs(self.loader.lease_secs),
+            max_files_per_copy: self.loader.max_files_per_copy,
+            retry_base: Duration::from_millis(self.loader.retry_base_ms),
+        }
+    }
+}
+
+/// figment's message plus where the bad value came from (file or environment variable).
+fn describe_figment_error(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let key = if e.path.is_empty() { String::new() } else { format!("{}: ", e.path.join(".")) };
+            let source = e.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
+            format!("{key}{}{source}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_derive_paths_from_data_dir() {
+        let config = Config::default();
+        config.validate().unwrap();
+        assert_eq!(config.stage_url(), "file://./data/stage");
+        assert_eq!(config.ledger_url(), "sqlite://./data/snowgate.db");
+        assert_eq!(config.flush_policy("loans").max_rows, 100_000);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let mut config = Config::default();
+        config.tables.insert("loans".into(), TableOverrides { linger_ms: Some(0), ..Default::default() });
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.starts_with("tables.loans.linger_ms"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[defaults]\nlinger_ms = \"soon\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("defaults.linger_ms"), "{err}");
+        std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:9\"\ncolour = 1\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn per_table_overrides_apply_case_insensitively() {
+        let mut config = Config::default();
+        config.tables.insert("loans".into(), TableOverrides { max_rows_per_file: Some(10), ..Default::default() });
+        assert_eq!(config.flush_policy("LOANS").max_rows, 10);
+        assert_eq!(config.flush_policy("OTHER").max_rows, 100_000);
+    }
+}

@@ -1,0 +1,87 @@
+//! HTTP: router, OpenAPI document, Swagger UI. Handlers are thin; the domain lives elsewhere.
+
+pub mod batches;
+pub mod error;
+pub mod health;
+pub mod tables;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::app::AppState;
+use error::ApiError;
+
+/// The OpenAPI document, generated from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "snowgate", description = "HTTP ingestion gateway: partner JSON batches to the warehouse, record by record."),
+    paths(
+        batches::ingest,
+        batches::get_batch,
+        batches::list_rejects,
+        batches::list_batches,
+        tables::put_table,
+        tables::list_tables,
+        tables::get_table,
+        tables::schema_changes,
+        health::healthz,
+        health::readyz,
+    ),
+    components(schemas(crate::pipeline::DryRunReport)),
+    tags(
+        (name = "batches", description = "Ingest records and follow their batches"),
+        (name = "tables", description = "Declare and inspect target tables"),
+        (name = "health", description = "Liveness and readiness"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The spec as pretty JSON, exactly as `openapi/openapi.json` holds it.
+pub fn openapi_json() -> String {
+    let mut text = ApiDoc::openapi().to_pretty_json().expect("spec serializes");
+    text.push('\n');
+    text
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such route; see /docs")
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    ApiError::internal("handler panicked").into_response()
+}
+
+/// All routes with their layers.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.limits.max_body_bytes;
+    let api = Router::new()
+        .route("/v1/tables/{table}/batches", post(batches::ingest))
+        .route("/v1/batches", get(batches::list_batches))
+        .route("/v1/batches/{id}", get(batches::get_batch))
+        .route("/v1/batches/{id}/rejects", get(batches::list_rejects))
+        .route("/v1/tables", get(tables::list_tables))
+        .route("/v1/tables/{table}", put(tables::put_table).get(tables::get_table))
+        .route("/v1/tables/{table}/schema-changes", get(tables::schema_changes))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state);
+    Router::new()
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .merge(api)
+        .fallback(not_found)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(TraceLayer::new_for_http())
+}

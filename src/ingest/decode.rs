@@ -1,0 +1,296 @@
+//! Request bodies to records: content encoding, JSON array / envelope / NDJSON, size limits.
+
+use std::io::Read;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::reject::{FieldError, RejectCode};
+
+/// Limits applied while decoding one request.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    pub max_decompressed_bytes: usize,
+    pub max_record_bytes: usize,
+    pub max_records: usize,
+}
+
+/// How the records are laid out in the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// A JSON array of records, or `{"records": [...]}`.
+    Json,
+    /// One JSON document per line.
+    Ndjson,
+}
+
+/// Why a whole body could not be read; per-record problems are rejects instead.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unsupported content encoding {0:?}; use gzip, zstd or identity")]
+    UnsupportedEncoding(String),
+    #[error("unsupported content type {0:?}; use application/json or application/x-ndjson")]
+    UnsupportedMediaType(String),
+    #[error("body is larger than {0} bytes once decompressed")]
+    TooLarge(usize),
+    #[error("batch holds more than {0} records")]
+    TooManyRecords(usize),
+    #[error("body is not valid {encoding}: {message}")]
+    Corrupt { encoding: &'static str, message: String },
+    #[error("body is not valid JSON at byte {offset}: {message}")]
+    Syntax { offset: usize, message: String },
+    #[error("expected a JSON array of records or an object with a \"records\" array")]
+    Shape,
+    #[error("batch holds no records")]
+    Empty,
+}
+
+/// A record as decoded: a JSON value, or a reject found before validation.
+#[derive(Debug)]
+pub enum Decoded {
+    Value(Value),
+    Rejected { record: Value, error: FieldError },
+}
+
+/// Picks the body format from a `Content-Type` header value.
+pub fn body_format(content_type: Option<&str>) -> Result<BodyFormat, DecodeError> {
+    let Some(raw) = content_type else {
+        return Ok(BodyFormat::Json);
+    };
+    let essence = raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "" | "application/json" | "text/json" => Ok(BodyFormat::Json),
+        "application/x-ndjson"
+        | "application/ndjson"
+        | "application/jsonl"
+        | "application/x-jsonlines"
+        | "application/jsonlines" => Ok(BodyFormat::Ndjson),
+        _ if essence.ends_with("+json") => Ok(BodyFormat::Json),
+        _ => Err(DecodeError::UnsupportedMediaType(raw.to_string())),
+    }
+}
+
+/// Undoes `Content-Encoding`, refusing to inflate past `limit` bytes.
+pub fn decompress(body: &[u8], encoding: Option<&str>, limit: usize) -> Result<Vec<u8>, DecodeError> {
+    let encoding = encoding.map(|e| e.trim().to_ascii_lowercase());
+    match encoding.as_deref() {
+        None | Some("") | Some("identity") => {
+            if body.len() > limit {
+                return Err(DecodeError::TooLarge(limit));
+            }
+            Ok(body.to_vec())
+        }
+        Some("gzip") | Some("x-gzip") => read_limited(flate2::read::MultiGzDecoder::new(body), limit, "gzip"),
+        Some("zstd") => {
+            let decoder = zstd::stream::read::Decoder::new(body)
+                .map_err(|e| DecodeError::Corrupt { encoding: "zstd", message: e.to_string() })?;
+            read_limited(decoder, limit, "zstd")
+        }
+        Some(other) => Err(DecodeError::UnsupportedEncoding(other.to_string())),
+    }
+}
+
+fn read_limited(reader: impl Read, limit: usize, encoding: &'static str) -> Result<Vec<u8>, DecodeError> {
+    let mut out = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| DecodeError::Corrupt { encoding, message: e.to_string() })?;
+    if out.len() > limit {
+        return Err(DecodeError::TooLarge(limit));
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    records: Vec<&'a RawValue>,
+}
+
+/// Splits a decompressed body into records.
+pub fn parse_records(body: &[u8], format: BodyFormat, limits: &DecodeLimits) -> Result<Vec<Decoded>, DecodeError> {
+    let records = match format {
+        BodyFormat::Json => parse_json(body, limits)?,
+        BodyFormat::Ndjson => parse_ndjson(body, limits)?,
+    };
+    if records.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    Ok(records)
+}
+
+fn parse_json(body: &[u8], limits: &DecodeLimits) -> Result<Vec<Decoded>, DecodeError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let raws: Vec<&RawValue> = match first {
+        Some(b'[') => serde_json::from_slice(body).map_err(|e| syntax_error(body, &e))?,
+        Some(b'{') => {
+            serde_json::from_slice::<Envelope>(body)
+                .map_err(|e| match e.classify() {
+                    serde_json::error::Category::Data => DecodeError::Shape,
+                    _ => syntax_error(body, &e),
+                })?
+                .records
+        }
+        Some(_) => return Err(DecodeError::Shape),
+        None => return Err(DecodeError::Empty),
+    };
+    if raws.len() > limits.max_records {
+        return Err(DecodeError::TooManyRecords(limits.max_records));
+    }
+    Ok(raws.into_iter().map(|raw| decode_one(raw.get(), limits)).collect())
+}
+
+fn parse_ndjson(body: &[u8], limits: &DecodeLimits) -> Result<Vec<Decoded>, DecodeError> {
+    let mut out = Vec::new();
+    for line in body.split(|b| *b == b'\n') {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        if out.len() == limits.max_records {
+            return Err(DecodeError::TooManyRecords(limits.max_records));
+        }
+        let decoded = match std::str::from_utf8(line) {
+            Ok(text) => decode_one(text, limits),
+            Err(e) => rejected(
+                Value::String(truncate_lossy(line, limits.max_record_bytes)),
+                RejectCode::InvalidJson,
+                format!("line is not valid UTF-8 at byte {}", e.valid_up_to()),
+            ),
+        };
+        out.push(decoded);
+    }
+    Ok(out)
+}
+
+fn decode_one(text: &str, limits: &DecodeLimits) -> Decoded {
+    if text.len() > limits.max_record_bytes {
+        return rejected(
+            Value::String(truncate_lossy(text.as_bytes(), 1024)),
+            RejectCode::RecordTooLarge,
+            format!("record is {} bytes; the limit is {}", text.len(), limits.max_record_bytes),
+        );
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(value) => Decoded::Value(value),
+        Err(e) => rejected(
+            Value::String(text.to_string()),
+            RejectCode::InvalidJson,
+            format!("invalid JSON at column {}: {}", e.column(), strip_position(&e)),
+        ),
+    }
+}
+
+fn rejected(record: Value, code: RejectCode, message: String) -> Decoded {
+    Decoded::Rejected { record, error: FieldError { path: String::new(), column: None, code, message } }
+}
+
+/// serde_json reports line and column; partners get a byte offset into the decompressed body.
+fn syntax_error(body: &[u8], error: &serde_json::Error) -> DecodeError {
+    let mut offset = 0usize;
+    for (n, line) in body.split(|b| *b == b'\n').enumerate() {
+        if n + 1 == error.line() {
+            offset += error.column().saturating_sub(1).min(line.len());
+            break;
+        }
+        offset += line.len() + 1;
+    }
+    DecodeError::Syntax { offset: offset.min(body.len()), message: strip_position(error) }
+}
+
+fn strip_position(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
+}
+
+fn truncate_lossy(bytes: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]);
+    text.into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: DecodeLimits =
+        DecodeLimits { max_decompressed_bytes: 1 << 20, max_record_bytes: 64, max_records: 10 };
+
+    fn values(decoded: &[Decoded]) -> Vec<Option<&Value>> {
+        decoded
+            .iter()
+            .map(|d| match d {
+                Decoded::Value(v) => Some(v),
+                Decoded::Rejected { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reads_array_envelope_and_ndjson() {
+        let array = parse_records(br#"[{"a":1},{"a":2}]"#, BodyFormat::Json, &LIMITS).unwrap();
+        assert_eq!(values(&array).len(), 2);
+        let envelope = parse_records(br#" {"records":[{"a":1}], "meta": 1}"#, BodyFormat::Json, &LIMITS).unwrap();
+        assert_eq!(values(&envelope), vec![Some(&serde_json::json!({"a": 1}))]);
+        let nd = parse_records(b"{\"a\":1}\n\n{oops\r\n{\"a\":3}\n", BodyFormat::Ndjson, &LIMITS).unwrap();
+        assert_eq!(nd.len(), 3);
+        match &nd[1] {
+            Decoded::Rejected { error, record } => {
+                assert_eq!(error.code, RejectCode::InvalidJson);
+                assert_eq!(record, &Value::String("{oops".into()));
+            }
+            other => panic!("expected a reject, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn broken_array_is_a_syntax_error_with_offset() {
+        let err = parse_records(b"[{\"a\":1},\n {\"a\": }]", BodyFormat::Json, &LIMITS).unwrap_err();
+        match err {
+            DecodeError::Syntax { offset, .. } => assert_eq!(offset, 17),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(parse_records(b"42", BodyFormat::Json, &LIMITS), Err(DecodeError::Shape)));
+        assert!(matches!(parse_records(br#"{"rows":[]}"#, BodyFormat::Json, &LIMITS), Err(DecodeError::Shape)));
+        assert!(matches!(parse_records(b"[]", BodyFormat::Json, &LIMITS), Err(DecodeError::Empty)));
+    }
+
+    #[test]
+    fn oversized_records_and_batches() {
+        let big = format!("[{{\"a\":\"{}\"}}]", "x".repeat(100));
+        let decoded = parse_records(big.as_bytes(), BodyFormat::Json, &LIMITS).unwrap();
+        assert!(matches!(&decoded[0], Decoded::Rejected { error, .. } if error.code == RejectCode::RecordTooLarge));
+        let many = format!("[{}]", ["1"; 11].join(","));
+        assert!(matches!(
+            parse_records(many.as_bytes(), BodyFormat::Json, &LIMITS),
+            Err(DecodeError::TooManyRecords(10))
+        ));
+    }
+
+    #[test]
+    fn decompression_is_bounded() {
+        use std::io::Write;
+        let plain = vec![b' '; 10_000];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&plain).unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(decompress(&gz, Some("gzip"), 10_000).unwrap().len(), 10_000);
+        assert!(matches!(decompress(&gz, Some("gzip"), 9_999), Err(DecodeError::TooLarge(_))));
+        let zs = zstd::encode_all(&plain[..], 3).unwrap();
+        assert_eq!(decompress(&zs, Some("ZSTD"), 20_000).unwrap().len(), 10_000);
+        assert!(matches!(decompress(b"junk", Some("gzip"), 100), Err(DecodeError::Corrupt { .. })));
+        assert!(matches!(decompress(b"x", Some("br"), 100), Err(DecodeError::UnsupportedEncoding(_))));
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(body_format(None).unwrap(), BodyFormat::Json);
+        assert_eq!(body_format(Some("application/json; charset=utf-8")).unwrap(), BodyFormat::Json);
+        assert_eq!(body_format(Some("application/x-ndjson")).unwrap(), BodyFormat::Ndjson);
+        assert!(body_format(Some("text/csv")).is_err());
+    }
+}

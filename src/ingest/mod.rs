@@ -1,0 +1,92 @@
+//! Ingest: decode request bodies, validate records, plan schema drift. Pure, no I/O.
+
+pub mod coerce;
+pub mod decode;
+pub mod drift;
+pub mod reject;
+pub mod validate;
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use coerce::Cell;
+use decode::Decoded;
+use reject::{Reject, RejectStage};
+use validate::Validator;
+
+use crate::schema::TableSchema;
+
+/// An accepted record: its position in the request and its typed cells in schema order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub index: u64,
+    pub cells: Vec<Cell>,
+}
+
+impl Row {
+    /// Rough in-memory size, for flush-by-bytes and the memory budget.
+    pub fn approx_bytes(&self) -> usize {
+        let heap: usize = self
+            .cells
+            .iter()
+            .map(|c| match c {
+                Cell::Str(s) => s.len(),
+                Cell::Binary(b) => b.len(),
+                _ => 0,
+            })
+            .sum();
+        heap + self.cells.len() * std::mem::size_of::<Cell>() + 64
+    }
+}
+
+/// The outcome of validating one request.
+#[derive(Debug, Default)]
+pub struct Checked {
+    pub received: u64,
+    pub rows: Vec<Row>,
+    pub rejects: Vec<Reject>,
+    /// Approximate bytes held by `rows`.
+    pub bytes: usize,
+}
+
+impl Checked {
+    /// Reject counts per code (a record with several errors counts once per distinct code).
+    pub fn rejects_by_code(&self) -> BTreeMap<String, u64> {
+        let mut counts = BTreeMap::new();
+        for reject in &self.rejects {
+            let mut codes: Vec<_> = reject.errors.iter().map(|e| e.code).collect();
+            codes.sort();
+            codes.dedup();
+            for code in codes {
+                *counts.entry(code.as_str().to_string()).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+}
+
+/// Validates every decoded record against `schema`; one bad record never affects the others.
+pub fn check_records(schema: &TableSchema, records: Vec<Decoded>, max_depth: usize) -> Checked {
+    let mut validator = Validator::new(schema, max_depth);
+    let mut checked = Checked { received: records.len() as u64, ..Default::default() };
+    for (index, record) in records.into_iter().enumerate() {
+        let index = index as u64;
+        match record {
+            Decoded::Value(value) => match validator.validate(&value) {
+                Ok(cells) => {
+                    let row = Row { index, cells };
+                    checked.bytes += row.approx_bytes();
+                    checked.rows.push(row);
+                }
+                Err(errors) => checked.rejects.push(gateway_reject(index, value, errors)),
+            },
+            Decoded::Rejected { record, error } => checked.rejects.push(gateway_reject(index, record, vec![error])),
+        }
+    }
+    checked
+}
+
+fn gateway_reject(index: u64, record: Value, errors: Vec<reject::FieldError>) -> Reject {
+    Reject { index, record, errors, stage: RejectStage::Gateway }
+}

@@ -1,0 +1,245 @@
+//! Checks one record against a table schema and turns it into typed cells.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use super::coerce::{coerce, Cell};
+use super::reject::{pointer, FieldError, RejectCode};
+use crate::schema::{normalize_column_name, IdentifierError, TableSchema};
+
+/// Where a JSON key of a record goes.
+#[derive(Debug, Clone)]
+pub enum KeyTarget {
+    Column(usize),
+    /// A key that names no column yet; `Ok` holds the column it would become.
+    Unknown(Result<String, IdentifierError>),
+}
+
+/// Maps JSON keys to columns, caching the normalisation of each distinct key seen in a batch.
+pub struct KeyResolver<'s> {
+    schema: &'s TableSchema,
+    by_name: HashMap<&'s str, usize>,
+    cache: HashMap<String, KeyTarget>,
+}
+
+impl<'s> KeyResolver<'s> {
+    pub fn new(schema: &'s TableSchema) -> Self {
+        let by_name = schema.columns.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
+        KeyResolver { schema, by_name, cache: HashMap::new() }
+    }
+
+    pub fn schema(&self) -> &'s TableSchema {
+        self.schema
+    }
+
+    /// The column (or would-be column) a key names; case-insensitive.
+    pub fn resolve(&mut self, key: &str) -> &KeyTarget {
+        if !self.cache.contains_key(key) {
+            let target = match normalize_column_name(key) {
+                Ok(name) => match self.by_name.get(name.as_str()) {
+                    Some(&i) => KeyTarget::Column(i),
+                    None => KeyTarget::Unknown(Ok(name)),
+                },
+                Err(e) => KeyTarget::Unknown(Err(e)),
+            };
+            self.cache.insert(key.to_string(), target);
+        }
+        &self.cache[key]
+    }
+}
+
+/// Validates records of one batch against one schema.
+pub struct Validator<'s> {
+    keys: KeyResolver<'s>,
+    max_depth: usize,
+    /// Scratch: which key filled each column in the current record.
+    seen: Vec<Option<usize>>,
+}
+
+impl<'s> Validator<'s> {
+    pub fn new(schema: &'s TableSchema, max_depth: usize) -> Self {
+        Validator { keys: KeyResolver::new(schema), max_depth, seen: vec![None; schema.columns.len()] }
+    }
+
+    /// Typed cells in schema column order, or every problem found in the record.
+    ///
+    /// Unknown keys with null values are ignored (they carry no data); unknown keys with values are
+    /// `unknown_field`, which under `evolve` only happens when the key cannot become a column.
+    pub fn validate(&mut self, record: &Value) -> Result<Vec<Cell>, Vec<FieldError>> {
+        let Value::Object(object) = record else {
+            return Err(vec![FieldError {
+                path: String::new(),
+                column: None,
+                code: RejectCode::NotAnObject,
+                message: format!("expected a JSON object, got {}", kind_of(record)),
+            }]);
+        };
+        let schema = self.keys.schema();
+        let mut cells = vec![Cell::Null; schema.columns.len()];
+        let mut errors = Vec::new();
+        self.seen.iter_mut().for_each(|s| *s = None);
+        for (position, (key, value)) in object.iter().enumerate() {
+            match self.keys.resolve(key).clone() {
+                KeyTarget::Column(i) => {
+                    if let Some(first) = self.seen[i] {
+                        let other = object.keys().nth(first).map(String::as_str).unwrap_or_default();
+                        errors.push(FieldError {
+                            path: pointer(key),
+                            column: Some(schema.columns[i].name.clone()),
+                            code: RejectCode::UnknownField,
+                            message: format!("keys {other:?} and {key:?} both name column {}", schema.columns[i].name),
+                        });
+                        continue;
+                    }
+                    self.seen[i] = Some(position);
+                    let column = &schema.columns[i];
+                    if value.is_null() {
+                        if !column.nullable {
+                            errors.push(FieldError {
+                                path: pointer(key),
+                                column: Some(column.name.clone()),
+                                code: RejectCode::NullInNotNull,
+                                message: format!("column {} is NOT NULL", column.name),
+                            });
+                        }
+                        continue;
+                    }
+                    match coerce(value, column.ty, self.max_depth) {
+                        Ok(cell) => cells[i] = cell,
+                        Err(e) => errors.push(FieldError {
+                            path: pointer(key),
+                            column: Some(column.name.clone()),
+                            code: e.code,
+                            message: e.message,
+                        }),
+                    }
+                }
+                KeyTarget::Unknown(_) if value.is_null() => {}
+                KeyTarget::Unknown(target) => errors.push(FieldError {
+                    path: pointer(key),
+                    column: target.as_ref().ok().cloned(),
+                    code: RejectCode::UnknownField,
+                    message: match target {
+                        Ok(name) => format!("no column {name} in table {}", schema.name),
+                        Err(e) => format!("field cannot become a column: {e}"),
+                    },
+                }),
+            }
+        }
+        for (i, column) in schema.columns.iter().enumerate() {
+            if self.seen[i].is_none() && !column.nullable {
+                errors.push(FieldError {
+                    path: pointer(&column.name.to_ascii_lowercase()),
+                    column: Some(column.name.clone()),
+                    code: RejectCode::MissingRequired,
+                    message: format!("required column {} is missing", column.name),
+                });
+            }
+        }
+        if errors.is_empty() {
+            Ok(cells)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The key resolver, for drift planning over the same batch.
+    pub fn keys(&mut self) -> &mut KeyResolver<'s> {
+        &mut self.keys
+    }
+}
+
+/// Unknown fields of one record: `(normalised name, value)`, nulls skipped.
+pub fn unknown_fields<'v>(keys: &mut KeyResolver<'_>, object: &'v Map<String, Value>) -> Vec<(String, &'v Value)> {
+    let mut out = Vec::new();
+    for (key, value) in object {
+        if value.is_null() {
+            continue;
+        }
+        if let KeyTarget::Unknown(Ok(name)) = keys.resolve(key) {
+            out.push((name.clone(), value));
+        }
+    }
+    out
+}
+
+/// A short name for a JSON value's kind, for messages.
+pub fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{Column, ColumnType};
+    use serde_json::json;
+
+    fn loans() -> TableSchema {
+        TableSchema {
+            name: "LOANS".into(),
+            columns: vec![
+                Column { name: "ID".into(), ty: ColumnType::INTEGER, nullable: false },
+                Column { name: "AMOUNT".into(), ty: ColumnType::Number { precision: 12, scale: 2 }, nullable: true },
+                Column { name: "NOTE".into(), ty: ColumnType::Varchar { max_len: 5 }, nullable: true },
+            ],
+        }
+    }
+
+    #[test]
+    fn accepts_a_good_record_case_insensitively() {
+        let schema = loans();
+        let mut v = Validator::new(&schema, 8);
+        let cells = v.validate(&json!({"Id": 7, "amount": "12.5", "note": null})).unwrap();
+        assert_eq!(cells, vec![Cell::Decimal(7), Cell::Decimal(1250), Cell::Null]);
+    }
+
+    #[test]
+    fn reports_every_error_with_pointer_and_code() {
+        let schema = loans();
+        let mut v = Validator::new(&schema, 8);
+        let errors = v.validate(&json!({"id": null, "amount": "abc", "note": "toolong", "x/y": 1})).unwrap_err();
+        let got: Vec<_> = errors.iter().map(|e| (e.path.as_str(), e.code)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("/id", RejectCode::NullInNotNull),
+                ("/amount", RejectCode::TypeMismatch),
+                ("/note", RejectCode::TooLong),
+                ("/x~1y", RejectCode::UnknownField),
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_required_and_not_an_object() {
+        let schema = loans();
+        let mut v = Validator::new(&schema, 8);
+        let errors = v.validate(&json!({"amount": 1})).unwrap_err();
+        assert_eq!(errors[0].code, RejectCode::MissingRequired);
+        assert_eq!(errors[0].column.as_deref(), Some("ID"));
+        let errors = v.validate(&json!([1, 2])).unwrap_err();
+        assert_eq!(errors[0].code, RejectCode::NotAnObject);
+        assert_eq!(errors[0].path, "");
+    }
+
+    #[test]
+    fn ambiguous_keys_and_reserved_names_are_rejected() {
+        let schema = loans();
+        let mut v = Validator::new(&schema, 8);
+        let errors = v.validate(&json!({"id": 1, "ID": 2})).unwrap_err();
+        assert_eq!(errors[0].code, RejectCode::UnknownField);
+        let errors = v.validate(&json!({"id": 1, "_batch_id": "x"})).unwrap_err();
+        assert_eq!(errors[0].code, RejectCode::UnknownField);
+        assert!(errors[0].message.contains("reserved"), "{}", errors[0].message);
+        // Unknown keys holding null carry no data and are ignored.
+        assert!(v.validate(&json!({"id": 1, "later": null})).is_ok());
+    }
+}

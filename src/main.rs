@@ -1,0 +1,123 @@
+//! The `snowgate` binary: parse the command line, load config, init tracing, run.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use snowgate::Config;
+
+#[derive(Parser)]
+#[command(name = "snowgate", version, about = "HTTP ingestion gateway: partner JSON batches to the warehouse")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// TOML config file (default: snowgate.toml if present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides server.listen).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Folder for the embedded stage, ledger and warehouse (overrides server.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Print the OpenAPI spec (what openapi/openapi.json holds).
+    Openapi,
+    /// Validate the configuration and print it with secrets hidden.
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run a read-only SQL query on the embedded DuckDB warehouse (stop the gateway first).
+    Sql {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The statement, e.g. 'SELECT COUNT(*) FROM LOANS'.
+        query: String,
+    },
+}
+
+fn load(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {
+    let mut loaded = Config::load(config.as_deref()).context("invalid configuration")?;
+    if let Some(dir) = data_dir {
+        loaded.server.data_dir = dir;
+    }
+    Ok(loaded)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Openapi => print!("{}", snowgate::http::openapi_json()),
+        Command::CheckConfig { config } => {
+            let loaded = load(config, None)?;
+            println!("{}", toml_text(&loaded)?);
+        }
+        Command::Sql { config, data_dir, query } => {
+            let loaded = load(config, data_dir)?;
+            let path = loaded.warehouse_path();
+            let text = snowgate::sql::query(&path, &query).with_context(|| format!("query on {}", path.display()))?;
+            println!("{text}");
+        }
+        Command::Serve { config, listen, data_dir } => {
+            let mut loaded = load(config, data_dir)?;
+            if let Some(listen) = listen {
+                loaded.server.listen = listen;
+            }
+            init_tracing();
+            tokio::runtime::Runtime::new()?.block_on(serve(loaded))?;
+        }
+    }
+    Ok(())
+}
+
+fn toml_text(config: &Config) -> anyhow::Result<String> {
+    let value = serde_json::to_value(config)?;
+    Ok(serde_json::to_string_pretty(&value)?)
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let app = snowgate::App::build(config).await.context("cannot start")?;
+    snowgate::serve(app, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,160 @@
+//! One POST, end to end: decode, drift, validate, buffer, and (optionally) wait for the load.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::buffer::{BufferError, Submission};
+use crate::catalog::CatalogError;
+use crate::ingest::decode::{self, DecodeError, Decoded};
+use crate::ingest::drift::{plan_new_columns, DriftPolicy};
+use crate::ingest::reject::Reject;
+use crate::ingest::validate::KeyResolver;
+use crate::ingest::{check_records, Checked};
+use crate::ledger::{BatchRecord, Counts, LedgerError, NewBatch};
+use crate::schema::{Column, TableSchema};
+
+/// A batch as received over HTTP.
+pub struct IngestRequest {
+    pub table: String,
+    pub partner: String,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub body: Bytes,
+    pub dry_run: bool,
+}
+
+/// What a dry run would have done.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DryRunReport {
+    pub table: String,
+    pub dry_run: bool,
+    pub counts: Counts,
+    pub rejects_by_code: std::collections::BTreeMap<String, u64>,
+    /// Columns the drift policy would add.
+    pub schema_changes: Vec<Column>,
+    /// The first 1000 rejects.
+    pub rejects: Vec<Reject>,
+}
+
+/// Result of an ingest call.
+pub enum IngestOutcome {
+    Stored(Box<BatchRecord>),
+    DryRun(DryRunReport),
+}
+
+/// Why a batch was refused as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Buffer(#[from] BufferError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, IngestError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| IngestError::Task(e.to_string()))
+}
+
+/// Validates and stores one batch; returns once it is durably staged (or rejected as a whole).
+pub async fn ingest(app: &App, request: IngestRequest) -> Result<IngestOutcome, IngestError> {
+    let received_at = Utc::now();
+    let batch_id = Uuid::now_v7();
+    let table = app.catalog.get(&request.table).await?;
+    let format = decode::body_format(request.content_type.as_deref())?;
+    let limits = app.config.decode_limits();
+    let encoding = request.content_encoding.clone();
+    let body = request.body;
+    let records: Vec<Decoded> = blocking(move || {
+        let plain = decode::decompress(&body, encoding.as_deref(), limits.max_decompressed_bytes)?;
+        decode::parse_records(&plain, format, &limits)
+    })
+    .await??;
+
+    let mut schema = table.schema();
+    let planned = match table.drift() {
+        DriftPolicy::Evolve => plan_new_columns(&mut KeyResolver::new(&schema), &records),
+    };
+    let max_depth = app.config.limits.max_depth;
+    if request.dry_run {
+        let mut preview = (*schema).clone();
+        preview.columns.extend(planned.iter().cloned());
+        let checked = blocking(move || check_records(&preview, records, max_depth)).await?;
+        return Ok(IngestOutcome::DryRun(dry_run_report(&table.name, checked, planned)));
+    }
+    if !planned.is_empty() {
+        schema = app.catalog.evolve(&table, &planned, batch_id).await?;
+    }
+    let validate_schema: Arc<TableSchema> = schema.clone();
+    let checked = blocking(move || check_records(&validate_schema, records, max_depth)).await?;
+    let counts = Counts {
+        received: checked.received,
+        accepted: checked.rows.len() as u64,
+        rejected: checked.rejects.len() as u64,
+        loaded: 0,
+    };
+    let batch = NewBatch {
+        id: batch_id,
+        table: table.name.clone(),
+        partner: request.partner,
+        counts,
+        rejects_by_code: checked.rejects_by_code(),
+        received_at,
+        rejects: checked.rejects,
+    };
+    let submission = Submission { batch, schema, rows: checked.rows, bytes: checked.bytes };
+    app.buffers.submit(submission, app.config.flush_policy(&table.name)).await?;
+    tracing::info!(batch_id = %batch_id, table = %table.name, received = counts.received,
+        accepted = counts.accepted, rejected = counts.rejected, "batch staged");
+    let record = app
+        .ledger
+        .get_batch(batch_id)
+        .await?
+        .ok_or_else(|| IngestError::Ledger(LedgerError::Query(format!("batch {batch_id} missing after commit"))))?;
+    Ok(IngestOutcome::Stored(Box::new(record)))
+}
+
+fn dry_run_report(table: &str, checked: Checked, planned: Vec<Column>) -> DryRunReport {
+    let rejects_by_code = checked.rejects_by_code();
+    DryRunReport {
+        table: table.to_string(),
+        dry_run: true,
+        counts: Counts {
+            received: checked.received,
+            accepted: checked.rows.len() as u64,
+            rejected: checked.rejects.len() as u64,
+            loaded: 0,
+        },
+        rejects_by_code,
+        schema_changes: planned,
+        rejects: checked.rejects.into_iter().take(1000).collect(),
+    }
+}
+
+/// Long-polls the ledger until the batch is final or `timeout` passes; returns its latest state.
+pub async fn wait_until_final(app: &App, id: Uuid, timeout: Duration) -> Result<Option<BatchRecord>, LedgerError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let woken = app.loaded.notified();
+        let batch = app.ledger.get_batch(id).await?;
+        let done = batch.as_ref().is_none_or(|b| b.status.is_final());
+        if done || tokio::time::Instant::now() >= deadline {
+            return Ok(batch);
+        }
+        // The loader notifies after each round; the short sleep covers other replicas' loads.
+        let _ = tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + Duration::from_millis(250)), woken)
+            .await;
+    }
+}

@@ -1,0 +1,296 @@
+//! Table schemas as snowgate sees them: column types, identifier rules, metadata columns.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Metadata columns written with every row; partners can never set them.
+pub const META_BATCH_ID: &str = "_BATCH_ID";
+pub const META_RECORD_INDEX: &str = "_RECORD_INDEX";
+pub const META_INGESTED_AT: &str = "_INGESTED_AT";
+pub const META_COLUMNS: [&str; 3] = [META_BATCH_ID, META_RECORD_INDEX, META_INGESTED_AT];
+
+/// Longest identifier accepted (Snowflake allows 255 characters).
+pub const MAX_IDENTIFIER_LEN: usize = 255;
+/// Snowflake's VARCHAR default and maximum length in characters.
+pub const MAX_VARCHAR_LEN: u32 = 16_777_216;
+
+/// A warehouse column type, in Snowflake's vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ColumnType {
+    Number { precision: u8, scale: u8 },
+    Float,
+    Varchar { max_len: u32 },
+    Boolean,
+    Date,
+    Time,
+    TimestampNtz,
+    TimestampLtz,
+    TimestampTz,
+    Variant,
+    Object,
+    Array,
+    Binary,
+}
+
+impl ColumnType {
+    pub const INTEGER: ColumnType = ColumnType::Number { precision: 38, scale: 0 };
+    pub const VARCHAR: ColumnType = ColumnType::Varchar { max_len: MAX_VARCHAR_LEN };
+
+    /// True for the types whose values are JSON documents.
+    pub fn is_semi_structured(self) -> bool {
+        matches!(self, ColumnType::Variant | ColumnType::Object | ColumnType::Array)
+    }
+}
+
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ColumnType::Number { precision, scale } => write!(f, "NUMBER({precision},{scale})"),
+            ColumnType::Float => f.write_str("FLOAT"),
+            ColumnType::Varchar { max_len } if max_len == MAX_VARCHAR_LEN => f.write_str("VARCHAR"),
+            ColumnType::Varchar { max_len } => write!(f, "VARCHAR({max_len})"),
+            ColumnType::Boolean => f.write_str("BOOLEAN"),
+            ColumnType::Date => f.write_str("DATE"),
+            ColumnType::Time => f.write_str("TIME"),
+            ColumnType::TimestampNtz => f.write_str("TIMESTAMP_NTZ"),
+            ColumnType::TimestampLtz => f.write_str("TIMESTAMP_LTZ"),
+            ColumnType::TimestampTz => f.write_str("TIMESTAMP_TZ"),
+            ColumnType::Variant => f.write_str("VARIANT"),
+            ColumnType::Object => f.write_str("OBJECT"),
+            ColumnType::Array => f.write_str("ARRAY"),
+            ColumnType::Binary => f.write_str("BINARY"),
+        }
+    }
+}
+
+/// Why a type name could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TypeParseError(String);
+
+impl FromStr for ColumnType {
+    type Err = TypeParseError;
+
+    /// Parses Snowflake type names and their common synonyms, case-insensitively.
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let text = input.trim().to_ascii_uppercase();
+        let (base, args) = match text.find('(') {
+            Some(open) if text.ends_with(')') => {
+                let inner = &text[open + 1..text.len() - 1];
+                let args = inner
+                    .split(',')
+                    .map(|a| a.trim().parse::<u32>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| TypeParseError(format!("invalid type arguments in {input:?}")))?;
+                (text[..open].trim().to_string(), args)
+            }
+            Some(_) => return Err(TypeParseError(format!("unbalanced parenthesis in {input:?}"))),
+            None => (text.clone(), Vec::new()),
+        };
+        let no_args = |ty: ColumnType| {
+            if args.is_empty() {
+                Ok(ty)
+            } else {
+                Err(TypeParseError(format!("type {base} takes no arguments")))
+            }
+        };
+        match base.as_str() {
+            "NUMBER" | "DECIMAL" | "NUMERIC" => {
+                let (precision, scale) = match args.as_slice() {
+                    [] => (38, 0),
+                    [p] => (*p, 0),
+                    [p, s] => (*p, *s),
+                    _ => return Err(TypeParseError(format!("too many arguments in {input:?}"))),
+                };
+                if !(1..=38).contains(&precision) || scale > precision {
+                    return Err(TypeParseError(format!("{input:?}: precision must be 1..=38 and scale 0..=precision")));
+                }
+                Ok(ColumnType::Number { precision: precision as u8, scale: scale as u8 })
+            }
+            "INT" | "INTEGER" | "BIGINT" | "SMALLINT" | "TINYINT" | "BYTEINT" => no_args(ColumnType::INTEGER),
+            "FLOAT" | "FLOAT4" | "FLOAT8" | "DOUBLE" | "DOUBLE PRECISION" | "REAL" => no_args(ColumnType::Float),
+            "VARCHAR" | "STRING" | "TEXT" | "CHAR VARYING" | "NVARCHAR" | "CHAR" | "CHARACTER" | "NCHAR" => {
+                let max_len = match args.as_slice() {
+                    [] if base.starts_with('C') || base == "NCHAR" => 1,
+                    [] => MAX_VARCHAR_LEN,
+                    [n] if (1..=MAX_VARCHAR_LEN).contains(n) => *n,
+                    _ => return Err(TypeParseError(format!("{input:?}: length must be 1..={MAX_VARCHAR_LEN}"))),
+                };
+                Ok(ColumnType::Varchar { max_len })
+            }
+            "BOOLEAN" | "BOOL" => no_args(ColumnType::Boolean),
+            "DATE" => no_args(ColumnType::Date),
+            "TIME" => Ok(ColumnType::Time),
+            "TIMESTAMP" | "TIMESTAMP_NTZ" | "DATETIME" | "TIMESTAMP WITHOUT TIME ZONE" => Ok(ColumnType::TimestampNtz),
+            "TIMESTAMP_LTZ" | "TIMESTAMP WITH LOCAL TIME ZONE" => Ok(ColumnType::TimestampLtz),
+            "TIMESTAMP_TZ" | "TIMESTAMPTZ" | "TIMESTAMP WITH TIME ZONE" => Ok(ColumnType::TimestampTz),
+            "VARIANT" | "JSON" => no_args(ColumnType::Variant),
+            "OBJECT" => no_args(ColumnType::Object),
+            "ARRAY" => no_args(ColumnType::Array),
+            "BINARY" | "VARBINARY" | "BLOB" | "BYTEA" => Ok(ColumnType::Binary),
+            _ => Err(TypeParseError(format!("unsupported column type {input:?}"))),
+        }
+    }
+}
+
+impl Serialize for ColumnType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ColumnType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One column of a table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Column {
+    /// Normalised (upper-case) column name.
+    pub name: String,
+    /// Snowflake type name, e.g. `NUMBER(12,2)`, `VARCHAR(64)`, `TIMESTAMP_TZ`.
+    #[serde(rename = "type")]
+    #[schema(value_type = String, example = "NUMBER(12,2)")]
+    pub ty: ColumnType,
+    #[serde(default = "default_true")]
+    pub nullable: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The columns of one table, partner columns first, in warehouse order; metadata columns excluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSchema {
+    pub name: String,
+    /// Columns are only ever appended, so an older schema is a prefix of a newer one.
+    pub columns: Vec<Column>,
+}
+
+impl TableSchema {
+    /// Position of a column by its normalised name.
+    pub fn position(&self, normalized: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == normalized)
+    }
+}
+
+/// Why a name cannot be an identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentifierError {
+    #[error("name is empty")]
+    Empty,
+    #[error("name is longer than {MAX_IDENTIFIER_LEN} characters")]
+    TooLong,
+    #[error("name {0:?} is reserved for snowgate's metadata columns")]
+    Reserved(String),
+}
+
+/// Maps a JSON key or a table name to a warehouse identifier.
+///
+/// Upper-cases ASCII letters, keeps digits, `_` and `$`, and turns every other character into `_`,
+/// so `partner-ref` and `partner_ref` name the same column. A leading digit gets a `_` prefix.
+/// The result is always quoted in SQL; this rule only keeps names readable and case-insensitive.
+pub fn normalize_identifier(name: &str) -> Result<String, IdentifierError> {
+    let trimmed = name.trim();
+    if trimmed.is_empty() {
+        return Err(IdentifierError::Empty);
+    }
+    let mut out = String::with_capacity(trimmed.len() + 1);
+    if trimmed.starts_with(|c: char| c.is_ascii_digit()) {
+        out.push('_');
+    }
+    for c in trimmed.chars() {
+        match c {
+            'a'..='z' => out.push(c.to_ascii_uppercase()),
+            'A'..='Z' | '0'..='9' | '_' | '$' => out.push(c),
+            _ => out.push('_'),
+        }
+    }
+    if out.chars().count() > MAX_IDENTIFIER_LEN {
+        return Err(IdentifierError::TooLong);
+    }
+    Ok(out)
+}
+
+/// Like [`normalize_identifier`], and refuses the metadata column names.
+pub fn normalize_column_name(name: &str) -> Result<String, IdentifierError> {
+    let normalized = normalize_identifier(name)?;
+    if META_COLUMNS.contains(&normalized.as_str()) {
+        return Err(IdentifierError::Reserved(normalized));
+    }
+    Ok(normalized)
+}
+
+/// Quotes an identifier for SQL: wraps it in double quotes and doubles any inner quote.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a string literal for SQL.
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_type_names_and_synonyms() {
+        let cases = [
+            ("number(12,2)", ColumnType::Number { precision: 12, scale: 2 }),
+            ("NUMBER", ColumnType::INTEGER),
+            ("int", ColumnType::INTEGER),
+            ("decimal(10)", ColumnType::Number { precision: 10, scale: 0 }),
+            ("varchar(64)", ColumnType::Varchar { max_len: 64 }),
+            ("string", ColumnType::VARCHAR),
+            ("double", ColumnType::Float),
+            ("timestamp", ColumnType::TimestampNtz),
+            ("timestamp_tz", ColumnType::TimestampTz),
+            ("json", ColumnType::Variant),
+            ("binary", ColumnType::Binary),
+        ];
+        for (text, want) in cases {
+            assert_eq!(text.parse::<ColumnType>().unwrap(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_types() {
+        for text in ["number(40,2)", "number(5,6)", "varchar(0)", "geography", "number(1", "date(3)"] {
+            assert!(text.parse::<ColumnType>().is_err(), "{text} should not parse");
+        }
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for text in ["NUMBER(12,2)", "VARCHAR", "VARCHAR(10)", "TIMESTAMP_LTZ", "VARIANT", "ARRAY"] {
+            let ty: ColumnType = text.parse().unwrap();
+            assert_eq!(ty.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn normalizes_identifiers() {
+        assert_eq!(normalize_identifier("partner_reference_id").unwrap(), "PARTNER_REFERENCE_ID");
+        assert_eq!(normalize_identifier("first-name").unwrap(), "FIRST_NAME");
+        assert_eq!(normalize_identifier("1st").unwrap(), "_1ST");
+        assert_eq!(normalize_identifier("a\"; DROP TABLE x; --").unwrap(), "A___DROP_TABLE_X____");
+        assert_eq!(normalize_identifier(" "), Err(IdentifierError::Empty));
+        assert_eq!(normalize_identifier(&"x".repeat(256)), Err(IdentifierError::TooLong));
+        assert!(matches!(normalize_column_name("_batch_id"), Err(IdentifierError::Reserved(_))));
+    }
+
+    #[test]
+    fn quotes_identifiers_and_literals() {
+        assert_eq!(quote_ident("A\"B"), "\"A\"\"B\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+}

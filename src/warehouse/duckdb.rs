@@ -1,0 +1,293 @@
+//! DuckDB warehouse: the embedded default, one file next to the stage.
+//!
+//! `COPY` reads the Parquet files from the stage in Rust and inserts their Arrow batches through
+//! DuckDB's `arrow()` table function (`INSERT ... BY NAME`, so files written before a column was
+//! added still load). Each COPY is one transaction that also writes a load-history row per file,
+//! which is what makes a repeated COPY of the same file a no-op.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use bytes::Bytes;
+use duckdb::vtab::arrow::{ArrowBatchRegistration, ArrowVTab};
+use duckdb::Connection;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use uuid::Uuid;
+
+use super::{CopyResult, CopyStatus, TableDescription, Warehouse, WarehouseError};
+use crate::schema::{
+    quote_ident, Column, ColumnType, META_BATCH_ID, META_COLUMNS, META_INGESTED_AT, META_RECORD_INDEX,
+};
+use crate::stage::Stage;
+
+const HISTORY: &str = "\"_SNOWGATE_LOAD_HISTORY\"";
+
+/// DuckDB database file plus the stage it loads from.
+pub struct DuckDbWarehouse {
+    conn: Arc<Mutex<Connection>>,
+    stage: Arc<Stage>,
+}
+
+impl DuckDbWarehouse {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path, stage: Arc<Stage>) -> Result<Self, WarehouseError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| WarehouseError::Unavailable(format!("{}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path).map_err(unavailable)?;
+        conn.register_table_function::<ArrowVTab>("arrow").map_err(unavailable)?;
+        conn.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {HISTORY} (
+                 table_name VARCHAR NOT NULL,
+                 file VARCHAR NOT NULL,
+                 rows BIGINT NOT NULL,
+                 query_id VARCHAR NOT NULL,
+                 loaded_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+                 PRIMARY KEY (table_name, file))"
+        ))
+        .map_err(unavailable)?;
+        Ok(DuckDbWarehouse { conn: Arc::new(Mutex::new(conn)), stage })
+    }
+
+    /// Another connection to the same database, for inspection (tests, tools).
+    pub fn connection(&self) -> Result<Connection, WarehouseError> {
+        let guard = self.conn.lock().map_err(|_| WarehouseError::Unavailable("connection lock poisoned".into()))?;
+        guard.try_clone().map_err(unavailable)
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, WarehouseError> + Send + 'static,
+    ) -> Result<T, WarehouseError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().map_err(|_| WarehouseError::Unavailable("connection lock poisoned".into()))?;
+            work(&mut guard)
+        })
+        .await
+        .map_err(|e| WarehouseError::Unavailable(format!("warehouse task: {e}")))?
+    }
+}
+
+fn unavailable(e: duckdb::Error) -> WarehouseError {
+    WarehouseError::Unavailable(e.to_string())
+}
+
+fn statement(e: duckdb::Error) -> WarehouseError {
+    WarehouseError::Statement(e.to_string())
+}
+
+/// DuckDB spelling of a column type. Semi-structured values are JSON text in VARCHAR.
+pub fn duckdb_type(ty: ColumnType) -> String {
+    match ty {
+        ColumnType::Number { precision, scale } => format!("DECIMAL({precision},{scale})"),
+        ColumnType::Float => "DOUBLE".into(),
+        ColumnType::Varchar { .. } | ColumnType::Variant | ColumnType::Object | ColumnType::Array => "VARCHAR".into(),
+        ColumnType::Boolean => "BOOLEAN".into(),
+        ColumnType::Date => "DATE".into(),
+        ColumnType::Time => "TIME".into(),
+        ColumnType::TimestampNtz => "TIMESTAMP".into(),
+        ColumnType::TimestampLtz | ColumnType::TimestampTz => "TIMESTAMPTZ".into(),
+        ColumnType::Binary => "BLOB".into(),
+    }
+}
+
+/// snowgate's type for a DuckDB type name from `information_schema`.
+pub fn from_duckdb_type(name: &str) -> ColumnType {
+    let upper = name.trim().to_ascii_uppercase();
+    match upper.as_str() {
+        "BIGINT" | "INT8" | "LONG" => ColumnType::Number { precision: 19, scale: 0 },
+        "INTEGER" | "INT4" | "INT" | "SIGNED" => ColumnType::Number { precision: 10, scale: 0 },
+        "SMALLINT" | "INT2" | "SHORT" => ColumnType::Number { precision: 5, scale: 0 },
+        "TINYINT" | "INT1" => ColumnType::Number { precision: 3, scale: 0 },
+        "HUGEINT" | "UBIGINT" | "UINTEGER" | "USMALLINT" | "UTINYINT" => ColumnType::INTEGER,
+        "DOUBLE" | "FLOAT" | "REAL" | "FLOAT4" | "FLOAT8" => ColumnType::Float,
+        "VARCHAR" | "TEXT" | "STRING" | "UUID" => ColumnType::VARCHAR,
+        "BOOLEAN" | "BOOL" => ColumnType::Boolean,
+        "DATE" => ColumnType::Date,
+        "TIME" => ColumnType::Time,
+        "TIMESTAMP" | "DATETIME" | "TIMESTAMP_US" | "TIMESTAMP_MS" | "TIMESTAMP_NS" | "TIMESTAMP_S" => {
+            ColumnType::TimestampNtz
+        }
+        "TIMESTAMP WITH TIME ZONE" | "TIMESTAMPTZ" => ColumnType::TimestampTz,
+        "BLOB" | "BYTEA" | "VARBINARY" => ColumnType::Binary,
+        _ => upper.parse().unwrap_or(ColumnType::Variant),
+    }
+}
+
+fn column_ddl(column: &Column) -> String {
+    let not_null = if column.nullable { "" } else { " NOT NULL" };
+    format!("{} {}{not_null}", quote_ident(&column.name), duckdb_type(column.ty))
+}
+
+fn metadata_ddl() -> [(&'static str, &'static str); 3] {
+    [(META_BATCH_ID, "VARCHAR"), (META_RECORD_INDEX, "BIGINT"), (META_INGESTED_AT, "TIMESTAMPTZ")]
+}
+
+fn decode_parquet(path: &str, data: Bytes) -> Result<Vec<RecordBatch>, WarehouseError> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(data)
+        .and_then(|b| b.with_batch_size(8192).build())
+        .map_err(|e| WarehouseError::Data(format!("{path}: not a readable Parquet file: {e}")))?;
+    reader.collect::<Result<Vec<_>, _>>().map_err(|e| WarehouseError::Data(format!("{path}: {e}")))
+}
+
+/// Constraint and conversion failures are the data's fault; anything else is availability.
+fn classify_insert_error(path: &str, e: duckdb::Error) -> WarehouseError {
+    let text = e.to_string();
+    let lower = text.to_ascii_lowercase();
+    if ["constraint", "conversion", "could not convert", "out of range", "overflow", "invalid input"]
+        .iter()
+        .any(|needle| lower.contains(needle))
+    {
+        WarehouseError::Data(format!("{path}: {text}"))
+    } else {
+        WarehouseError::Unavailable(format!("{path}: {text}"))
+    }
+}
+
+#[async_trait]
+impl Warehouse for DuckDbWarehouse {
+    fn backend(&self) -> &'static str {
+        "duckdb"
+    }
+
+    async fn ping(&self) -> Result<(), WarehouseError> {
+        self.run(|conn| conn.execute_batch("SELECT 1").map_err(unavailable)).await
+    }
+
+    async fn describe(&self, table: &str) -> Result<Option<TableDescription>, WarehouseError> {
+        let table = table.to_string();
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT column_name, data_type, is_nullable FROM information_schema.columns
+                     WHERE table_schema = 'main' AND lower(table_name) = lower(?) ORDER BY ordinal_position",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map([&table], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?))
+                })
+                .map_err(unavailable)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(unavailable)?;
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            let mut columns = Vec::new();
+            let mut meta_found = 0;
+            for (name, ty, nullable) in rows {
+                let upper = name.to_ascii_uppercase();
+                if META_COLUMNS.contains(&upper.as_str()) {
+                    meta_found += 1;
+                    continue;
+                }
+                columns.push(Column { name: upper, ty: from_duckdb_type(&ty), nullable: nullable == "YES" });
+            }
+            Ok(Some(TableDescription { columns, has_metadata: meta_found == META_COLUMNS.len() }))
+        })
+        .await
+    }
+
+    async fn create_table(&self, table: &str, columns: &[Column]) -> Result<(), WarehouseError> {
+        let mut parts: Vec<String> = columns.iter().map(column_ddl).collect();
+        parts.extend(metadata_ddl().iter().map(|(name, ty)| format!("{} {ty} NOT NULL", quote_ident(name))));
+        let sql = format!("CREATE TABLE IF NOT EXISTS {} ({})", quote_ident(table), parts.join(", "));
+        self.run(move |conn| conn.execute_batch(&sql).map_err(statement)).await
+    }
+
+    async fn add_columns(&self, table: &str, columns: &[Column]) -> Result<(), WarehouseError> {
+        let statements: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                format!(
+                    "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}",
+                    quote_ident(table),
+                    quote_ident(&c.name),
+                    duckdb_type(c.ty)
+                )
+            })
+            .collect();
+        self.run(move |conn| {
+            for sql in &statements {
+                conn.execute_batch(sql).map_err(statement)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn add_metadata_columns(&self, table: &str) -> Result<(), WarehouseError> {
+        let statements: Vec<String> = metadata_ddl()
+            .iter()
+            .map(|(name, ty)| {
+                format!("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {ty}", quote_ident(table), quote_ident(name))
+            })
+            .collect();
+        self.run(move |conn| {
+            for sql in &statements {
+                conn.execute_batch(sql).map_err(statement)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn copy_files(&self, table: &str, paths: &[String]) -> Result<Vec<CopyResult>, WarehouseError> {
+        let mut files = Vec::with_capacity(paths.len());
+        for path in paths {
+            let data = self.stage.get(path).await.map_err(|e| match e {
+                crate::stage::StageError::NotFound(p) => WarehouseError::Data(format!("stage file {p} is missing")),
+                other => WarehouseError::Unavailable(other.to_string()),
+            })?;
+            files.push((path.clone(), data));
+        }
+        let table = table.to_string();
+        self.run(move |conn| {
+            let query_id = format!("duckdb-{}", Uuid::now_v7());
+            let insert = format!("INSERT INTO {} BY NAME SELECT * FROM arrow(?)", quote_ident(&table));
+            let tx = conn.transaction().map_err(unavailable)?;
+            let mut results = Vec::with_capacity(files.len());
+            for (path, data) in files {
+                let previous: Option<i64> = tx
+                    .query_row(
+                        &format!("SELECT rows FROM {HISTORY} WHERE table_name = ? AND file = ?"),
+                        [&table, &path],
+                        |r| r.get(0),
+                    )
+                    .ok();
+                if let Some(rows) = previous {
+                    results.push(CopyResult {
+                        path,
+                        status: CopyStatus::Skipped,
+                        rows_loaded: rows as u64,
+                        query_id: query_id.clone(),
+                    });
+                    continue;
+                }
+                let mut rows = 0u64;
+                for batch in decode_parquet(&path, data)? {
+                    let registration = ArrowBatchRegistration::new(batch);
+                    let inserted = tx.execute(&insert, [&registration]).map_err(|e| classify_insert_error(&path, e))?;
+                    rows += inserted as u64;
+                }
+                tx.execute(
+                    &format!("INSERT INTO {HISTORY} (table_name, file, rows, query_id) VALUES (?, ?, ?, ?)"),
+                    duckdb::params![table, path, rows as i64, query_id],
+                )
+                .map_err(unavailable)?;
+                results.push(CopyResult {
+                    path,
+                    status: CopyStatus::Loaded,
+                    rows_loaded: rows,
+                    query_id: query_id.clone(),
+                });
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(results)
+        })
+        .await
+    }
+}

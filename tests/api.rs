@@ -1,0 +1,347 @@
+//! The HTTP API against a real gateway on the embedded backends (SQLite, local stage, DuckDB).
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::{duckdb_count, duckdb_query, loan, spawn_app};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn ten_thousand_loans_with_two_bad_records_load_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path()).await;
+    app.declare_loans().await;
+
+    let mut lines = Vec::with_capacity(10_000);
+    for i in 0..10_000 {
+        let mut record = loan(i);
+        if i == 17 {
+            record["id"] = Value::Null;
+        }
+        if i == 4242 {
+            record["amount"] = json!("abc");
+        }
+        lines.push(record.to_string());
+    }
+    let response = app.post_ndjson("loans", "", lines.join("\n")).await;
+    assert_eq!(response.status(), 202);
+    let batch: Value = response.json().await.unwrap();
+    assert_eq!(batch["counts"], json!({"received": 10000, "accepted": 9998, "rejected": 2, "loaded": 0}));
+    assert_eq!(batch["table"], "LOANS");
+    assert_eq!(batch["rejects_by_code"], json!({"null_in_not_null": 1, "type_mismatch": 1}));
+    assert!(batch["staged_at"].is_string());
+    let id = batch["id"].as_str().unwrap().to_string();
+
+    let done = app.wait_final(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "loaded", "{done}");
+    assert_eq!(done["counts"]["loaded"], 9998);
+    assert!(done["loaded_at"].is_string());
+    let files = done["files"].as_array().unwrap();
+    assert!(!files.is_empty());
+    assert!(files.iter().all(|f| f["status"] == "loaded" && f["query_id"].is_string()), "{done}");
+    assert_eq!(files.iter().map(|f| f["rows"].as_u64().unwrap()).sum::<u64>(), 9998);
+
+    let (status, page) = app.get_json(&format!("/v1/batches/{id}/rejects")).await;
+    assert_eq!(status, 200);
+    let rejects = page["rejects"].as_array().unwrap();
+    assert_eq!(rejects.len(), 2);
+    assert_eq!(rejects[0]["index"], 17);
+    assert_eq!(rejects[0]["stage"], "gateway");
+    assert_eq!(rejects[0]["record"]["id"], Value::Null);
+    assert_eq!(rejects[0]["errors"][0]["path"], "/id");
+    assert_eq!(rejects[0]["errors"][0]["column"], "ID");
+    assert_eq!(rejects[0]["errors"][0]["code"], "null_in_not_null");
+    assert_eq!(rejects[1]["index"], 4242);
+    assert_eq!(rejects[1]["errors"][0]["path"], "/amount");
+    assert_eq!(rejects[1]["errors"][0]["code"], "type_mismatch");
+    assert!(rejects[1]["errors"][0]["message"].as_str().unwrap().contains("abc"));
+    assert_eq!(page["next"], Value::Null);
+
+    app.shutdown().await;
+    assert_eq!(duckdb_count(dir.path(), "SELECT COUNT(*) FROM loans"), 9998);
+    assert_eq!(duckdb_count(dir.path(), "SELECT COUNT(DISTINCT (_BATCH_ID, _RECORD_INDEX)) FROM loans"), 9998);
+    assert_eq!(duckdb_count(dir.path(), "SELECT COUNT(*) FROM loans WHERE _RECORD_INDEX IN (17, 4242)"), 0);
+    let row = duckdb_query(
+        dir.path(),
+        "SELECT CAST(amount AS VARCHAR), borrower, CAST(issued_on AS VARCHAR), CAST(approved AS VARCHAR), attributes
+         FROM loans WHERE id = 5",
+    );
+    assert_eq!(
+        row,
+        vec![vec![
+            Some("105.05".to_string()),
+            Some("borrower-5".to_string()),
+            Some("2026-11-23".to_string()),
+            Some("false".to_string()),
+            Some(r#"{"score":5,"tags":["a","b"]}"#.to_string()),
+        ]]
+    );
+}
+
+#[tokio::test]
+async fn new_fields_add_nullable_columns_and_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path()).await;
+    app.declare_loans().await;
+    let mut first = loan(1);
+    first["partner_reference_id"] = json!("ref-1");
+    first["risk score"] = json!(3);
+    let mut second = loan(2);
+    second["Risk Score"] = json!(4.5);
+    second["never_set"] = Value::Null;
+    let response = app.post_json("loans", &json!([first, second])).await;
+    assert_eq!(response.status(), 202);
+    let batch: Value = response.json().await.unwrap();
+    let changes: Vec<(String, String)> = batch["schema_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["column"].as_str().unwrap().to_string(), c["type"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(changes, vec![("PARTNER_REFERENCE_ID".into(), "VARCHAR".into()), ("RISK_SCORE".into(), "FLOAT".into())]);
+    assert_eq!(batch["counts"]["accepted"], 2);
+
+    let (_, table) = app.get_json("/v1/tables/LOANS").await;
+    let names: Vec<&str> = table["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert!(names.ends_with(&["PARTNER_REFERENCE_ID", "RISK_SCORE"]), "{names:?}");
+    assert!(!names.contains(&"NEVER_SET"));
+    let (_, audit) = app.get_json("/v1/tables/loans/schema-changes").await;
+    assert_eq!(audit["changes"].as_array().unwrap().len(), 2);
+    assert_eq!(audit["changes"][0]["batch_id"], batch["id"]);
+
+    let id = batch["id"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_final(&id, Duration::from_secs(30)).await["status"], "loaded");
+    app.shutdown().await;
+    let rows =
+        duckdb_query(dir.path(), "SELECT partner_reference_id, CAST(risk_score AS VARCHAR) FROM loans ORDER BY id");
+    assert_eq!(rows, vec![vec![Some("ref-1".into()), Some("3.0".into())], vec![None, Some("4.5".into())]]);
+}
+
+#[tokio::test]
+async fn bodies_in_every_format_and_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path()).await;
+    app.declare_loans().await;
+    let url = app.url("/v1/tables/loans/batches");
+
+    let envelope = app.post_json("loans", &json!({"records": [loan(1), loan(2)]})).await;
+    assert_eq!(envelope.status(), 202);
+
+    let ndjson = format!("{}\n{}\n", loan(3), loan(4));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(ndjson.as_bytes()).unwrap();
+    let response = app
+        .client
+        .post(&url)
+        .header("content-type", "application/x-ndjson")
+        .header("content-encoding", "gzip")
+        .body(gz.finish().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let batch: Value = response.json().await.unwrap();
+    assert_eq!(batch["counts"]["accepted"], 2);
+
+    let body = serde_json::to_vec(&json!([loan(5)])).unwrap();
+    let response = app
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("content-encoding", "zstd")
+        .body(zstd::encode_all(&body[..], 3).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+
+    // A malformed NDJSON line is a reject, not a failed batch.
+    let response = app.post_ndjson("loans", "", format!("{}\n{{\"id\": 7,\n{}\n", loan(6), loan(8))).await;
+    assert_eq!(response.status(), 202);
+    let batch: Value = response.json().await.unwrap();
+    assert_eq!(batch["counts"], json!({"received": 3, "accepted": 2, "rejected": 1, "loaded": 0}));
+    assert_eq!(batch["rejects_by_code"], json!({"invalid_json": 1}));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn whole_request_errors_have_one_shape_and_precise_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path());
+    config.limits.max_body_bytes = 4096;
+    config.limits.max_decompressed_bytes = 8192;
+    let app = common::spawn_app_with(config).await;
+    app.declare_loans().await;
+    let url = app.url("/v1/tables/loans/batches");
+
+    let expect = |status: u16, code: &'static str| {
+        move |response: (u16, Value)| {
+            assert_eq!(response.0, status, "{}", response.1);
+            assert_eq!(response.1["error"]["code"], code, "{}", response.1);
+            assert!(response.1["error"]["message"].is_string());
+            response.1
+        }
+    };
+    async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    let c = &app.client;
+    expect(404, "table_not_found")(send(c.post(app.url("/v1/tables/nope/batches")).json(&json!([{}]))).await);
+    let broken = expect(400, "invalid_json")(send(c.post(&url).body("[{\"id\": 1}, {\"id\": ]")).await);
+    assert_eq!(broken["error"]["details"]["offset"], 19);
+    expect(400, "invalid_body")(send(c.post(&url).body("{\"rows\": []}")).await);
+    expect(400, "empty_batch")(send(c.post(&url).body("[]")).await);
+    expect(415, "unsupported_media_type")(send(c.post(&url).header("content-type", "text/csv").body("id\n1")).await);
+    expect(415, "unsupported_encoding")(send(c.post(&url).header("content-encoding", "br").body("x")).await);
+    expect(413, "payload_too_large")(send(c.post(&url).body(vec![b' '; 5000])).await);
+    // A small gzip bomb: 1 MB of spaces in a few KB; refused once it inflates past the limit.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![b' '; 1 << 20]).unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 4096);
+    expect(413, "payload_too_large")(send(c.post(&url).header("content-encoding", "gzip").body(bomb)).await);
+    expect(400, "invalid_body")(send(c.post(&url).header("content-encoding", "gzip").body("not gzip")).await);
+    expect(404, "batch_not_found")(app.get_json("/v1/batches/not-a-uuid").await);
+    expect(404, "batch_not_found")(app.get_json("/v1/batches/0193a000-0000-7000-8000-000000000000").await);
+    expect(400, "invalid_table_name")(send(c.put(app.url("/v1/tables/%20")).json(&json!({"columns": []}))).await);
+    expect(400, "invalid_definition")(
+        send(c.put(app.url("/v1/tables/t")).json(&json!({"columns": [{"name": "a", "type": "GEOGRAPHY"}]}))).await,
+    );
+    expect(409, "table_conflict")(
+        send(c.put(app.url("/v1/tables/loans")).json(&json!({"columns": [{"name": "id", "type": "VARCHAR"}]}))).await,
+    );
+    expect(404, "not_found")(app.get_json("/v2/nothing").await);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn dry_run_validates_without_storing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path()).await;
+    app.declare_loans().await;
+    let mut extra = loan(1);
+    extra["brand_new"] = json!(true);
+    let response = app
+        .client
+        .post(app.url("/v1/tables/loans/batches?dry_run=true"))
+        .json(&json!([extra, {"id": "x"}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["counts"], json!({"received": 2, "accepted": 1, "rejected": 1, "loaded": 0}));
+    assert_eq!(report["schema_changes"], json!([{"name": "BRAND_NEW", "type": "BOOLEAN", "nullable": true}]));
+    assert_eq!(report["rejects"][0]["errors"][0]["code"], "type_mismatch");
+    let (_, table) = app.get_json("/v1/tables/loans").await;
+    assert!(!table["columns"].to_string().contains("BRAND_NEW"));
+    let (_, list) = app.get_json("/v1/batches").await;
+    assert_eq!(list["batches"], json!([]));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn wait_loaded_answers_200_once_loaded_and_lists_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path()).await;
+    app.declare_loans().await;
+    let response = app
+        .client
+        .post(app.url("/v1/tables/loans/batches?wait=loaded&timeout=30"))
+        .json(&json!([loan(1), loan(2), loan(3)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let batch: Value = response.json().await.unwrap();
+    assert_eq!(batch["status"], "loaded");
+    assert_eq!(batch["counts"]["loaded"], 3);
+
+    // Every record rejected: final at once, status rejected, nothing staged.
+    let response = app.post_json("loans", &json!([{"id": null}, 5])).await;
+    assert_eq!(response.status(), 200);
+    let rejected: Value = response.json().await.unwrap();
+    assert_eq!(rejected["status"], "rejected");
+    assert_eq!(rejected["files"], json!([]));
+    assert_eq!(rejected["rejects_by_code"], json!({"not_an_object": 1, "null_in_not_null": 1}));
+
+    let (_, page) = app.get_json("/v1/batches?status=rejected").await;
+    assert_eq!(page["batches"].as_array().unwrap().len(), 1);
+    assert_eq!(page["batches"][0]["id"], rejected["id"]);
+    let (_, page) = app.get_json("/v1/batches?table=loans&limit=1").await;
+    assert_eq!(page["batches"][0]["id"], rejected["id"], "newest first");
+    let next = page["next"].as_str().unwrap().to_string();
+    let (_, page) = app.get_json(&format!("/v1/batches?table=LOANS&limit=1&after={next}")).await;
+    assert_eq!(page["batches"][0]["id"], batch["id"]);
+    let (status, _) = app.get_json("/v1/batches?status=bogus").await;
+    assert_eq!(status, 400);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn rejects_paginate_and_stream_as_ndjson() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path()).await;
+    app.declare_loans().await;
+    let records: Vec<Value> =
+        (0..250usize).map(|i| if i.is_multiple_of(2) { json!({"id": "bad"}) } else { loan(i) }).collect();
+    let batch: Value = app.post_json("loans", &json!(records)).await.json().await.unwrap();
+    assert_eq!(batch["counts"]["rejected"], 125);
+    let id = batch["id"].as_str().unwrap();
+
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let (status, page) = app.get_json(&format!("/v1/batches/{id}/rejects?limit=50{after}")).await;
+        assert_eq!(status, 200);
+        seen.extend(page["rejects"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()));
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (0..250).step_by(2).collect::<Vec<u64>>());
+
+    let response = app
+        .client
+        .get(app.url(&format!("/v1/batches/{id}/rejects")))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let text = response.text().await.unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 125);
+    assert_eq!(lines[124]["index"], 248);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_docs_and_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path()).await;
+    let (status, health) = app.get_json("/healthz").await;
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    let (status, ready) = app.get_json("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["checks"]["stage"], "ok");
+
+    let docs = app.client.get(app.url("/docs/")).send().await.unwrap();
+    assert_eq!(docs.status(), 200);
+    assert!(docs.text().await.unwrap().contains("swagger-ui"));
+    let served: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(served, file, "openapi/openapi.json is stale: run `cargo run -- openapi > openapi/openapi.json`");
+    assert!(served["paths"]["/v1/tables/{table}/batches"]["post"].is_object());
+    app.shutdown().await;
+}

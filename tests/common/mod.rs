@@ -1,0 +1,162 @@
+//! Test helpers: spawn a gateway on port 0 with its own temp folder and talk HTTP to it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use snowgate::Config;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running gateway.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub data_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// Config for tests: everything under `dir`, short linger and poll interval.
+pub fn test_config(dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.server.data_dir = dir.to_path_buf();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.defaults.linger_ms = 50;
+    config.loader.interval_ms = 100;
+    config.loader.retry_base_ms = 100;
+    config
+}
+
+pub async fn spawn_app(dir: &Path) -> TestApp {
+    spawn_app_with(test_config(dir)).await
+}
+
+pub async fn spawn_app_with(config: Config) -> TestApp {
+    let listener = TcpListener::bind(config.server.listen).await.expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let data_dir = config.server.data_dir.clone();
+    let app = snowgate::App::build(config).await.expect("app builds");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        snowgate::serve(app, listener, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("serve");
+    });
+    TestApp {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap(),
+        data_dir,
+        stop: Some(stop),
+        handle: Some(handle),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Graceful stop: returns once buffers are flushed and every backend is closed.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("server task");
+        }
+    }
+
+    pub async fn put_table(&self, table: &str, body: Value) -> reqwest::Response {
+        self.client.put(self.url(&format!("/v1/tables/{table}"))).json(&body).send().await.unwrap()
+    }
+
+    /// Declares the loans table used across tests.
+    pub async fn declare_loans(&self) {
+        let response = self
+            .put_table(
+                "loans",
+                json!({"columns": [
+                    {"name": "id", "type": "NUMBER", "nullable": false},
+                    {"name": "amount", "type": "NUMBER(12,2)"},
+                    {"name": "borrower", "type": "VARCHAR(64)"},
+                    {"name": "issued_on", "type": "DATE"},
+                    {"name": "approved", "type": "BOOLEAN"},
+                    {"name": "updated_at", "type": "TIMESTAMP_TZ"},
+                    {"name": "attributes", "type": "VARIANT"}
+                ]}),
+            )
+            .await;
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    }
+
+    pub async fn post_json(&self, table: &str, body: &Value) -> reqwest::Response {
+        self.client.post(self.url(&format!("/v1/tables/{table}/batches"))).json(body).send().await.unwrap()
+    }
+
+    pub async fn post_ndjson(&self, table: &str, query: &str, body: String) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/v1/tables/{table}/batches{query}")))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// Polls a batch until its status is final; panics after `timeout`.
+    pub async fn wait_final(&self, id: &str, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (status, batch) = self.get_json(&format!("/v1/batches/{id}")).await;
+            assert_eq!(status, 200, "{batch}");
+            if ["loaded", "rejected", "failed"].contains(&batch["status"].as_str().unwrap()) {
+                return batch;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "batch {id} not final in time: {batch}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A loan record; `i` makes it unique.
+pub fn loan(i: usize) -> Value {
+    json!({
+        "id": i,
+        "amount": format!("{}.{:02}", 100 + i, i % 100),
+        "borrower": format!("borrower-{i}"),
+        "issued_on": "2026-11-23",
+        "approved": i.is_multiple_of(2),
+        "updated_at": "2026-11-23T10:00:00Z",
+        "attributes": {"score": i % 700, "tags": ["a", "b"]}
+    })
+}
+
+/// Rows of a query on the DuckDB file; select VARCHAR columns (the gateway must be stopped).
+pub fn duckdb_query(dir: &Path, sql: &str) -> Vec<Vec<Option<String>>> {
+    let conn = duckdb::Connection::open(dir.join("warehouse.duckdb")).expect("open duckdb");
+    let mut statement = conn.prepare(sql).expect("prepare");
+    let mut rows = statement.query([]).expect("query");
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().unwrap() {
+        let n = row.as_ref().column_count();
+        out.push((0..n).map(|i| row.get::<_, Option<String>>(i).unwrap()).collect());
+    }
+    out
+}
+
+/// One number from a single-value query on the DuckDB file.
+pub fn duckdb_count(dir: &Path, sql: &str) -> i64 {
+    let conn = duckdb::Connection::open(dir.join("warehouse.duckdb")).expect("open duckdb");
+    conn.query_row(sql, [], |row| row.get::<_, i64>(0)).expect("count query")
+}

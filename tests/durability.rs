@@ -1,0 +1,164 @@
+//! Group commit under concurrency, and recovery after `kill -9` of a real gateway process.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{duckdb_count, loan, spawn_app};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn hundred_concurrent_posts_share_files_and_load_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path()).await;
+    app.declare_loans().await;
+    let mut tasks = Vec::new();
+    for request in 0..100 {
+        let client = app.client.clone();
+        let url = app.url("/v1/tables/loans/batches");
+        tasks.push(tokio::spawn(async move {
+            let records: Vec<Value> = (0..100).map(|i| loan(request * 100 + i)).collect();
+            let response = client.post(url).json(&records).send().await.unwrap();
+            assert_eq!(response.status(), 202);
+            let batch: Value = response.json().await.unwrap();
+            assert_eq!(batch["counts"]["accepted"], 100);
+            batch["id"].as_str().unwrap().to_string()
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.push(task.await.unwrap());
+    }
+    let mut files = BTreeSet::new();
+    for id in &ids {
+        let batch = app.wait_final(id, Duration::from_secs(60)).await;
+        assert_eq!(batch["status"], "loaded", "{batch}");
+        assert_eq!(batch["counts"]["loaded"], 100);
+        for file in batch["files"].as_array().unwrap() {
+            files.insert(file["path"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(files.len() <= 25, "100 requests went into {} files; group commit should share them", files.len());
+    app.shutdown().await;
+    assert_eq!(duckdb_count(dir.path(), "SELECT COUNT(*) FROM loans"), 10_000);
+    assert_eq!(duckdb_count(dir.path(), "SELECT COUNT(DISTINCT id) FROM loans"), 10_000);
+    assert_eq!(duckdb_count(dir.path(), "SELECT COUNT(DISTINCT (_BATCH_ID, _RECORD_INDEX)) FROM loans"), 10_000);
+}
+
+#[tokio::test]
+async fn large_posts_split_into_several_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path());
+    config.defaults.max_rows_per_file = 1_000;
+    let app = common::spawn_app_with(config).await;
+    app.declare_loans().await;
+    let lines: Vec<String> = (0..4_500).map(|i| loan(i).to_string()).collect();
+    let response = app.post_ndjson("loans", "?wait=loaded", lines.join("\n")).await;
+    assert_eq!(response.status(), 200);
+    let batch: Value = response.json().await.unwrap();
+    assert_eq!(batch["status"], "loaded", "{batch}");
+    let files = batch["files"].as_array().unwrap();
+    assert_eq!(files.len(), 5);
+    assert!(files.iter().all(|f| f["rows"].as_u64().unwrap() <= 1_000 && f["status"] == "loaded"));
+    app.shutdown().await;
+    assert_eq!(duckdb_count(dir.path(), "SELECT COUNT(*) FROM loans"), 4_500);
+}
+
+/// A gateway in its own process, for crash tests.
+struct Process {
+    child: Child,
+    base: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn start_process(dir: &Path, loader: bool) -> Process {
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_snowgate"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .env("SNOWGATE_LOADER__ENABLED", loader.to_string())
+        .env("SNOWGATE_LOADER__INTERVAL_MS", "100")
+        .env("SNOWGATE_DEFAULTS__LINGER_MS", "50")
+        .env("RUST_LOG", "warn")
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start snowgate");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        if let Ok(response) = client.get(format!("{base}/healthz")).send().await {
+            if response.status().is_success() {
+                return Process { child, base };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("snowgate did not start on port {port}");
+}
+
+impl Process {
+    fn terminate(mut self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "graceful stop exits 0, got {exit:?}");
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn kill_9_after_202_then_restart_loads_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let gateway = start_process(dir.path(), false).await;
+    let response = client
+        .put(format!("{}/v1/tables/loans", gateway.base))
+        .json(&json!({"columns": [{"name": "id", "type": "NUMBER", "nullable": false}, {"name": "amount", "type": "NUMBER(12,2)"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let records: Vec<Value> = (0..500).map(|i| json!({"id": i, "amount": i})).collect();
+    let response =
+        client.post(format!("{}/v1/tables/loans/batches", gateway.base)).json(&records).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let batch: Value = response.json().await.unwrap();
+    assert_eq!(batch["status"], "staged");
+    let id = batch["id"].as_str().unwrap().to_string();
+    gateway.kill_9();
+
+    let gateway = start_process(dir.path(), true).await;
+    let mut status = Value::Null;
+    for _ in 0..600 {
+        status = client.get(format!("{}/v1/batches/{id}", gateway.base)).send().await.unwrap().json().await.unwrap();
+        if status["status"] == "loaded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status["status"], "loaded", "{status}");
+    assert_eq!(status["counts"]["loaded"], 500);
+    gateway.terminate();
+
+    // A third start finds nothing left to load and loads nothing twice.
+    let gateway = start_process(dir.path(), true).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gateway.terminate();
+    assert_eq!(duckdb_count(dir.path(), "SELECT COUNT(*) FROM loans"), 500);
+    assert_eq!(duckdb_count(dir.path(), "SELECT COUNT(DISTINCT (_BATCH_ID, _RECORD_INDEX)) FROM loans"), 500);
+    assert_eq!(duckdb_count(dir.path(), "SELECT CAST(SUM(amount) AS BIGINT) FROM loans"), (0..500).sum::<i64>());
+}

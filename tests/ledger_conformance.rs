@@ -1,0 +1,264 @@
+//! One conformance suite for every ledger backend: the same tests, each against a real database.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+use snowgate::ingest::drift::DriftPolicy;
+use snowgate::ingest::reject::{FieldError, Reject, RejectCode, RejectStage};
+use snowgate::ledger::*;
+use snowgate::schema::{Column, ColumnType};
+use uuid::Uuid;
+
+fn new_batch(table: &str, accepted: u64, rejects: Vec<Reject>) -> NewBatch {
+    let rejected = rejects.len() as u64;
+    let mut by_code = BTreeMap::new();
+    for reject in &rejects {
+        *by_code.entry(reject.errors[0].code.as_str().to_string()).or_insert(0) += 1;
+    }
+    NewBatch {
+        id: Uuid::now_v7(),
+        table: table.into(),
+        partner: "acme".into(),
+        counts: Counts { received: accepted + rejected, accepted, rejected, loaded: 0 },
+        rejects_by_code: by_code,
+        received_at: Utc::now(),
+        rejects,
+    }
+}
+
+fn reject(index: u64) -> Reject {
+    Reject {
+        index,
+        record: json!({"id": null, "n": index}),
+        errors: vec![FieldError {
+            path: "/id".into(),
+            column: Some("ID".into()),
+            code: RejectCode::NullInNotNull,
+            message: "m".into(),
+        }],
+        stage: RejectStage::Gateway,
+    }
+}
+
+fn file(table: &str, rows: u64) -> NewFile {
+    let id = Uuid::now_v7();
+    NewFile { id, table: table.into(), path: format!("{table}/{id}.parquet"), rows, bytes: 100 }
+}
+
+fn commit(file: NewFile, parts: Vec<(Uuid, u64)>, completed: Vec<NewBatch>, pending: bool) -> StageCommit {
+    StageCommit { file: Some(file), parts, completed, pending }
+}
+
+const LEASE: Duration = Duration::from_secs(60);
+
+pub async fn tables_and_schema_changes(ledger: Arc<dyn Ledger>) {
+    let now = Utc::now();
+    let columns = vec![Column { name: "ID".into(), ty: ColumnType::INTEGER, nullable: false }];
+    let record =
+        TableRecord { name: "LOANS".into(), drift: DriftPolicy::Evolve, columns, created_at: now, updated_at: now };
+    ledger.put_table(&record).await.unwrap();
+    let got = ledger.get_table("LOANS").await.unwrap().unwrap();
+    assert_eq!(got.columns, record.columns);
+    assert_eq!(got.created_at.timestamp_micros(), now.timestamp_micros());
+    assert!(ledger.get_table("OTHER").await.unwrap().is_none());
+
+    let batch = Uuid::now_v7();
+    let added = vec![
+        Column { name: "NOTE".into(), ty: ColumnType::Varchar { max_len: 20 }, nullable: true },
+        Column { name: "ID".into(), ty: ColumnType::INTEGER, nullable: true },
+    ];
+    ledger.add_columns("LOANS", &added, Some(batch)).await.unwrap();
+    let got = ledger.get_table("LOANS").await.unwrap().unwrap();
+    let names: Vec<_> = got.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["ID", "NOTE"], "existing columns are not added twice");
+    assert_eq!(got.columns[1].ty, ColumnType::Varchar { max_len: 20 });
+    let changes = ledger.schema_changes("LOANS").await.unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(
+        (changes[0].column.as_str(), changes[0].ty.as_str(), changes[0].batch_id),
+        ("NOTE", "VARCHAR(20)", Some(batch))
+    );
+    assert_eq!(ledger.list_tables().await.unwrap().len(), 1);
+    assert!(ledger.add_columns("MISSING", &added, None).await.is_err());
+}
+
+pub async fn group_commit_then_load_reconciles(ledger: Arc<dyn Ledger>) {
+    let a = new_batch("T", 3, vec![reject(1)]);
+    let b = new_batch("T", 2, vec![]);
+    let (a_id, b_id) = (a.id, b.id);
+    let f = file("T", 5);
+    let path = f.path.clone();
+    ledger.commit_stage(&commit(f, vec![(a_id, 3), (b_id, 2)], vec![a, b], false)).await.unwrap();
+
+    let staged = ledger.get_batch(a_id).await.unwrap().unwrap();
+    assert_eq!(staged.status, BatchStatus::Staged);
+    assert_eq!(staged.counts, Counts { received: 4, accepted: 3, rejected: 1, loaded: 0 });
+    assert_eq!(staged.rejects_by_code, BTreeMap::from([("null_in_not_null".to_string(), 1)]));
+    assert_eq!(staged.files.len(), 1);
+    assert_eq!((staged.files[0].path.as_str(), staged.files[0].rows), (path.as_str(), 3));
+    assert!(staged.staged_at.is_some());
+
+    let claimed = ledger.claim_files("one", LEASE, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!((claimed[0].rows, claimed[0].attempts), (5, 1));
+    assert!(ledger.claim_files("two", LEASE, 10).await.unwrap().is_empty(), "a live claim is exclusive");
+    assert_eq!(ledger.get_batch(b_id).await.unwrap().unwrap().status, BatchStatus::Loading);
+
+    let outcome = FileOutcome::Loaded { id: claimed[0].id, rows: 5, query_id: Some("q-1".into()) };
+    ledger.complete_files(&[outcome]).await.unwrap();
+    let loaded = ledger.get_batch(a_id).await.unwrap().unwrap();
+    assert_eq!(loaded.status, BatchStatus::Loaded);
+    assert_eq!(loaded.counts.loaded, 3);
+    assert_eq!(loaded.counts.received, loaded.counts.loaded + loaded.counts.rejected);
+    assert_eq!(loaded.files[0].query_id.as_deref(), Some("q-1"));
+    assert_eq!(loaded.files[0].status, FileStatus::Loaded);
+    assert!(loaded.loaded_at.is_some());
+    assert_eq!(ledger.get_batch(b_id).await.unwrap().unwrap().counts.loaded, 2);
+    assert!(ledger.claim_files("one", LEASE, 10).await.unwrap().is_empty());
+}
+
+pub async fn pending_parts_wait_for_the_last_commit(ledger: Arc<dyn Ledger>) {
+    let batch = new_batch("T", 30, vec![]);
+    let id = batch.id;
+    ledger.commit_stage(&commit(file("T", 10), vec![(id, 10)], vec![], true)).await.unwrap();
+    ledger.commit_stage(&commit(file("T", 10), vec![(id, 10)], vec![], true)).await.unwrap();
+    assert!(ledger.claim_files("one", LEASE, 10).await.unwrap().is_empty(), "pending parts are not loadable");
+    assert!(ledger.get_batch(id).await.unwrap().is_none(), "no batch before its last part");
+    ledger.commit_stage(&commit(file("T", 10), vec![(id, 10)], vec![batch], false)).await.unwrap();
+    let claimed = ledger.claim_files("one", LEASE, 10).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let outcomes: Vec<_> = claimed.iter().map(|f| FileOutcome::Loaded { id: f.id, rows: 10, query_id: None }).collect();
+    ledger.complete_files(&outcomes[..2]).await.unwrap();
+    let partial = ledger.get_batch(id).await.unwrap().unwrap();
+    assert_eq!((partial.status, partial.counts.loaded), (BatchStatus::Loading, 20));
+    ledger.complete_files(&outcomes[2..]).await.unwrap();
+    let done = ledger.get_batch(id).await.unwrap().unwrap();
+    assert_eq!((done.status, done.counts.loaded), (BatchStatus::Loaded, 30));
+
+    // A pending part whose batch never completed is swept.
+    let orphan = new_batch("T", 1, vec![]);
+    ledger.commit_stage(&commit(file("T", 1), vec![(orphan.id, 1)], vec![], true)).await.unwrap();
+    assert_eq!(ledger.abandon_pending(Duration::from_secs(3600)).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(ledger.abandon_pending(Duration::from_millis(1)).await.unwrap(), 1);
+}
+
+pub async fn leases_expire_and_releases_delay(ledger: Arc<dyn Ledger>) {
+    let batch = new_batch("T", 1, vec![]);
+    let id = batch.id;
+    ledger.commit_stage(&commit(file("T", 1), vec![(id, 1)], vec![batch], false)).await.unwrap();
+    let first = ledger.claim_files("crashed", Duration::from_millis(200), 10).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(ledger.claim_files("other", LEASE, 10).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = ledger.claim_files("other", LEASE, 10).await.unwrap();
+    assert_eq!(second.len(), 1, "an expired lease is claimable");
+    assert_eq!(second[0].attempts, 2);
+
+    ledger.release_files(&[second[0].id], "warehouse down", Duration::from_millis(300)).await.unwrap();
+    assert!(ledger.claim_files("other", LEASE, 10).await.unwrap().is_empty(), "released files wait for their delay");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let third = ledger.claim_files("other", LEASE, 10).await.unwrap();
+    assert_eq!(third.len(), 1);
+
+    let failure = FileOutcome::Failed { id: third[0].id, error: "bad data".into(), query_id: None };
+    ledger.complete_files(&[failure]).await.unwrap();
+    let failed = ledger.get_batch(id).await.unwrap().unwrap();
+    assert_eq!(failed.status, BatchStatus::Failed);
+    assert_eq!(failed.error.as_deref(), Some("bad data"));
+}
+
+pub async fn rejects_and_batch_lists(ledger: Arc<dyn Ledger>) {
+    let rejected = new_batch("T", 0, (0..25).map(reject).collect());
+    let rejected_id = rejected.id;
+    ledger
+        .commit_stage(&StageCommit { file: None, parts: vec![], completed: vec![rejected], pending: false })
+        .await
+        .unwrap();
+    let record = ledger.get_batch(rejected_id).await.unwrap().unwrap();
+    assert_eq!(record.status, BatchStatus::Rejected);
+    assert!(record.staged_at.is_none());
+
+    let page = ledger.list_rejects(rejected_id, None, 10).await.unwrap();
+    assert_eq!(page.iter().map(|r| r.index).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+    assert_eq!(page[3].record, json!({"id": null, "n": 3}));
+    assert_eq!(page[3].errors[0].code, RejectCode::NullInNotNull);
+    let rest = ledger.list_rejects(rejected_id, Some(9), 100).await.unwrap();
+    assert_eq!(rest.len(), 15);
+    assert_eq!(rest[0].index, 10);
+
+    let mut other = new_batch("U", 1, vec![]);
+    other.partner = "globex".into();
+    let other_id = other.id;
+    ledger.commit_stage(&commit(file("U", 1), vec![(other_id, 1)], vec![other], false)).await.unwrap();
+    let all = ledger.list_batches(&BatchFilter::default()).await.unwrap();
+    assert_eq!(all.iter().map(|b| b.id).collect::<Vec<_>>(), vec![other_id, rejected_id], "newest first");
+    let by_table = ledger.list_batches(&BatchFilter { table: Some("T".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(by_table.len(), 1);
+    let by_partner =
+        ledger.list_batches(&BatchFilter { partner: Some("globex".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(by_partner[0].id, other_id);
+    let by_status =
+        ledger.list_batches(&BatchFilter { status: Some(BatchStatus::Rejected), ..Default::default() }).await.unwrap();
+    assert_eq!(by_status[0].id, rejected_id);
+    let after = ledger.list_batches(&BatchFilter { after: Some(other_id), ..Default::default() }).await.unwrap();
+    assert_eq!(after[0].id, rejected_id);
+    let future = ledger
+        .list_batches(&BatchFilter { since: Some(Utc::now() + chrono::Duration::hours(1)), ..Default::default() })
+        .await
+        .unwrap();
+    assert!(future.is_empty());
+    assert!(ledger.get_batch(Uuid::now_v7()).await.unwrap().is_none());
+    ledger.ping().await.unwrap();
+}
+
+/// Runs every suite test against one backend; `$make` builds a fresh, empty ledger.
+macro_rules! ledger_suite {
+    ($module:ident, $make:expr) => {
+        mod $module {
+            use super::*;
+
+            #[tokio::test]
+            async fn tables_and_schema_changes() {
+                let (_guard, ledger) = $make.await;
+                super::tables_and_schema_changes(ledger).await;
+            }
+
+            #[tokio::test]
+            async fn group_commit_then_load_reconciles() {
+                let (_guard, ledger) = $make.await;
+                super::group_commit_then_load_reconciles(ledger).await;
+            }
+
+            #[tokio::test]
+            async fn pending_parts_wait_for_the_last_commit() {
+                let (_guard, ledger) = $make.await;
+                super::pending_parts_wait_for_the_last_commit(ledger).await;
+            }
+
+            #[tokio::test]
+            async fn leases_expire_and_releases_delay() {
+                let (_guard, ledger) = $make.await;
+                super::leases_expire_and_releases_delay(ledger).await;
+            }
+
+            #[tokio::test]
+            async fn rejects_and_batch_lists() {
+                let (_guard, ledger) = $make.await;
+                super::rejects_and_batch_lists(ledger).await;
+            }
+        }
+    };
+}
+
+async fn sqlite() -> (tempfile::TempDir, Arc<dyn Ledger>) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let ledger = snowgate::ledger::sqlite::SqliteLedger::connect(&url).await.unwrap();
+    (dir, Arc::new(ledger))
+}
+
+ledger_suite!(on_sqlite, sqlite());

@@ -1,0 +1,77 @@
+//! The loader against real backends: a crash between COPY and the ledger update loads nothing twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use snowgate::buffer::{Buffers, FlushPolicy, Submission};
+use snowgate::ingest::coerce::Cell;
+use snowgate::ingest::Row;
+use snowgate::ledger::sqlite::SqliteLedger;
+use snowgate::ledger::{BatchStatus, Counts, Ledger, NewBatch};
+use snowgate::loader::{Loader, LoaderSettings};
+use snowgate::schema::{Column, ColumnType, TableSchema};
+use snowgate::stage::Stage;
+use snowgate::warehouse::duckdb::DuckDbWarehouse;
+use snowgate::warehouse::Warehouse;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+#[tokio::test]
+async fn copy_committed_but_not_recorded_is_skipped_on_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = Arc::new(Stage::open(&format!("file://{}", dir.path().join("stage").display())).unwrap());
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::connect(&url).await.unwrap());
+    let duck = Arc::new(DuckDbWarehouse::open(&dir.path().join("w.duckdb"), stage.clone()).unwrap());
+    let warehouse: Arc<dyn Warehouse> = duck.clone();
+    let columns = vec![Column { name: "ID".into(), ty: ColumnType::INTEGER, nullable: false }];
+    warehouse.create_table("T", &columns).await.unwrap();
+
+    let buffers = Buffers::new(stage.clone(), ledger.clone(), 1 << 30, Arc::new(Notify::new()));
+    let id = Uuid::now_v7();
+    let rows: Vec<Row> = (0..50).map(|i| Row { index: i, cells: vec![Cell::Decimal(i as i128)] }).collect();
+    let batch = NewBatch {
+        id,
+        table: "T".into(),
+        partner: "acme".into(),
+        counts: Counts { received: 50, accepted: 50, rejected: 0, loaded: 0 },
+        rejects_by_code: BTreeMap::new(),
+        received_at: Utc::now(),
+        rejects: vec![],
+    };
+    let schema = Arc::new(TableSchema { name: "T".into(), columns });
+    let policy = FlushPolicy { max_rows: 1000, max_bytes: 1 << 20, linger: Duration::from_millis(10) };
+    buffers.submit(Submission { batch, schema, rows, bytes: 5000 }, policy).await.unwrap();
+
+    // A loader claims the file, COPYs it, and dies before telling the ledger.
+    let claimed = ledger.claim_files("crashed", Duration::from_millis(200), 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    warehouse.copy_files("T", &[claimed[0].path.clone()]).await.unwrap();
+    assert_eq!(ledger.get_batch(id).await.unwrap().unwrap().status, BatchStatus::Loading);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settings = LoaderSettings {
+        interval: Duration::from_millis(50),
+        lease: Duration::from_secs(60),
+        max_files_per_copy: 100,
+        retry_base: Duration::from_millis(50),
+    };
+    let loader = Loader::new(
+        ledger.clone(),
+        warehouse.clone(),
+        settings,
+        "survivor".into(),
+        Arc::new(Notify::new()),
+        Arc::new(Notify::new()),
+    );
+    assert_eq!(loader.round().await.unwrap(), 1, "the expired claim is taken over");
+    let batch = ledger.get_batch(id).await.unwrap().unwrap();
+    assert_eq!(batch.status, BatchStatus::Loaded);
+    assert_eq!(batch.counts.loaded, 50);
+    let conn = duck.connection().unwrap();
+    let rows: i64 = conn.query_row("SELECT COUNT(*) FROM \"T\"", [], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 50, "loaded once, not twice");
+    assert_eq!(loader.round().await.unwrap(), 0);
+}

@@ -1,0 +1,18 @@
+//! The checked-in spec is what the code generates.
+
+#[test]
+fn checked_in_spec_is_current() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json");
+    let file = std::fs::read_to_string(path).expect("openapi/openapi.json exists");
+    let generated = snowgate::http::openapi_json();
+    assert!(
+        file == generated,
+        "openapi/openapi.json is stale; regenerate it with `cargo run -- openapi > openapi/openapi.json`"
+    );
+    let spec: serde_json::Value = serde_json::from_str(&generated).unwrap();
+    for path in
+        ["/v1/tables/{table}/batches", "/v1/batches/{id}", "/v1/batches/{id}/rejects", "/v1/tables/{table}", "/readyz"]
+    {
+        assert!(spec["paths"][path].is_object(), "{path} missing from the spec");
+    }
+}

@@ -1,0 +1,222 @@
+//! One conformance suite for every warehouse backend: the same tests, each against a real engine.
+
+use std::sync::Arc;
+
+use snowgate::buffer::encode::{arrow_type, parquet_bytes, record_batch, RowGroup};
+use snowgate::ingest::coerce::Cell;
+use snowgate::ingest::Row;
+use snowgate::schema::{Column, TableSchema};
+use snowgate::stage::Stage;
+use snowgate::warehouse::{CopyStatus, Warehouse, WarehouseError};
+
+/// Runs SQL on the backend and returns rows of text (columns must be cast to text by the query).
+type Peek = Box<dyn Fn(&str) -> Vec<Vec<Option<String>>> + Send + Sync>;
+
+struct Harness {
+    warehouse: Arc<dyn Warehouse>,
+    stage: Arc<Stage>,
+    peek: Peek,
+    _dir: tempfile::TempDir,
+}
+
+fn col(name: &str, ty: &str, nullable: bool) -> Column {
+    Column { name: name.into(), ty: ty.parse().unwrap(), nullable }
+}
+
+fn all_types() -> Vec<Column> {
+    vec![
+        col("ID", "NUMBER(38,0)", false),
+        col("AMOUNT", "NUMBER(12,2)", true),
+        col("RATIO", "FLOAT", true),
+        col("NAME", "VARCHAR", true),
+        col("CODE", "VARCHAR(8)", true),
+        col("FLAG", "BOOLEAN", true),
+        col("DAY", "DATE", true),
+        col("AT_TIME", "TIME", true),
+        col("AT_NTZ", "TIMESTAMP_NTZ", true),
+        col("AT_TZ", "TIMESTAMP_TZ", true),
+        col("DOC", "VARIANT", true),
+        col("BLOB", "BINARY", true),
+    ]
+}
+
+/// Writes rows as a stage file, the way the gateway does, and returns its path.
+async fn stage_file(h: &Harness, table: &str, columns: &[Column], rows: Vec<Row>, name: &str) -> String {
+    let schema = TableSchema { name: table.into(), columns: columns.to_vec() };
+    let batch = record_batch(&schema, &[RowGroup { batch_id: "b-1", ingested_at: 1_700_000_000_000_000, rows: &rows }])
+        .unwrap();
+    let path = format!("{table}/{name}.parquet");
+    h.stage.put_new(&path, parquet_bytes(&batch).unwrap()).await.unwrap();
+    path
+}
+
+fn count(h: &Harness, sql: &str) -> i64 {
+    (h.peek)(sql)[0][0].as_deref().unwrap().parse().unwrap()
+}
+
+async fn describe_create_and_add_columns(h: Harness) {
+    let w = &h.warehouse;
+    assert!(w.describe("T").await.unwrap().is_none());
+    w.create_table("T", &all_types()).await.unwrap();
+    w.create_table("T", &all_types()).await.unwrap();
+    let desc = w.describe("t").await.unwrap().expect("table exists, case-insensitive");
+    assert!(desc.has_metadata);
+    assert_eq!(desc.columns.len(), all_types().len());
+    for (got, want) in desc.columns.iter().zip(all_types()) {
+        assert_eq!(got.name, want.name);
+        assert_eq!(arrow_type(got.ty), arrow_type(want.ty), "{} described as {}", want.name, got.ty);
+        assert_eq!(got.nullable, want.nullable, "{}", want.name);
+    }
+    let extra = [col("ADDED", "VARCHAR", true), col("ID", "NUMBER(38,0)", true)];
+    w.add_columns("T", &extra).await.unwrap();
+    w.add_columns("T", &extra).await.unwrap();
+    let desc = w.describe("T").await.unwrap().unwrap();
+    assert_eq!(desc.columns.last().unwrap().name, "ADDED");
+    assert_eq!(desc.columns.len(), all_types().len() + 1);
+
+    // A key is data, never SQL: a hostile column name is just a column.
+    let hostile = col("X\"; DROP TABLE T; --", "VARCHAR", true);
+    w.add_columns("T", std::slice::from_ref(&hostile)).await.unwrap();
+    assert!(w.describe("T").await.unwrap().unwrap().columns.iter().any(|c| c.name == hostile.name));
+}
+
+async fn copy_is_idempotent_and_loads_by_name(h: Harness) {
+    let w = &h.warehouse;
+    let narrow = vec![col("ID", "NUMBER(38,0)", false)];
+    w.create_table("T", &narrow).await.unwrap();
+    let rows = (0..3).map(|i| Row { index: i, cells: vec![Cell::Decimal(i as i128 + 1)] }).collect();
+    let path = stage_file(&h, "T", &narrow, rows, "first").await;
+    // Added after the file was written: the file still loads, the new column is NULL.
+    w.add_columns("T", &[col("LATER", "VARCHAR", true)]).await.unwrap();
+
+    let results = w.copy_files("T", std::slice::from_ref(&path)).await.unwrap();
+    assert_eq!(results.len(), 1);
+    assert_eq!((results[0].status.clone(), results[0].rows_loaded), (CopyStatus::Loaded, 3));
+    assert!(!results[0].query_id.is_empty());
+    let again = w.copy_files("T", std::slice::from_ref(&path)).await.unwrap();
+    assert_eq!(again[0].status, CopyStatus::Skipped, "load history makes a repeated COPY a no-op");
+    assert_eq!(again[0].rows_loaded, 3);
+    assert_eq!(count(&h, "SELECT CAST(COUNT(*) AS VARCHAR) FROM \"T\""), 3);
+    assert_eq!(count(&h, "SELECT CAST(COUNT(*) AS VARCHAR) FROM \"T\" WHERE \"LATER\" IS NULL"), 3);
+    assert_eq!(
+        count(&h, "SELECT CAST(COUNT(DISTINCT \"_RECORD_INDEX\") AS VARCHAR) FROM \"T\" WHERE \"_BATCH_ID\" = 'b-1'"),
+        3
+    );
+}
+
+async fn data_errors_load_nothing(h: Harness) {
+    let w = &h.warehouse;
+    let columns = vec![col("ID", "NUMBER(38,0)", false)];
+    w.create_table("T", &columns).await.unwrap();
+    let good = stage_file(&h, "T", &columns, vec![Row { index: 0, cells: vec![Cell::Decimal(1)] }], "good").await;
+    let bad = stage_file(&h, "T", &columns, vec![Row { index: 0, cells: vec![Cell::Null] }], "bad").await;
+    let result = w.copy_files("T", &[good.clone(), bad]).await;
+    assert!(matches!(result, Err(WarehouseError::Data(_))), "{result:?}");
+    assert_eq!(count(&h, "SELECT CAST(COUNT(*) AS VARCHAR) FROM \"T\""), 0, "all or nothing");
+    let missing = w.copy_files("T", &["T/nope.parquet".to_string()]).await;
+    assert!(matches!(missing, Err(WarehouseError::Data(_))), "{missing:?}");
+    let results = w.copy_files("T", &[good]).await.unwrap();
+    assert_eq!(results[0].status, CopyStatus::Loaded);
+    assert_eq!(count(&h, "SELECT CAST(COUNT(*) AS VARCHAR) FROM \"T\""), 1);
+}
+
+async fn every_type_round_trips(h: Harness) {
+    let w = &h.warehouse;
+    w.create_table("ALL_TYPES", &all_types()).await.unwrap();
+    let cells = vec![
+        Cell::Decimal(12345678901234567890123456789012345678),
+        Cell::Decimal(-1234),
+        Cell::Float(0.25),
+        Cell::Str("héllo".into()),
+        Cell::Str("ABC".into()),
+        Cell::Bool(true),
+        Cell::Date(20_000),
+        Cell::Time(3_723_000_001),
+        Cell::Timestamp(1_700_000_000_123_456),
+        Cell::Timestamp(1_700_000_000_000_000),
+        Cell::Str(r#"{"a":[1,2]}"#.into()),
+        Cell::Binary(vec![0xde, 0xad]),
+    ];
+    let nulls = std::iter::once(Cell::Decimal(2)).chain(std::iter::repeat_n(Cell::Null, 11)).collect();
+    let rows = vec![Row { index: 0, cells }, Row { index: 1, cells: nulls }];
+    let path = stage_file(&h, "ALL_TYPES", &all_types(), rows, "types").await;
+    w.copy_files("ALL_TYPES", &[path]).await.unwrap();
+    let got = (h.peek)(
+        "SELECT CAST(\"ID\" AS VARCHAR), CAST(\"AMOUNT\" AS VARCHAR), CAST(\"RATIO\" AS VARCHAR), \"NAME\", \"CODE\",
+                CAST(\"FLAG\" AS VARCHAR), CAST(\"DAY\" AS VARCHAR), CAST(\"AT_TIME\" AS VARCHAR),
+                CAST(\"AT_NTZ\" AS VARCHAR), CAST(epoch_us(\"AT_TZ\") AS VARCHAR), CAST(\"DOC\" AS VARCHAR),
+                hex(\"BLOB\")
+         FROM \"ALL_TYPES\" ORDER BY \"_RECORD_INDEX\"",
+    );
+    let want: Vec<Option<String>> = [
+        "12345678901234567890123456789012345678",
+        "-12.34",
+        "0.25",
+        "héllo",
+        "ABC",
+        "true",
+        "2024-10-04",
+        "01:02:03.000001",
+        "2023-11-14 22:13:20.123456",
+        "1700000000000000",
+        r#"{"a":[1,2]}"#,
+        "DEAD",
+    ]
+    .iter()
+    .map(|s| Some(s.to_string()))
+    .collect();
+    assert_eq!(got[0], want);
+    assert_eq!(got[1][0].as_deref(), Some("2"));
+    assert!(got[1][1..11].iter().all(Option::is_none), "{:?}", got[1]);
+}
+
+/// Runs every suite test against one backend; `$make` builds a fresh harness.
+macro_rules! warehouse_suite {
+    ($module:ident, $make:expr) => {
+        mod $module {
+            use super::*;
+
+            #[tokio::test]
+            async fn describe_create_and_add_columns() {
+                super::describe_create_and_add_columns($make.await).await;
+            }
+
+            #[tokio::test]
+            async fn copy_is_idempotent_and_loads_by_name() {
+                super::copy_is_idempotent_and_loads_by_name($make.await).await;
+            }
+
+            #[tokio::test]
+            async fn data_errors_load_nothing() {
+                super::data_errors_load_nothing($make.await).await;
+            }
+
+            #[tokio::test]
+            async fn every_type_round_trips() {
+                super::every_type_round_trips($make.await).await;
+            }
+        }
+    };
+}
+
+async fn duckdb() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = Arc::new(Stage::open(&format!("file://{}", dir.path().join("stage").display())).unwrap());
+    let warehouse =
+        snowgate::warehouse::duckdb::DuckDbWarehouse::open(&dir.path().join("w.duckdb"), stage.clone()).unwrap();
+    let conn = std::sync::Mutex::new(warehouse.connection().unwrap());
+    let peek: Peek = Box::new(move |sql| {
+        let conn = conn.lock().unwrap();
+        let mut statement = conn.prepare(sql).unwrap();
+        let mut rows = statement.query([]).unwrap();
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().unwrap() {
+            let n = row.as_ref().column_count();
+            out.push((0..n).map(|i| row.get::<_, Option<String>>(i).unwrap()).collect());
+        }
+        out
+    });
+    Harness { warehouse: Arc::new(warehouse), stage, peek, _dir: dir }
+}
+
+warehouse_suite!(on_duckdb, duckdb());
