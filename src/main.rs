@@ -1,5 +1,6 @@
 //! The `snowgate` binary: parse the command line, load config, init tracing, run.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -61,7 +62,7 @@ fn main() -> anyhow::Result<()> {
         Command::Openapi => print!("{}", snowgate::http::openapi_json()),
         Command::CheckConfig { config } => {
             let loaded = load(config, None)?;
-            println!("{}", toml_text(&loaded)?);
+            println!("{}", config_text(&loaded)?);
         }
         Command::Sql { config, data_dir, query } => {
             let loaded = load(config, data_dir)?;
@@ -81,14 +82,15 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn toml_text(config: &Config) -> anyhow::Result<String> {
+fn config_text(config: &Config) -> anyhow::Result<String> {
     let value = serde_json::to_value(config)?;
     Ok(serde_json::to_string_pretty(&value)?)
 }
 
 fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
