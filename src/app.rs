@@ -70,6 +70,7 @@ impl App {
         config.validate()?;
         let stage = Arc::new(Stage::open(&config.stage_url())?);
         let ledger_url = config.ledger_url();
+        let ledger_url = ledger_url.expose();
         if let Some(path) = ledger_url.strip_prefix("sqlite://") {
             if let Some(dir) = Path::new(path.split('?').next().unwrap_or(path)).parent() {
                 if !dir.as_os_str().is_empty() {
@@ -77,7 +78,7 @@ impl App {
                 }
             }
         }
-        let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::connect(&ledger_url).await?);
+        let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::connect(ledger_url).await?);
         let warehouse: Arc<dyn Warehouse> = match config.warehouse.kind {
             WarehouseKind::Duckdb => {
                 let path = config.warehouse_path();
@@ -86,6 +87,11 @@ impl App {
                     .await
                     .map_err(|e| std::io::Error::other(e.to_string()))??;
                 Arc::new(opened)
+            }
+            WarehouseKind::Snowflake => {
+                return Err(StartError::Warehouse(crate::warehouse::WarehouseError::Statement(
+                    "the snowflake warehouse is not wired yet".into(),
+                )))
             }
         };
         Ok(App::from_parts(config, stage, ledger, warehouse))

@@ -118,6 +118,7 @@ impl Catalog {
         if let Some(entry) = self.tables.read().expect("tables lock").get(name) {
             return Ok(entry.clone());
         }
+        let _replicas = self.ledger.lock_ddl(name).await?;
         let known = self.ledger.get_table(name).await?;
         let described = self.warehouse.describe(name).await?;
         let now = Utc::now();
@@ -169,6 +170,7 @@ impl Catalog {
         }
         let lock = self.ddl_lock(name);
         let _guard = lock.lock().await;
+        let _replicas = self.ledger.lock_ddl(name).await?;
         let known = self.ledger.get_table(name).await?;
         let drift = drift.or(known.as_ref().map(|k| k.drift)).unwrap_or(self.default_drift);
         let now = Utc::now();
@@ -238,6 +240,7 @@ impl Catalog {
     ) -> Result<Arc<TableSchema>, CatalogError> {
         let lock = self.ddl_lock(&entry.name);
         let _guard = lock.lock().await;
+        let _replicas = self.ledger.lock_ddl(&entry.name).await?;
         let current = entry.schema();
         let missing: Vec<Column> = planned.iter().filter(|p| current.position(&p.name).is_none()).cloned().collect();
         if missing.is_empty() {

@@ -55,15 +55,31 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StageConfig {
-    /// `file://<folder>`; default `file://<data_dir>/stage`.
+    /// `file://<folder>` or `s3://<bucket>/<prefix>`; default `file://<data_dir>/stage`.
     pub url: Option<String>,
+    /// S3-compatible endpoint (MinIO, s3s-fs...), e.g. `http://127.0.0.1:9000`.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Allow plain-HTTP endpoints.
+    pub allow_http: bool,
+    /// Path-style requests (`endpoint/bucket/key`) instead of virtual-hosted buckets.
+    pub path_style: bool,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LedgerConfig {
-    /// `sqlite://<file>`; default `sqlite://<data_dir>/snowgate.db`.
-    pub url: Option<String>,
+    /// `sqlite://<file>` or `postgres://user@host:5432/db`; default `sqlite://<data_dir>/snowgate.db`.
+    /// A password is best given as `PGPASSWORD` rather than in the URL.
+    pub url: Option<Secret>,
+    /// Postgres pool size.
+    pub max_connections: u32,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig { url: None, max_connections: 10 }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -71,6 +87,7 @@ pub struct LedgerConfig {
 pub enum WarehouseKind {
     #[default]
     Duckdb,
+    Snowflake,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -79,6 +96,61 @@ pub struct WarehouseConfig {
     pub kind: WarehouseKind,
     /// DuckDB file; default `<data_dir>/warehouse.duckdb`.
     pub path: Option<PathBuf>,
+    pub snowflake: Option<SnowflakeConfig>,
+}
+
+/// Snowflake connection. The password comes from `SNOWFLAKE_PASSWORD` (or this section's
+/// `password`, best set through `SNOWGATE_WAREHOUSE__SNOWFLAKE__PASSWORD`); key-pair auth reads
+/// `private_key_path` (an unencrypted PKCS#8 PEM file).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnowflakeConfig {
+    pub account: String,
+    pub user: String,
+    pub password: Option<Secret>,
+    pub private_key_path: Option<PathBuf>,
+    pub role: Option<String>,
+    pub warehouse: Option<String>,
+    pub database: String,
+    pub schema: String,
+    /// External stage whose URL is `[stage].url`.
+    pub stage: String,
+    /// Replaces `https://<account>.snowflakecomputing.com` (proxies, emulators).
+    pub base_url: Option<String>,
+}
+
+/// A secret: deserialised from config or env, never printed (Debug and Serialize show `***`).
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(secrecy::SecretString);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(secrecy::SecretString::from(value.into()))
+    }
+
+    pub fn expose(&self) -> &str {
+        use secrecy::ExposeSecret;
+        self.0.expose_secret()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("***")
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
 }
 
 /// Per-table behaviour; `[defaults]` holds every key, `[tables.<name>]` may override any.
@@ -216,9 +288,39 @@ impl Config {
         check(self.loader.lease_secs >= 5, "loader.lease_secs", "must be at least 5")?;
         check((1..=1000).contains(&self.loader.max_files_per_copy), "loader.max_files_per_copy", "must be 1..=1000")?;
         let stage = self.stage_url();
-        check(stage.starts_with("file://"), "stage.url", "must be a file:// URL in this build")?;
+        check(
+            stage.starts_with("file://") || stage.starts_with("s3://"),
+            "stage.url",
+            "must be file://... or s3://...",
+        )?;
         let ledger = self.ledger_url();
-        check(ledger.starts_with("sqlite:"), "ledger.url", "must be a sqlite:// URL in this build")?;
+        let ledger = ledger.expose();
+        check(
+            ledger.starts_with("sqlite:") || ledger.starts_with("postgres://") || ledger.starts_with("postgresql://"),
+            "ledger.url",
+            "must be sqlite://... or postgres://...",
+        )?;
+        check(self.ledger.max_connections >= 1, "ledger.max_connections", "must be at least 1")?;
+        if self.warehouse.kind == WarehouseKind::Snowflake {
+            let Some(sf) = &self.warehouse.snowflake else {
+                return Err(ConfigError("warehouse.snowflake: required when warehouse.kind = \"snowflake\"".into()));
+            };
+            for (key, value) in [
+                ("account", &sf.account),
+                ("user", &sf.user),
+                ("database", &sf.database),
+                ("schema", &sf.schema),
+                ("stage", &sf.stage),
+            ] {
+                check(!value.trim().is_empty(), &format!("warehouse.snowflake.{key}"), "must be set")?;
+            }
+            let has_password = sf.password.is_some() || std::env::var_os("SNOWFLAKE_PASSWORD").is_some();
+            check(
+                has_password || sf.private_key_path.is_some(),
+                "warehouse.snowflake.password",
+                "set SNOWFLAKE_PASSWORD or warehouse.snowflake.private_key_path",
+            )?;
+        }
         Ok(())
     }
 
@@ -226,11 +328,12 @@ impl Config {
         self.stage.url.clone().unwrap_or_else(|| format!("file://{}", self.server.data_dir.join("stage").display()))
     }
 
-    pub fn ledger_url(&self) -> String {
+    /// The ledger URL; a secret, since a Postgres URL may carry a password.
+    pub fn ledger_url(&self) -> Secret {
         self.ledger
             .url
             .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", self.server.data_dir.join("snowgate.db").display()))
+            .unwrap_or_else(|| Secret::new(format!("sqlite://{}", self.server.data_dir.join("snowgate.db").display())))
     }
 
     pub fn warehouse_path(&self) -> PathBuf {
@@ -303,7 +406,7 @@ mod tests {
         let config = Config::default();
         config.validate().unwrap();
         assert_eq!(config.stage_url(), "file://./data/stage");
-        assert_eq!(config.ledger_url(), "sqlite://./data/snowgate.db");
+        assert_eq!(config.ledger_url().expose(), "sqlite://./data/snowgate.db");
         assert_eq!(config.flush_policy("loans").max_rows, 100_000);
     }
 
@@ -322,6 +425,17 @@ mod tests {
         std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:9\"\ncolour = 1\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let mut config = Config::default();
+        config.ledger.url = Some(Secret::new("postgres://snowgate:hunter2@db/snowgate"));
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert!(!serde_json::to_string(&config).unwrap().contains("hunter2"));
+        config.warehouse.kind = WarehouseKind::Snowflake;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.starts_with("warehouse.snowflake"), "{err}");
     }
 
     #[test]

@@ -37,6 +37,22 @@ impl From<sqlx::Error> for LedgerError {
 
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 
+/// Holds a table's DDL lock across replicas until dropped (a Postgres transaction-scoped advisory
+/// lock, say). Backends with a single writer return an empty guard.
+pub struct DdlGuard(#[allow(dead_code)] Option<Box<dyn Send>>);
+
+impl DdlGuard {
+    /// A guard that holds nothing: for backends where one process is the only writer.
+    pub fn none() -> Self {
+        DdlGuard(None)
+    }
+
+    /// A guard that keeps `held` alive (and so the lock it represents) until dropped.
+    pub fn holding(held: Box<dyn Send>) -> Self {
+        DdlGuard(Some(held))
+    }
+}
+
 /// One ledger, many backends: SQLite embedded, Postgres in production.
 #[async_trait]
 pub trait Ledger: Send + Sync + 'static {
@@ -55,6 +71,9 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Appends columns to a table's record and audits each one.
     async fn add_columns(&self, table: &str, columns: &[Column], batch_id: Option<Uuid>) -> Result<()>;
+
+    /// Serialises schema changes to one table across replicas; released when the guard drops.
+    async fn lock_ddl(&self, table: &str) -> Result<DdlGuard>;
 
     /// The audit log of a table, oldest first.
     async fn schema_changes(&self, table: &str) -> Result<Vec<SchemaChange>>;

@@ -262,6 +262,11 @@ impl Ledger for SqliteLedger {
         Ok(())
     }
 
+    async fn lock_ddl(&self, _table: &str) -> Result<DdlGuard> {
+        // One process owns a SQLite ledger; the catalog's in-process lock already serialises DDL.
+        Ok(DdlGuard::none())
+    }
+
     async fn schema_changes(&self, table: &str) -> Result<Vec<SchemaChange>> {
         let rows = sqlx::query("SELECT * FROM schema_changes WHERE table_name = ? ORDER BY id")
             .bind(table)
