@@ -13,4 +13,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
 
+# Real peers (s3s-fs, fakesnow, Postgres): installed once, silent afterwards; tests start their
+# own s3s-fs and fakesnow processes from the paths exported here.
+scripts/peers.sh install
+eval "$(scripts/peers.sh env)"
+
 cargo nextest run --no-fail-fast "$@"

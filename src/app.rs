@@ -14,11 +14,13 @@ use uuid::Uuid;
 use crate::buffer::Buffers;
 use crate::catalog::Catalog;
 use crate::config::{Config, WarehouseKind};
+use crate::ledger::postgres::PostgresLedger;
 use crate::ledger::sqlite::SqliteLedger;
 use crate::ledger::Ledger;
 use crate::loader::Loader;
 use crate::stage::Stage;
 use crate::warehouse::duckdb::DuckDbWarehouse;
+use crate::warehouse::snowflake::SnowflakeWarehouse;
 use crate::warehouse::Warehouse;
 
 /// Why the gateway could not start.
@@ -68,7 +70,7 @@ impl App {
     /// Opens the stage, ledger and warehouse named by the configuration.
     pub async fn build(config: Config) -> Result<App, StartError> {
         config.validate()?;
-        let stage = Arc::new(Stage::open(&config.stage_url())?);
+        let stage = Arc::new(Stage::open(&config.stage_url(), &config.stage)?);
         let ledger_url = config.ledger_url();
         let ledger_url = ledger_url.expose();
         if let Some(path) = ledger_url.strip_prefix("sqlite://") {
@@ -78,7 +80,12 @@ impl App {
                 }
             }
         }
-        let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::connect(ledger_url).await?);
+        let ledger: Arc<dyn Ledger> =
+            if ledger_url.starts_with("postgres://") || ledger_url.starts_with("postgresql://") {
+                Arc::new(PostgresLedger::connect(ledger_url, config.ledger.max_connections).await?)
+            } else {
+                Arc::new(SqliteLedger::connect(ledger_url).await?)
+            };
         let warehouse: Arc<dyn Warehouse> = match config.warehouse.kind {
             WarehouseKind::Duckdb => {
                 let path = config.warehouse_path();
@@ -89,9 +96,8 @@ impl App {
                 Arc::new(opened)
             }
             WarehouseKind::Snowflake => {
-                return Err(StartError::Warehouse(crate::warehouse::WarehouseError::Statement(
-                    "the snowflake warehouse is not wired yet".into(),
-                )))
+                let snowflake = config.warehouse.snowflake.as_ref().expect("validated: section present");
+                Arc::new(SnowflakeWarehouse::connect(snowflake, Vec::new())?)
             }
         };
         Ok(App::from_parts(config, stage, ledger, warehouse))

@@ -249,7 +249,9 @@ impl Config {
             None if Path::new("snowgate.toml").exists() => figment = figment.merge(Toml::file_exact("snowgate.toml")),
             None => {}
         }
-        figment = figment.merge(Env::prefixed("SNOWGATE_").split("__"));
+        // Only SECTION__KEY variables: a Kubernetes Service named snowgate injects SNOWGATE_PORT and
+        // friends, which are not configuration.
+        figment = figment.merge(Env::prefixed("SNOWGATE_").filter(|key| key.as_str().contains("__")).split("__"));
         let config: Config = figment.extract().map_err(|e| ConfigError(describe_figment_error(e)))?;
         config.validate()?;
         Ok(config)
@@ -300,7 +302,13 @@ impl Config {
             "ledger.url",
             "must be sqlite://... or postgres://...",
         )?;
-        check(self.ledger.max_connections >= 1, "ledger.max_connections", "must be at least 1")?;
+        // Postgres holds one connection for a DDL lock while the change itself needs another.
+        let min_connections = if ledger.starts_with("sqlite:") { 1 } else { 2 };
+        check(
+            self.ledger.max_connections >= min_connections,
+            "ledger.max_connections",
+            &format!("must be at least {min_connections}"),
+        )?;
         if self.warehouse.kind == WarehouseKind::Snowflake {
             let Some(sf) = &self.warehouse.snowflake else {
                 return Err(ConfigError("warehouse.snowflake: required when warehouse.kind = \"snowflake\"".into()));

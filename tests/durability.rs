@@ -85,6 +85,8 @@ async fn start_process(dir: &Path, loader: bool) -> Process {
         .env("SNOWGATE_LOADER__ENABLED", loader.to_string())
         .env("SNOWGATE_LOADER__INTERVAL_MS", "100")
         .env("SNOWGATE_DEFAULTS__LINGER_MS", "50")
+        // What a Kubernetes Service named snowgate injects: not configuration, must be ignored.
+        .env("SNOWGATE_PORT", "tcp://10.0.0.1:8080")
         .env("RUST_LOG", "warn")
         .current_dir(dir)
         .stdout(Stdio::null())

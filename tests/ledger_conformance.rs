@@ -262,3 +262,123 @@ async fn sqlite() -> (tempfile::TempDir, Arc<dyn Ledger>) {
 }
 
 ledger_suite!(on_sqlite, sqlite());
+
+/// A fresh schema in the test database, dropped when the test ends (pass or fail).
+struct PgSchema {
+    base: String,
+    name: String,
+    /// The base URL with the schema as the connection's search_path (and application_name, so
+    /// that the sessions can be found again at the end).
+    url: String,
+}
+
+impl PgSchema {
+    async fn create() -> PgSchema {
+        use sqlx::Connection;
+        let base =
+            std::env::var("SGTEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+        let name = format!("sg_test_{}", Uuid::now_v7().simple());
+        let mut conn = sqlx::PgConnection::connect(&base).await.expect("postgres reachable at SGTEST_PG_URL");
+        sqlx::query(&format!("CREATE SCHEMA {name}")).execute(&mut conn).await.unwrap();
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{separator}options=-c%20search_path%3D{name}&application_name={name}");
+        PgSchema { base, name, url }
+    }
+
+    async fn ledger(&self) -> Arc<dyn Ledger> {
+        Arc::new(snowgate::ledger::postgres::PostgresLedger::connect(&self.url, 5).await.unwrap())
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let (base, name) = (self.base.clone(), self.name.clone());
+        // Drop runs inside the test's runtime, which is blocked meanwhile: a thread with its own
+        // runtime does the work. The ledger's pooled sessions are ended first, since a session
+        // whose rollback was queued on the blocked runtime still holds locks in the schema; the
+        // lock timeout is a last resort that leaves the schema behind rather than hang the test.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&base).await?;
+                sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1")
+                    .bind(&name)
+                    .execute(&mut conn)
+                    .await?;
+                sqlx::query("SET lock_timeout = '10s'").execute(&mut conn).await?;
+                sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).execute(&mut conn).await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("test schema {} left behind: {dropped:?}", self.name);
+        }
+    }
+}
+
+async fn postgres() -> (PgSchema, Arc<dyn Ledger>) {
+    let schema = PgSchema::create().await;
+    let ledger = schema.ledger().await;
+    // The search_path must really have put the ledger in the fresh schema, not in `public`.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&schema.base).await.unwrap();
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1")
+            .bind(&schema.name)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert!(tables.iter().any(|t| t == "batches") && tables.iter().any(|t| t == "_sqlx_migrations"), "{tables:?}");
+    (schema, ledger)
+}
+
+ledger_suite!(on_postgres, postgres());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_replicas_never_claim_the_same_file() {
+    let (schema, first) = postgres().await;
+    let second = schema.ledger().await;
+    for _ in 0..50 {
+        let batch = new_batch("T", 1, vec![]);
+        let parts = vec![(batch.id, 1)];
+        first.commit_stage(&commit(file("T", 1), parts, vec![batch], false)).await.unwrap();
+    }
+    let mut claimers = tokio::task::JoinSet::new();
+    for (n, ledger) in [first.clone(), second.clone(), first, second].into_iter().enumerate() {
+        claimers.spawn(async move {
+            let mut ids = Vec::new();
+            loop {
+                let claimed = ledger.claim_files(&format!("replica-{n}"), LEASE, 3).await.unwrap();
+                if claimed.is_empty() {
+                    return ids;
+                }
+                assert!(claimed.iter().all(|f| f.attempts == 1), "a file was claimed twice: {claimed:?}");
+                ids.extend(claimed.into_iter().map(|f| f.id));
+            }
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(ids) = claimers.join_next().await {
+        all.extend(ids.unwrap());
+    }
+    let distinct: std::collections::HashSet<_> = all.iter().collect();
+    assert_eq!(distinct.len(), all.len(), "the same file was claimed twice");
+    assert_eq!(all.len(), 50, "every staged file is claimed");
+}
+
+#[tokio::test]
+async fn postgres_ddl_lock_serialises_replicas_and_releases_on_drop() {
+    let (schema, first) = postgres().await;
+    let second = schema.ledger().await;
+    let held = first.lock_ddl("LOANS").await.unwrap();
+    let other = second.clone();
+    let waiting = tokio::spawn(async move { other.lock_ddl("LOANS").await.map(drop) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "a second replica must wait for the table's ddl lock");
+    let unrelated = tokio::time::timeout(Duration::from_secs(5), second.lock_ddl("OTHER")).await;
+    assert!(matches!(unrelated, Ok(Ok(_))), "other tables are not blocked");
+    drop(held);
+    let acquired = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+    assert!(matches!(acquired, Ok(Ok(Ok(())))), "dropping the guard releases the lock");
+}

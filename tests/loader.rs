@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use snowgate::buffer::{Buffers, FlushPolicy, Submission};
+use snowgate::config::StageConfig;
 use snowgate::ingest::coerce::Cell;
 use snowgate::ingest::Row;
 use snowgate::ledger::sqlite::SqliteLedger;
@@ -21,7 +22,9 @@ use uuid::Uuid;
 #[tokio::test]
 async fn copy_committed_but_not_recorded_is_skipped_on_retry() {
     let dir = tempfile::tempdir().unwrap();
-    let stage = Arc::new(Stage::open(&format!("file://{}", dir.path().join("stage").display())).unwrap());
+    let stage = Arc::new(
+        Stage::open(&format!("file://{}", dir.path().join("stage").display()), &StageConfig::default()).unwrap(),
+    );
     let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
     let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::connect(&url).await.unwrap());
     let duck = Arc::new(DuckDbWarehouse::open(&dir.path().join("w.duckdb"), stage.clone()).unwrap());

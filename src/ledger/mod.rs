@@ -1,6 +1,8 @@
 //! The ledger: durable record of tables, batches, rejects and staged files.
 
+mod codec;
 pub mod model;
+pub mod postgres;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -30,9 +32,19 @@ impl From<sqlx::Error> for LedgerError {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
                 LedgerError::Unavailable(e.to_string())
             }
+            sqlx::Error::Database(ref db) if is_connection_loss(db.as_ref()) => LedgerError::Unavailable(e.to_string()),
             other => LedgerError::Query(other.to_string()),
         }
     }
+}
+
+/// Postgres reports a server going away or refusing sessions as a database error, not an I/O one.
+fn is_connection_loss(db: &dyn sqlx::error::DatabaseError) -> bool {
+    if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_none() {
+        return false;
+    }
+    // 08: connection exception; 57P01-57P03: shutting down or starting up; 53300: too many connections.
+    db.code().is_some_and(|code| code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300"))
 }
 
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;

@@ -9,8 +9,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
+use super::codec::{from_json, parse, reject_stage, to_json};
 use super::*;
-use crate::ingest::reject::RejectStage;
 
 /// Ledger in a SQLite file. Writes go through one connection so that transactions never fight
 /// over the write lock; reads use a small pool alongside (WAL mode).
@@ -67,18 +67,6 @@ fn parse_opt_ts(text: Option<String>) -> Result<Option<DateTime<Utc>>> {
 
 fn parse_uuid(text: &str) -> Result<Uuid> {
     Uuid::parse_str(text).map_err(|e| LedgerError::Corrupt(format!("bad id {text:?}: {e}")))
-}
-
-fn parse<T: FromStr<Err = String>>(text: &str) -> Result<T> {
-    text.parse().map_err(LedgerError::Corrupt)
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| LedgerError::Corrupt(e.to_string()))
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("ledger values serialize")
 }
 
 fn table_from_row(row: &SqliteRow) -> Result<TableRecord> {
@@ -507,10 +495,7 @@ impl Ledger for SqliteLedger {
                     index: row.get::<i64, _>("idx") as u64,
                     record: from_json(row.get::<&str, _>("record"))?,
                     errors: from_json(row.get::<&str, _>("errors"))?,
-                    stage: match row.get::<&str, _>("stage") {
-                        "warehouse" => RejectStage::Warehouse,
-                        _ => RejectStage::Gateway,
-                    },
+                    stage: reject_stage(row.get::<&str, _>("stage")),
                 })
             })
             .collect()

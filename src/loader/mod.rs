@@ -104,7 +104,7 @@ impl Loader {
                     .iter()
                     .map(|file| match results.iter().find(|r| r.path == file.path) {
                         Some(r) => {
-                            FileOutcome::Loaded { id: file.id, rows: r.rows_loaded, query_id: Some(r.query_id.clone()) }
+                            FileOutcome::Loaded { id: file.id, rows: r.rows_loaded, query_id: r.query_id.clone() }
                         }
                         None => FileOutcome::Failed {
                             id: file.id,

@@ -4,9 +4,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+
+use crate::config::StageConfig;
 
 /// Stage failures.
 #[derive(Debug, thiserror::Error)]
@@ -43,31 +46,54 @@ pub struct Stage {
 }
 
 impl Stage {
-    /// Opens a stage from its URL. Only `file://` is supported in this build.
-    pub fn open(url: &str) -> Result<Self, StageError> {
+    /// Opens a stage from its URL and the `[stage]` settings; S3 credentials come from `AWS_*` env.
+    pub fn open(url: &str, options: &StageConfig) -> Result<Self, StageError> {
         let Some((scheme, _)) = url.split_once("://") else {
             return Err(StageError::Config(format!("invalid stage url {url:?}: expected scheme://location")));
         };
         match scheme {
-            "file" => {
-                let root = file_url_path(url);
-                std::fs::create_dir_all(&root)
-                    .map_err(|e| StageError::Config(format!("cannot create stage folder {}: {e}", root.display())))?;
-                let root = root
-                    .canonicalize()
-                    .map_err(|e| StageError::Config(format!("stage folder {}: {e}", root.display())))?;
-                let store = LocalFileSystem::new_with_prefix(&root).map_err(|e| StageError::Config(e.to_string()))?;
-                Ok(Stage {
-                    store: Arc::new(store),
-                    prefix: Path::default(),
-                    url: url.to_string(),
-                    local_root: Some(root),
-                })
-            }
-            other => {
-                Err(StageError::Config(format!("unsupported stage scheme {other:?}; this build supports file://")))
-            }
+            "file" => Self::open_local(url),
+            "s3" => Self::open_s3(url, AmazonS3Builder::from_env(), options),
+            other => Err(StageError::Config(format!(
+                "unsupported stage scheme {other:?}; this build supports file:// and s3://"
+            ))),
         }
+    }
+
+    fn open_local(url: &str) -> Result<Self, StageError> {
+        let root = file_url_path(url);
+        std::fs::create_dir_all(&root)
+            .map_err(|e| StageError::Config(format!("cannot create stage folder {}: {e}", root.display())))?;
+        let root =
+            root.canonicalize().map_err(|e| StageError::Config(format!("stage folder {}: {e}", root.display())))?;
+        let store = LocalFileSystem::new_with_prefix(&root).map_err(|e| StageError::Config(e.to_string()))?;
+        Ok(Stage { store: Arc::new(store), prefix: Path::default(), url: url.to_string(), local_root: Some(root) })
+    }
+
+    /// Opens an `s3://bucket/prefix` stage on top of `builder`, which brings credentials and client
+    /// settings (`AmazonS3Builder::from_env()` in production; tests pass their own so that they
+    /// never share process env); the config's endpoint, region, allow_http and path_style win.
+    pub fn open_s3(url: &str, builder: AmazonS3Builder, options: &StageConfig) -> Result<Self, StageError> {
+        let (bucket, prefix) = parse_s3_url(url)?;
+        let mut builder = builder.with_bucket_name(bucket);
+        if let Some(region) = &options.region {
+            builder = builder.with_region(region);
+        }
+        // Only ever turned on here, so that AWS_ALLOW_HTTP from the environment still counts.
+        if options.allow_http {
+            builder = builder.with_allow_http(true);
+        }
+        let virtual_hosted = !options.path_style;
+        if let Some(endpoint) = &options.endpoint {
+            // object_store takes a virtual-hosted endpoint as the bucket's own host, so build it.
+            let endpoint = if virtual_hosted { virtual_hosted_endpoint(endpoint, bucket)? } else { endpoint.clone() };
+            builder = builder.with_endpoint(endpoint);
+        }
+        let store = builder
+            .with_virtual_hosted_style_request(virtual_hosted)
+            .build()
+            .map_err(|e| StageError::Config(format!("s3 stage {url}: {e}")))?;
+        Ok(Stage { store: Arc::new(store), prefix, url: url.to_string(), local_root: None })
     }
 
     /// The configured URL (no credentials are ever part of it).
@@ -107,10 +133,36 @@ impl Stage {
         use futures::StreamExt;
         let mut listing = self.store.list(Some(&self.prefix));
         match listing.next().await {
-            Some(Err(e)) => Err(e.into()),
+            // Any failure here, a missing bucket included, means the stage cannot take files.
+            Some(Err(e)) => Err(StageError::Unavailable(e.to_string())),
             _ => Ok(()),
         }
     }
+}
+
+/// `s3://bucket/some/prefix` to the bucket and the prefix every file lives under.
+fn parse_s3_url(url: &str) -> Result<(&str, Path), StageError> {
+    let rest = url.strip_prefix("s3://").unwrap_or(url);
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(StageError::Config(format!("invalid stage url {url:?}: expected s3://bucket/prefix")));
+    }
+    let prefix = Path::parse(prefix.trim_matches('/'))
+        .map_err(|e| StageError::Config(format!("invalid stage url {url:?}: {e}")))?;
+    Ok((bucket, prefix))
+}
+
+/// `http://host:port` to `http://bucket.host:port`: a virtual-hosted bucket is named by its host.
+fn virtual_hosted_endpoint(endpoint: &str, bucket: &str) -> Result<String, StageError> {
+    let mut parsed = url::Url::parse(endpoint)
+        .map_err(|e| StageError::Config(format!("invalid stage endpoint {endpoint:?}: {e}")))?;
+    let host =
+        parsed.host_str().ok_or_else(|| StageError::Config(format!("invalid stage endpoint {endpoint:?}: no host")))?;
+    let host = format!("{bucket}.{host}");
+    parsed
+        .set_host(Some(&host))
+        .map_err(|e| StageError::Config(format!("invalid stage endpoint {endpoint:?} for bucket {bucket}: {e}")))?;
+    Ok(parsed.as_str().trim_end_matches('/').to_string())
 }
 
 /// `file://./data/stage` and `file:///abs/path` both name a folder; relative paths stay relative.
@@ -140,7 +192,7 @@ mod tests {
     #[tokio::test]
     async fn local_stage_never_overwrites() {
         let dir = tempfile::tempdir().unwrap();
-        let stage = Stage::open(&format!("file://{}", dir.path().display())).unwrap();
+        let stage = Stage::open(&format!("file://{}", dir.path().display()), &StageConfig::default()).unwrap();
         stage.put_new("T/a.parquet", Bytes::from_static(b"one")).await.unwrap();
         let again = stage.put_new("T/a.parquet", Bytes::from_static(b"two")).await;
         assert!(matches!(again, Err(StageError::AlreadyExists(_))), "{again:?}");
@@ -154,5 +206,32 @@ mod tests {
     fn relative_file_urls_stay_relative() {
         assert_eq!(file_url_path("file://./data/stage"), PathBuf::from("./data/stage"));
         assert_eq!(file_url_path("file:///srv/stage"), PathBuf::from("/srv/stage"));
+    }
+
+    #[test]
+    fn s3_urls_split_into_bucket_and_prefix() {
+        let (bucket, prefix) = parse_s3_url("s3://raw/partners/stage/").unwrap();
+        assert_eq!((bucket, prefix.as_ref()), ("raw", "partners/stage"));
+        let (bucket, prefix) = parse_s3_url("s3://raw").unwrap();
+        assert_eq!((bucket, prefix.as_ref()), ("raw", ""));
+        assert!(matches!(parse_s3_url("s3:///x"), Err(StageError::Config(_))));
+        assert_eq!(virtual_hosted_endpoint("http://localhost:9000", "raw").unwrap(), "http://raw.localhost:9000");
+        assert_eq!(virtual_hosted_endpoint("https://minio.internal/", "raw").unwrap(), "https://raw.minio.internal");
+    }
+
+    #[test]
+    fn s3_stage_opens_without_network() {
+        let options = StageConfig {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            allow_http: true,
+            path_style: true,
+            ..Default::default()
+        };
+        let builder = AmazonS3Builder::new().with_access_key_id("k").with_secret_access_key("s");
+        let stage = Stage::open_s3("s3://raw/stage", builder, &options).unwrap();
+        assert_eq!(stage.url(), "s3://raw/stage");
+        assert!(stage.local_root().is_none());
+        assert_eq!(stage.full_path("T/a.parquet").as_ref(), "stage/T/a.parquet");
+        assert!(matches!(Stage::open("gs://b/p", &options), Err(StageError::Config(_))));
     }
 }

@@ -251,19 +251,19 @@ impl Warehouse for DuckDbWarehouse {
             let tx = conn.transaction().map_err(unavailable)?;
             let mut results = Vec::with_capacity(files.len());
             for (path, data) in files {
-                let previous: Option<i64> = tx
+                let loaded_before: i64 = tx
                     .query_row(
-                        &format!("SELECT rows FROM {HISTORY} WHERE table_name = ? AND file = ?"),
+                        &format!("SELECT COUNT(*) FROM {HISTORY} WHERE table_name = ? AND file = ?"),
                         [&table, &path],
                         |r| r.get(0),
                     )
-                    .ok();
-                if let Some(rows) = previous {
+                    .map_err(unavailable)?;
+                if loaded_before > 0 {
                     results.push(CopyResult {
                         path,
                         status: CopyStatus::Skipped,
-                        rows_loaded: rows as u64,
-                        query_id: query_id.clone(),
+                        rows_loaded: 0,
+                        query_id: Some(query_id.clone()),
                     });
                     continue;
                 }
@@ -282,7 +282,7 @@ impl Warehouse for DuckDbWarehouse {
                     path,
                     status: CopyStatus::Loaded,
                     rows_loaded: rows,
-                    query_id: query_id.clone(),
+                    query_id: Some(query_id.clone()),
                 });
             }
             tx.commit().map_err(unavailable)?;

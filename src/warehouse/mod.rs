@@ -1,6 +1,8 @@
 //! The warehouse: tables, DDL and `COPY INTO` from the stage.
 
 pub mod duckdb;
+pub mod snowflake;
+pub mod snowflake_http;
 
 use async_trait::async_trait;
 
@@ -42,8 +44,10 @@ pub enum CopyStatus {
 pub struct CopyResult {
     pub path: String,
     pub status: CopyStatus,
+    /// Rows this statement loaded from the file (0 when skipped).
     pub rows_loaded: u64,
-    pub query_id: String,
+    /// The warehouse's id for the COPY statement, when it reports one.
+    pub query_id: Option<String>,
 }
 
 /// One warehouse, many backends: DuckDB embedded, Snowflake in production.

@@ -1,6 +1,9 @@
 //! Test helpers: spawn a gateway on port 0 with its own temp folder and talk HTTP to it.
 #![allow(dead_code)]
 
+pub mod fakesnow;
+pub mod peers;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

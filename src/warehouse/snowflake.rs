@@ -1,0 +1,334 @@
+//! Snowflake warehouse over its REST API (snowflake-api), loading from an external stage.
+//!
+//! Statements run one at a time per process: COPY is the loader's only statement and DDL is
+//! rare, and it lets a response middleware hand back each statement's query id.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware};
+use snowflake_api::{
+    AuthArgs, AuthType, CertificateArgs, PasswordArgs, SnowflakeApi, SnowflakeApiBuilder, SnowflakeApiError,
+};
+
+use super::snowflake_http::{result_rows, BaseUrl, QueryIdRecorder, Rows};
+use super::{CopyResult, CopyStatus, TableDescription, Warehouse, WarehouseError};
+use crate::config::SnowflakeConfig;
+use crate::schema::{
+    quote_ident, quote_literal, Column, ColumnType, META_BATCH_ID, META_COLUMNS, META_INGESTED_AT, META_RECORD_INDEX,
+};
+
+/// A Snowflake database and schema, and the external stage that points at snowgate's stage.
+pub struct SnowflakeWarehouse {
+    api: SnowflakeApi,
+    stage: String,
+    statements: tokio::sync::Mutex<()>,
+    last_query_id: Arc<Mutex<Option<String>>>,
+}
+
+/// A statement's rows (as text) and its query id.
+struct Executed {
+    rows: Rows,
+    query_id: Option<String>,
+}
+
+fn auth(config: &SnowflakeConfig) -> Result<AuthType, WarehouseError> {
+    if let Some(path) = &config.private_key_path {
+        let pem = std::fs::read_to_string(path).map_err(|e| {
+            WarehouseError::Statement(format!("warehouse.snowflake.private_key_path {}: {e}", path.display()))
+        })?;
+        return Ok(AuthType::Certificate(CertificateArgs { private_key_pem: pem }));
+    }
+    let password = match &config.password {
+        Some(secret) => secret.expose().to_string(),
+        None => std::env::var("SNOWFLAKE_PASSWORD")
+            .map_err(|_| WarehouseError::Statement("no Snowflake password or private key configured".into()))?,
+    };
+    Ok(AuthType::Password(PasswordArgs { password }))
+}
+
+/// Stage names come from operator config; they are checked rather than quoted so the
+/// `@stage/path` syntax stays as Snowflake documents it.
+fn check_stage_name(name: &str) -> Result<(), WarehouseError> {
+    let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(WarehouseError::Statement(format!("warehouse.snowflake.stage {name:?} must be a plain identifier")))
+    }
+}
+
+impl SnowflakeWarehouse {
+    /// Builds the client; the session logs in on the first statement. `extra` middleware runs
+    /// between snowgate's own (tests use it to adapt an emulator's responses).
+    pub fn connect(config: &SnowflakeConfig, extra: Vec<Arc<dyn Middleware>>) -> Result<Self, WarehouseError> {
+        check_stage_name(&config.stage)?;
+        let last_query_id = Arc::new(Mutex::new(None));
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(600))
+            .build()
+            .map_err(|e| WarehouseError::Statement(format!("http client: {e}")))?;
+        let mut builder = ClientBuilder::new(http).with(QueryIdRecorder::new(last_query_id.clone()));
+        for middleware in extra {
+            builder = builder.with_arc(middleware);
+        }
+        if let Some(base) = &config.base_url {
+            builder = builder.with(BaseUrl::parse(base)?);
+        }
+        let client: ClientWithMiddleware = builder.build();
+        let args = AuthArgs {
+            account_identifier: config.account.clone(),
+            warehouse: config.warehouse.clone(),
+            database: Some(config.database.clone()),
+            schema: Some(config.schema.clone()),
+            username: config.user.clone(),
+            role: config.role.clone(),
+            auth_type: auth(config)?,
+        };
+        let api = SnowflakeApiBuilder::new(args).with_client(client).build().map_err(classify)?;
+        Ok(SnowflakeWarehouse {
+            api,
+            stage: config.stage.clone(),
+            statements: tokio::sync::Mutex::new(()),
+            last_query_id,
+        })
+    }
+
+    async fn exec(&self, sql: &str) -> Result<Executed, WarehouseError> {
+        let one = self.statements.lock().await;
+        self.exec_locked(&one, sql).await
+    }
+
+    /// Runs a statement while the caller holds the statement lock (for multi-statement work).
+    async fn exec_locked(&self, _one: &tokio::sync::MutexGuard<'_, ()>, sql: &str) -> Result<Executed, WarehouseError> {
+        self.last_query_id.lock().expect("query id slot").take();
+        let result = self.api.exec(sql).await;
+        let query_id = self.last_query_id.lock().expect("query id slot").take();
+        let result = result.map_err(|e| {
+            let error = classify(e);
+            tracing::debug!(query_id = ?query_id, error = %error, "snowflake statement failed");
+            error
+        })?;
+        Ok(Executed { rows: result_rows(result)?, query_id })
+    }
+
+    /// Runs any statement and returns its rows as text, for tools and tests.
+    pub async fn query(&self, sql: &str) -> Result<Rows, WarehouseError> {
+        Ok(self.exec(sql).await?.rows)
+    }
+}
+
+/// Snowflake error codes: 100xxx are data errors (conversion, NOT NULL, file format).
+fn classify(error: SnowflakeApiError) -> WarehouseError {
+    match error {
+        SnowflakeApiError::ApiError(code, message) if code.starts_with("100") => {
+            WarehouseError::Data(format!("{code}: {message}"))
+        }
+        SnowflakeApiError::ApiError(code, message) if code == "000606" || code == "390114" || code == "000625" => {
+            WarehouseError::Unavailable(format!("{code}: {message}"))
+        }
+        SnowflakeApiError::ApiError(code, message) => WarehouseError::Statement(format!("{code}: {message}")),
+        other => WarehouseError::Unavailable(other.to_string()),
+    }
+}
+
+fn snowflake_type(ty: ColumnType) -> String {
+    ty.to_string()
+}
+
+fn not_found(error: &WarehouseError) -> bool {
+    matches!(error, WarehouseError::Statement(m) if m.contains("002003") || m.to_ascii_lowercase().contains("does not exist"))
+}
+
+#[async_trait]
+impl Warehouse for SnowflakeWarehouse {
+    fn backend(&self) -> &'static str {
+        "snowflake"
+    }
+
+    async fn ping(&self) -> Result<(), WarehouseError> {
+        self.exec("SELECT 1").await.map(|_| ())
+    }
+
+    async fn describe(&self, table: &str) -> Result<Option<TableDescription>, WarehouseError> {
+        let executed = match self.exec(&format!("DESC TABLE {}", quote_ident(table))).await {
+            Ok(executed) => executed,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let rows = executed.rows;
+        let (Some(name_at), Some(type_at)) = (rows.column("name"), rows.column("type")) else {
+            return Err(WarehouseError::Statement("DESC TABLE returned no name/type columns".into()));
+        };
+        let null_at = rows.column("null?");
+        let mut columns = Vec::new();
+        let mut meta_found = 0;
+        for row in &rows.rows {
+            let name = row.get(name_at).cloned().flatten().unwrap_or_default().to_ascii_uppercase();
+            if META_COLUMNS.contains(&name.as_str()) {
+                meta_found += 1;
+                continue;
+            }
+            let ty_text = row.get(type_at).cloned().flatten().unwrap_or_default();
+            let ty = ty_text.parse().unwrap_or(ColumnType::Variant);
+            let nullable = null_at.and_then(|i| row.get(i).cloned().flatten()).is_none_or(|v| v.starts_with('Y'));
+            columns.push(Column { name, ty, nullable });
+        }
+        Ok(Some(TableDescription { columns, has_metadata: meta_found == META_COLUMNS.len() }))
+    }
+
+    async fn create_table(&self, table: &str, columns: &[Column]) -> Result<(), WarehouseError> {
+        let mut parts: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                let not_null = if c.nullable { "" } else { " NOT NULL" };
+                format!("{} {}{not_null}", quote_ident(&c.name), snowflake_type(c.ty))
+            })
+            .collect();
+        for (name, ty) in metadata_types() {
+            parts.push(format!("{} {ty} NOT NULL", quote_ident(name)));
+        }
+        self.exec(&format!("CREATE TABLE IF NOT EXISTS {} ({})", quote_ident(table), parts.join(", "))).await?;
+        Ok(())
+    }
+
+    async fn add_columns(&self, table: &str, columns: &[Column]) -> Result<(), WarehouseError> {
+        for column in columns {
+            let sql = format!(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}",
+                quote_ident(table),
+                quote_ident(&column.name),
+                snowflake_type(column.ty)
+            );
+            self.exec(&sql).await?;
+        }
+        Ok(())
+    }
+
+    async fn add_metadata_columns(&self, table: &str) -> Result<(), WarehouseError> {
+        for (name, ty) in metadata_types() {
+            let sql = format!("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {ty}", quote_ident(table), quote_ident(name));
+            self.exec(&sql).await?;
+        }
+        Ok(())
+    }
+
+    async fn copy_files(&self, table: &str, paths: &[String]) -> Result<Vec<CopyResult>, WarehouseError> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let files: Vec<String> = paths.iter().map(|p| quote_literal(p)).collect();
+        let sql = format!(
+            "COPY INTO {} FROM @{} FILES = ({}) FILE_FORMAT = (TYPE = PARQUET) MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE",
+            quote_ident(table),
+            self.stage,
+            files.join(", ")
+        );
+        // An explicit transaction makes a multi-file COPY all or nothing on every engine; with
+        // ON_ERROR = ABORT_STATEMENT Snowflake does that anyway, its emulator does not.
+        let one = self.statements.lock().await;
+        self.exec_locked(&one, "BEGIN").await?;
+        let copied = match self.exec_locked(&one, &sql).await {
+            Ok(executed) => copy_results(paths, &executed),
+            Err(e) => Err(e),
+        };
+        let end = if copied.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let ended = self.exec_locked(&one, end).await;
+        let results = copied?;
+        ended?;
+        Ok(results)
+    }
+}
+
+fn metadata_types() -> [(&'static str, &'static str); 3] {
+    [(META_BATCH_ID, "VARCHAR"), (META_RECORD_INDEX, "NUMBER(38,0)"), (META_INGESTED_AT, "TIMESTAMP_TZ")]
+}
+
+/// Per-file COPY rows to results. Snowflake names files by their full stage URL, so they are
+/// matched on the relative path's suffix. A file missing from the result was skipped by load
+/// history (Snowflake answers "0 files processed" when every file was loaded before).
+fn copy_results(paths: &[String], executed: &Executed) -> Result<Vec<CopyResult>, WarehouseError> {
+    let rows = &executed.rows;
+    let query_id = executed.query_id.clone();
+    let file_at = rows.column("file");
+    let status_at = rows.column("status");
+    let loaded_at = rows.column("rows_loaded");
+    let error_at = rows.column("first_error");
+    let mut results = Vec::with_capacity(paths.len());
+    for path in paths {
+        let row = file_at.and_then(|f| {
+            rows.rows.iter().find(|r| r.get(f).cloned().flatten().is_some_and(|name| name.ends_with(path.as_str())))
+        });
+        let Some(row) = row else {
+            results.push(CopyResult {
+                path: path.clone(),
+                status: CopyStatus::Skipped,
+                rows_loaded: 0,
+                query_id: query_id.clone(),
+            });
+            continue;
+        };
+        let cell = |at: Option<usize>| at.and_then(|i| row.get(i).cloned().flatten());
+        let status = cell(status_at).unwrap_or_default().to_ascii_uppercase();
+        let rows_loaded = cell(loaded_at).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        let status = match status.as_str() {
+            "LOADED" => CopyStatus::Loaded,
+            "LOAD_SKIPPED" => CopyStatus::Skipped,
+            other => {
+                let error = cell(error_at).unwrap_or_else(|| format!("status {other}"));
+                return Err(WarehouseError::Data(format!("{path}: {error}")));
+            }
+        };
+        results.push(CopyResult { path: path.clone(), status, rows_loaded, query_id: query_id.clone() });
+    }
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_rows_match_files_by_suffix_and_status() {
+        let rows = Rows {
+            columns: vec!["file".into(), "status".into(), "rows_loaded".into(), "first_error".into()],
+            rows: vec![
+                vec![Some("s3://b/p/T/a.parquet".into()), Some("LOADED".into()), Some("3".into()), None],
+                vec![Some("s3://b/p/T/b.parquet".into()), Some("LOAD_SKIPPED".into()), Some("0".into()), None],
+            ],
+        };
+        let executed = Executed { rows, query_id: Some("q".into()) };
+        let paths = ["T/a.parquet".to_string(), "T/b.parquet".to_string(), "T/c.parquet".to_string()];
+        let results = copy_results(&paths, &executed).unwrap();
+        assert_eq!(results[0].status, CopyStatus::Loaded);
+        assert_eq!(results[0].rows_loaded, 3);
+        assert_eq!(results[1].status, CopyStatus::Skipped);
+        assert_eq!(results[2].status, CopyStatus::Skipped, "absent from the result: skipped by load history");
+        assert_eq!(results[0].query_id.as_deref(), Some("q"));
+    }
+
+    #[test]
+    fn failed_files_are_data_errors() {
+        let rows = Rows {
+            columns: vec!["file".into(), "status".into(), "first_error".into()],
+            rows: vec![vec![Some("T/a.parquet".into()), Some("LOAD_FAILED".into()), Some("bad value".into())]],
+        };
+        let err = copy_results(&["T/a.parquet".into()], &Executed { rows, query_id: None }).unwrap_err();
+        assert!(matches!(err, WarehouseError::Data(m) if m.contains("bad value")));
+    }
+
+    #[test]
+    fn error_codes_are_classified() {
+        assert!(matches!(classify(SnowflakeApiError::ApiError("100038".into(), "x".into())), WarehouseError::Data(_)));
+        assert!(matches!(
+            classify(SnowflakeApiError::ApiError("000606".into(), "x".into())),
+            WarehouseError::Unavailable(_)
+        ));
+        assert!(matches!(
+            classify(SnowflakeApiError::ApiError("002003".into(), "x".into())),
+            WarehouseError::Statement(_)
+        ));
+        assert!(check_stage_name("SNOWGATE_STAGE").is_ok());
+        assert!(check_stage_name("x'; DROP").is_err());
+    }
+}
