@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
@@ -53,7 +54,7 @@ impl Stage {
         };
         match scheme {
             "file" => Self::open_local(url),
-            "s3" => Self::open_s3(url, AmazonS3Builder::from_env(), options),
+            "s3" => Self::open_s3(url, production_builder(), options),
             other => Err(StageError::Config(format!(
                 "unsupported stage scheme {other:?}; this build supports file:// and s3://"
             ))),
@@ -163,6 +164,27 @@ fn virtual_hosted_endpoint(endpoint: &str, bucket: &str) -> Result<String, Stage
         .set_host(Some(&host))
         .map_err(|e| StageError::Config(format!("invalid stage endpoint {endpoint:?} for bucket {bucket}: {e}")))?;
     Ok(parsed.as_str().trim_end_matches('/').to_string())
+}
+
+/// Credentials from `AWS_*` env, and retries bounded well under a partner's request timeout: a
+/// stage outage should answer 503 within seconds, not after object_store's default 3 minutes.
+fn production_builder() -> AmazonS3Builder {
+    use object_store::aws::AmazonS3ConfigKey;
+    use object_store::{BackoffConfig, ClientConfigKey, RetryConfig};
+    let retry = RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(15),
+    };
+    // Set key by key: replacing the client options would drop what from_env read (AWS_ALLOW_HTTP...).
+    AmazonS3Builder::from_env()
+        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout), "5s")
+        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "60s")
+        .with_retry(retry)
 }
 
 /// `file://./data/stage` and `file:///abs/path` both name a folder; relative paths stay relative.

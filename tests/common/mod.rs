@@ -3,6 +3,7 @@
 
 pub mod fakesnow;
 pub mod peers;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,0 +1,245 @@
+//! The gateway on its production backends, each a real server on loopback: Postgres ledger,
+//! S3 stage (s3s-fs), Snowflake warehouse (fakesnow behind the response shim).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::fakesnow::{Fakesnow, ShimProxy};
+use common::peers::S3Server;
+use common::postgres::PgSchema;
+use common::{loan, spawn_app_with, test_config};
+use serde_json::{json, Value};
+use snowgate::config::{Config, SnowflakeConfig, WarehouseKind};
+use snowgate::warehouse::snowflake::SnowflakeWarehouse;
+
+const STAGE: &str = "SNOWGATE_STAGE";
+
+/// Every peer of one test, plus the config that points a gateway at them.
+struct Peers {
+    pg: PgSchema,
+    s3: S3Server,
+    fakesnow: Fakesnow,
+    proxy: ShimProxy,
+    snowflake: SnowflakeConfig,
+    dir: tempfile::TempDir,
+}
+
+impl Peers {
+    async fn start() -> Peers {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = PgSchema::create().await;
+        let s3 = S3Server::start();
+        // The gateway finds S3 credentials where production does: in AWS_* variables. Every test
+        // uses the same constant credentials, so concurrent tests cannot disagree about them.
+        for (key, value) in s3.credentials_env() {
+            std::env::set_var(key, value);
+        }
+        let fakesnow = Fakesnow::start(dir.path()).await;
+        let proxy = ShimProxy::start(&fakesnow.base_url).await;
+        let mut snowflake = fakesnow.config(STAGE);
+        snowflake.base_url = Some(proxy.base_url.clone());
+        // The external stage reads the very objects s3s-fs stored (fakesnow reads file:// URLs only).
+        let folder = s3.root.join(&s3.bucket).join(&s3.prefix);
+        std::fs::create_dir_all(&folder).unwrap();
+        fakesnow.prepare(&snowflake, &folder.canonicalize().unwrap()).await;
+        Peers { pg, s3, fakesnow, proxy, snowflake, dir }
+    }
+
+    fn config(&self, data_dir: &Path) -> Config {
+        let mut config = test_config(data_dir);
+        config.stage = self.s3.stage_config();
+        config.ledger.url = Some(snowgate::config::Secret::new(self.pg.url.clone()));
+        config.warehouse.kind = WarehouseKind::Snowflake;
+        config.warehouse.snowflake = Some(self.snowflake.clone());
+        config
+    }
+
+    /// A separate client for checking what landed in the warehouse.
+    fn warehouse(&self) -> SnowflakeWarehouse {
+        SnowflakeWarehouse::connect(&self.snowflake, Vec::new()).unwrap()
+    }
+}
+
+async fn one_number(warehouse: &SnowflakeWarehouse, sql: &str) -> String {
+    let rows = warehouse.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.rows[0][0].clone().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn post_to_loaded_on_postgres_s3_and_snowflake() {
+    let peers = Peers::start().await;
+    let app = spawn_app_with(peers.config(&peers.dir.path().join("gateway"))).await;
+    app.declare_loans().await;
+    let (status, ready) = app.get_json("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["checks"]["ledger (postgres)"], "ok");
+    assert_eq!(ready["checks"]["warehouse (snowflake)"], "ok");
+
+    let mut records: Vec<Value> = (0..2_000).map(loan).collect();
+    records[7]["amount"] = json!("not a number");
+    let response = app.post_json("loans", &json!(records)).await;
+    assert_eq!(response.status(), 202);
+    let batch: Value = response.json().await.unwrap();
+    assert_eq!(batch["counts"], json!({"received": 2000, "accepted": 1999, "rejected": 1, "loaded": 0}));
+    let id = batch["id"].as_str().unwrap().to_string();
+    let done = app.wait_final(&id, Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "loaded", "{done}");
+    assert_eq!(done["counts"]["loaded"], 1999);
+    let file = &done["files"][0];
+    assert!(file["query_id"].as_str().is_some_and(|q| !q.is_empty()), "{done}");
+    // The file went through the S3 API and sits where s3s-fs keeps objects.
+    assert!(peers.s3.object_path(file["path"].as_str().unwrap()).exists());
+
+    let warehouse = peers.warehouse();
+    assert_eq!(one_number(&warehouse, "SELECT COUNT(*) FROM LOANS").await, "1999");
+    let expected: f64 = (0..2_000).filter(|i| *i != 7).map(|i| (100 + i) as f64 + (i % 100) as f64 / 100.0).sum();
+    let sum: f64 = one_number(&warehouse, "SELECT SUM(AMOUNT) FROM LOANS").await.parse().unwrap();
+    assert!((sum - expected).abs() < 0.001, "sum {sum} != {expected}");
+    let distinct = "SELECT COUNT(*) FROM (SELECT DISTINCT \"_BATCH_ID\", \"_RECORD_INDEX\" FROM LOANS)";
+    assert_eq!(one_number(&warehouse, distinct).await, "1999");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn readiness_and_posts_report_unreachable_backends() {
+    let mut peers = Peers::start().await;
+    let app = spawn_app_with(peers.config(&peers.dir.path().join("gateway"))).await;
+    app.declare_loans().await;
+
+    peers.fakesnow.stop();
+    let (status, body) = app.get_json("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "not_ready");
+    assert!(body["error"]["message"].as_str().unwrap().contains("warehouse (snowflake)"), "{body}");
+    assert_eq!(body["error"]["details"]["checks"]["stage"], "ok");
+    // The warehouse being away does not stop ingestion: records are staged and load later.
+    let response = app.post_json("loans", &json!([loan(1)])).await;
+    assert_eq!(response.status(), 202);
+
+    peers.s3.stop();
+    let (status, body) = app.get_json("/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body["error"]["message"].as_str().unwrap().contains("stage"), "{body}");
+    let response = app.post_json("loans", &json!([loan(2)])).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "stage_unavailable");
+    app.shutdown().await;
+}
+
+/// A gateway process configured through environment variables only.
+struct Gateway {
+    child: Child,
+    base: String,
+}
+
+impl Gateway {
+    async fn start(peers: &Peers, data_dir: &Path) -> Gateway {
+        let port = common::peers::free_port();
+        let sf = &peers.snowflake;
+        let s3 = peers.s3.stage_config();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_snowgate"));
+        command
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data_dir)
+            .env("SNOWGATE_STAGE__URL", s3.url.unwrap())
+            .env("SNOWGATE_STAGE__ENDPOINT", s3.endpoint.unwrap())
+            .env("SNOWGATE_STAGE__REGION", "us-east-1")
+            .env("SNOWGATE_STAGE__ALLOW_HTTP", "true")
+            .env("SNOWGATE_STAGE__PATH_STYLE", "true")
+            .env("SNOWGATE_LEDGER__URL", &peers.pg.url)
+            .env("SNOWGATE_WAREHOUSE__KIND", "snowflake")
+            .env("SNOWGATE_WAREHOUSE__SNOWFLAKE__ACCOUNT", &sf.account)
+            .env("SNOWGATE_WAREHOUSE__SNOWFLAKE__USER", &sf.user)
+            .env("SNOWGATE_WAREHOUSE__SNOWFLAKE__DATABASE", &sf.database)
+            .env("SNOWGATE_WAREHOUSE__SNOWFLAKE__SCHEMA", &sf.schema)
+            .env("SNOWGATE_WAREHOUSE__SNOWFLAKE__STAGE", &sf.stage)
+            .env("SNOWGATE_WAREHOUSE__SNOWFLAKE__BASE_URL", sf.base_url.as_ref().unwrap())
+            .env("SNOWFLAKE_PASSWORD", "not-checked")
+            .env("SNOWGATE_DEFAULTS__LINGER_MS", "50")
+            .env("SNOWGATE_LOADER__INTERVAL_MS", "100")
+            .env("SNOWGATE_LOADER__MAX_FILES_PER_COPY", "4")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (key, value) in peers.s3.credentials_env() {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start snowgate");
+        let base = format!("http://127.0.0.1:{port}");
+        for _ in 0..600 {
+            if reqwest::get(format!("{base}/healthz")).await.is_ok_and(|r| r.status().is_success()) {
+                return Gateway { child, base };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("gateway did not start");
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_gateway_processes_load_every_record_exactly_once() {
+    let peers = Peers::start().await;
+    let first = Gateway::start(&peers, &peers.dir.path().join("one")).await;
+    let second = Gateway::start(&peers, &peers.dir.path().join("two")).await;
+    let client = reqwest::Client::new();
+    let declared = client
+        .put(format!("{}/v1/tables/loans", first.base))
+        .json(&json!({"columns": [{"name": "id", "type": "NUMBER", "nullable": false}, {"name": "amount", "type": "NUMBER(12,2)"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(declared.status(), 201);
+
+    let mut posts = Vec::new();
+    for request in 0..24 {
+        let base = if request % 2 == 0 { first.base.clone() } else { second.base.clone() };
+        let client = client.clone();
+        posts.push(tokio::spawn(async move {
+            let records: Vec<Value> = (0..150).map(|i| json!({"id": request * 1000 + i, "amount": i})).collect();
+            let response = client.post(format!("{base}/v1/tables/loans/batches")).json(&records).send().await.unwrap();
+            assert_eq!(response.status(), 202);
+            response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+        }));
+    }
+    let mut ids = BTreeSet::new();
+    for post in posts {
+        ids.insert(post.await.unwrap());
+    }
+    for id in &ids {
+        let mut batch = Value::Null;
+        for _ in 0..1200 {
+            batch = client.get(format!("{}/v1/batches/{id}", second.base)).send().await.unwrap().json().await.unwrap();
+            if batch["status"] == "loaded" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(batch["status"], "loaded", "{batch}");
+        assert_eq!(batch["counts"]["loaded"], 150);
+    }
+    drop(first);
+    drop(second);
+
+    let warehouse = peers.warehouse();
+    assert_eq!(one_number(&warehouse, "SELECT COUNT(*) FROM LOANS").await, (24 * 150).to_string());
+    let distinct = "SELECT COUNT(*) FROM (SELECT DISTINCT \"_BATCH_ID\", \"_RECORD_INDEX\" FROM LOANS)";
+    assert_eq!(one_number(&warehouse, distinct).await, (24 * 150).to_string());
+    assert_eq!(one_number(&warehouse, "SELECT COUNT(DISTINCT ID) FROM LOANS").await, (24 * 150).to_string());
+    assert_eq!(one_number(&warehouse, "SELECT COUNT(DISTINCT \"_BATCH_ID\") FROM LOANS").await, "24");
+    drop(peers.proxy);
+}
