@@ -57,6 +57,16 @@ impl DuckDbWarehouse {
         guard.try_clone().map_err(unavailable)
     }
 
+    async fn execute_all(&self, statements: Vec<String>) -> Result<(), WarehouseError> {
+        self.run(move |conn| {
+            for sql in &statements {
+                conn.execute_batch(sql).map_err(statement)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Connection) -> Result<T, WarehouseError> + Send + 'static,
@@ -120,6 +130,15 @@ pub fn from_duckdb_type(name: &str) -> ColumnType {
 fn column_ddl(column: &Column) -> String {
     let not_null = if column.nullable { "" } else { " NOT NULL" };
     format!("{} {}{not_null}", quote_ident(&column.name), duckdb_type(column.ty))
+}
+
+/// `ALTER TABLE ... ADD COLUMN IF NOT EXISTS` for each `(name, type)`.
+fn add_column_statements<'a>(table: &str, columns: impl Iterator<Item = (&'a str, String)>) -> Vec<String> {
+    columns
+        .map(|(name, ty)| {
+            format!("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {ty}", quote_ident(table), quote_ident(name))
+        })
+        .collect()
 }
 
 fn metadata_ddl() -> [(&'static str, &'static str); 3] {
@@ -199,40 +218,13 @@ impl Warehouse for DuckDbWarehouse {
     }
 
     async fn add_columns(&self, table: &str, columns: &[Column]) -> Result<(), WarehouseError> {
-        let statements: Vec<String> = columns
-            .iter()
-            .map(|c| {
-                format!(
-                    "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}",
-                    quote_ident(table),
-                    quote_ident(&c.name),
-                    duckdb_type(c.ty)
-                )
-            })
-            .collect();
-        self.run(move |conn| {
-            for sql in &statements {
-                conn.execute_batch(sql).map_err(statement)?;
-            }
-            Ok(())
-        })
-        .await
+        let added = columns.iter().map(|c| (c.name.as_str(), duckdb_type(c.ty)));
+        self.execute_all(add_column_statements(table, added)).await
     }
 
     async fn add_metadata_columns(&self, table: &str) -> Result<(), WarehouseError> {
-        let statements: Vec<String> = metadata_ddl()
-            .iter()
-            .map(|(name, ty)| {
-                format!("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {ty}", quote_ident(table), quote_ident(name))
-            })
-            .collect();
-        self.run(move |conn| {
-            for sql in &statements {
-                conn.execute_batch(sql).map_err(statement)?;
-            }
-            Ok(())
-        })
-        .await
+        let added = metadata_ddl().into_iter().map(|(name, ty)| (name, ty.to_string()));
+        self.execute_all(add_column_statements(table, added)).await
     }
 
     async fn copy_files(&self, table: &str, paths: &[String]) -> Result<Vec<CopyResult>, WarehouseError> {

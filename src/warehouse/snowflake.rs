@@ -21,6 +21,7 @@ use crate::schema::{
 /// A Snowflake database and schema, and the external stage that points at snowgate's stage.
 pub struct SnowflakeWarehouse {
     api: SnowflakeApi,
+    probe: SnowflakeApi,
     stage: String,
     statements: tokio::sync::Mutex<()>,
     last_query_id: Arc<Mutex<Option<String>>>,
@@ -58,36 +59,48 @@ fn check_stage_name(name: &str) -> Result<(), WarehouseError> {
     }
 }
 
+/// A client and session (it logs in on its first statement), with `middleware` in order.
+fn session(
+    config: &SnowflakeConfig,
+    middleware: impl Iterator<Item = Arc<dyn Middleware>>,
+) -> Result<SnowflakeApi, WarehouseError> {
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(600))
+        .build()
+        .map_err(|e| WarehouseError::Statement(format!("http client: {e}")))?;
+    let mut builder = ClientBuilder::new(http);
+    for layer in middleware {
+        builder = builder.with_arc(layer);
+    }
+    if let Some(base) = &config.base_url {
+        builder = builder.with(BaseUrl::parse(base)?);
+    }
+    let client: ClientWithMiddleware = builder.build();
+    let args = AuthArgs {
+        account_identifier: config.account.clone(),
+        warehouse: config.warehouse.clone(),
+        database: Some(config.database.clone()),
+        schema: Some(config.schema.clone()),
+        username: config.user.clone(),
+        role: config.role.clone(),
+        auth_type: auth(config)?,
+    };
+    SnowflakeApiBuilder::new(args).with_client(client).build().map_err(classify)
+}
+
 impl SnowflakeWarehouse {
     /// Builds the client; the session logs in on the first statement. `extra` middleware runs
     /// between snowgate's own (tests use it to adapt an emulator's responses).
     pub fn connect(config: &SnowflakeConfig, extra: Vec<Arc<dyn Middleware>>) -> Result<Self, WarehouseError> {
         check_stage_name(&config.stage)?;
         let last_query_id = Arc::new(Mutex::new(None));
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(600))
-            .build()
-            .map_err(|e| WarehouseError::Statement(format!("http client: {e}")))?;
-        let mut builder = ClientBuilder::new(http).with(QueryIdRecorder::new(last_query_id.clone()));
-        for middleware in extra {
-            builder = builder.with_arc(middleware);
-        }
-        if let Some(base) = &config.base_url {
-            builder = builder.with(BaseUrl::parse(base)?);
-        }
-        let client: ClientWithMiddleware = builder.build();
-        let args = AuthArgs {
-            account_identifier: config.account.clone(),
-            warehouse: config.warehouse.clone(),
-            database: Some(config.database.clone()),
-            schema: Some(config.schema.clone()),
-            username: config.user.clone(),
-            role: config.role.clone(),
-            auth_type: auth(config)?,
-        };
-        let api = SnowflakeApiBuilder::new(args).with_client(client).build().map_err(classify)?;
+        let recorder: Arc<dyn Middleware> = Arc::new(QueryIdRecorder::new(last_query_id.clone()));
+        let api = session(config, std::iter::once(recorder).chain(extra.iter().cloned()))?;
+        // Readiness probes get a session of their own, so they never queue behind a long COPY.
+        let probe = session(config, extra.into_iter())?;
         Ok(SnowflakeWarehouse {
             api,
+            probe,
             stage: config.stage.clone(),
             statements: tokio::sync::Mutex::new(()),
             last_query_id,
@@ -147,7 +160,7 @@ impl Warehouse for SnowflakeWarehouse {
     }
 
     async fn ping(&self) -> Result<(), WarehouseError> {
-        self.exec("SELECT 1").await.map(|_| ())
+        self.probe.exec("SELECT 1").await.map(|_| ()).map_err(classify)
     }
 
     async fn describe(&self, table: &str) -> Result<Option<TableDescription>, WarehouseError> {
