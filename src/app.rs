@@ -97,7 +97,7 @@ impl App {
             }
             WarehouseKind::Snowflake => {
                 let snowflake = config.warehouse.snowflake.as_ref().expect("validated: section present");
-                Arc::new(SnowflakeWarehouse::connect(snowflake, Vec::new())?)
+                Arc::new(SnowflakeWarehouse::connect(snowflake)?)
             }
         };
         Ok(App::from_parts(config, stage, ledger, warehouse))

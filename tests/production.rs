@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::fakesnow::{Fakesnow, ShimProxy};
+use common::fakesnow::Fakesnow;
 use common::peers::S3Server;
 use common::postgres::PgSchema;
 use common::{loan, spawn_app_with, test_config};
@@ -23,7 +23,6 @@ struct Peers {
     pg: PgSchema,
     s3: S3Server,
     fakesnow: Fakesnow,
-    proxy: ShimProxy,
     snowflake: SnowflakeConfig,
     dir: tempfile::TempDir,
 }
@@ -39,14 +38,12 @@ impl Peers {
             std::env::set_var(key, value);
         }
         let fakesnow = Fakesnow::start(dir.path()).await;
-        let proxy = ShimProxy::start(&fakesnow.base_url).await;
-        let mut snowflake = fakesnow.config(STAGE);
-        snowflake.base_url = Some(proxy.base_url.clone());
+        let snowflake = fakesnow.config(STAGE);
         // The external stage reads the very objects s3s-fs stored (fakesnow reads file:// URLs only).
         let folder = s3.root.join(&s3.bucket).join(&s3.prefix);
         std::fs::create_dir_all(&folder).unwrap();
         fakesnow.prepare(&snowflake, &folder.canonicalize().unwrap()).await;
-        Peers { pg, s3, fakesnow, proxy, snowflake, dir }
+        Peers { pg, s3, fakesnow, snowflake, dir }
     }
 
     fn config(&self, data_dir: &Path) -> Config {
@@ -60,7 +57,7 @@ impl Peers {
 
     /// A separate client for checking what landed in the warehouse.
     fn warehouse(&self) -> SnowflakeWarehouse {
-        SnowflakeWarehouse::connect(&self.snowflake, Vec::new()).unwrap()
+        SnowflakeWarehouse::connect(&self.snowflake).unwrap()
     }
 }
 
@@ -241,5 +238,4 @@ async fn two_gateway_processes_load_every_record_exactly_once() {
     assert_eq!(one_number(&warehouse, distinct).await, (24 * 150).to_string());
     assert_eq!(one_number(&warehouse, "SELECT COUNT(DISTINCT ID) FROM LOANS").await, (24 * 150).to_string());
     assert_eq!(one_number(&warehouse, "SELECT COUNT(DISTINCT \"_BATCH_ID\") FROM LOANS").await, "24");
-    drop(peers.proxy);
 }

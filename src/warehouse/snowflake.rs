@@ -59,18 +59,15 @@ fn check_stage_name(name: &str) -> Result<(), WarehouseError> {
     }
 }
 
-/// A client and session (it logs in on its first statement), with `middleware` in order.
-fn session(
-    config: &SnowflakeConfig,
-    middleware: impl Iterator<Item = Arc<dyn Middleware>>,
-) -> Result<SnowflakeApi, WarehouseError> {
+/// A client and session (it logs in on its first statement), optionally recording query ids.
+fn session(config: &SnowflakeConfig, recorder: Option<Arc<dyn Middleware>>) -> Result<SnowflakeApi, WarehouseError> {
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(600))
         .build()
         .map_err(|e| WarehouseError::Statement(format!("http client: {e}")))?;
     let mut builder = ClientBuilder::new(http);
-    for layer in middleware {
-        builder = builder.with_arc(layer);
+    if let Some(recorder) = recorder {
+        builder = builder.with_arc(recorder);
     }
     if let Some(base) = &config.base_url {
         builder = builder.with(BaseUrl::parse(base)?);
@@ -89,15 +86,14 @@ fn session(
 }
 
 impl SnowflakeWarehouse {
-    /// Builds the client; the session logs in on the first statement. `extra` middleware runs
-    /// between snowgate's own (tests use it to adapt an emulator's responses).
-    pub fn connect(config: &SnowflakeConfig, extra: Vec<Arc<dyn Middleware>>) -> Result<Self, WarehouseError> {
+    /// Builds the clients; each session logs in on its first statement.
+    pub fn connect(config: &SnowflakeConfig) -> Result<Self, WarehouseError> {
         check_stage_name(&config.stage)?;
         let last_query_id = Arc::new(Mutex::new(None));
         let recorder: Arc<dyn Middleware> = Arc::new(QueryIdRecorder::new(last_query_id.clone()));
-        let api = session(config, std::iter::once(recorder).chain(extra.iter().cloned()))?;
+        let api = session(config, Some(recorder))?;
         // Readiness probes get a session of their own, so they never queue behind a long COPY.
-        let probe = session(config, extra.into_iter())?;
+        let probe = session(config, None)?;
         Ok(SnowflakeWarehouse {
             api,
             probe,

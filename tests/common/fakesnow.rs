@@ -1,24 +1,24 @@
-//! The Snowflake emulator (fakesnow) as a test peer, and the response shim it needs.
+//! The Snowflake emulator (fakesnow) as a test peer, behind the shim it needs.
 //!
-//! fakesnow leaves out fields that real Snowflake sends and that snowflake-api requires. The shim
-//! fills them in (never overwriting) so the production client code runs unchanged against it.
+//! fakesnow leaves out fields that real Snowflake sends and that snowflake-api requires. A proxy in
+//! the test process fills them in (never overwriting), so the production client, in-process or in
+//! a gateway process, runs unchanged against it through its `base_url`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use reqwest_middleware::{Middleware, Next};
 use serde_json::{json, Value};
 use snowgate::config::{Secret, SnowflakeConfig};
 use snowgate::warehouse::snowflake::SnowflakeWarehouse;
-use snowgate::warehouse::snowflake_http::{buffer, rebuild};
+use snowgate::warehouse::snowflake_http::buffer;
 
-/// A running fakesnow server.
+/// A running fakesnow server and the shim proxy in front of it.
 pub struct Fakesnow {
+    /// The proxy's URL: what clients use as `base_url`.
     pub base_url: String,
     child: Child,
+    _proxy: ShimProxy,
 }
 
 fn fakesnow_binary() -> PathBuf {
@@ -49,10 +49,11 @@ impl Fakesnow {
             .stderr(Stdio::null())
             .spawn()
             .expect("start fakesnow");
-        let base_url = format!("http://127.0.0.1:{port}");
+        let upstream = format!("http://127.0.0.1:{port}");
         for _ in 0..400 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Fakesnow { base_url, child };
+                let proxy = ShimProxy::start(&upstream).await;
+                return Fakesnow { base_url: proxy.base_url.clone(), child, _proxy: proxy };
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("fakesnow exited early: {status}");
@@ -79,18 +80,14 @@ impl Fakesnow {
         }
     }
 
-    /// Connects the production client through the shim.
+    /// Connects the production client (through the shim proxy, as `config` says).
     pub fn warehouse(&self, config: &SnowflakeConfig) -> SnowflakeWarehouse {
-        SnowflakeWarehouse::connect(config, vec![Arc::new(FakesnowShim)]).expect("snowflake client")
+        SnowflakeWarehouse::connect(config).expect("snowflake client")
     }
 
     /// Creates the database, schema and an external stage reading `folder` (what an admin does).
     pub async fn prepare(&self, config: &SnowflakeConfig, folder: &Path) {
-        let admin = SnowflakeWarehouse::connect(
-            &SnowflakeConfig { database: "SNOWGATE".into(), ..config.clone() },
-            vec![Arc::new(FakesnowShim)],
-        )
-        .unwrap();
+        let admin = self.warehouse(config);
         admin.query("CREATE SCHEMA IF NOT EXISTS SNOWGATE.PARTNERS").await.expect("create schema");
         let url = format!("file://{}/", folder.display());
         admin
@@ -99,6 +96,7 @@ impl Fakesnow {
             .expect("create stage");
     }
 
+    /// Stops the emulator; the proxy stays and answers 502, like an unreachable warehouse.
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -111,15 +109,13 @@ impl Drop for Fakesnow {
     }
 }
 
-/// Fills in what fakesnow leaves out of its responses; never overwrites a field it sent.
-pub struct FakesnowShim;
-
 fn fill(target: &mut Value, pointer: &str, key: &str, value: Value) {
     if let Some(Value::Object(map)) = target.pointer_mut(pointer) {
         map.entry(key.to_string()).or_insert(value);
     }
 }
 
+/// Fills in what fakesnow leaves out of its responses; never overwrites a field it sent.
 fn patch(path: &str, body: &mut Value) {
     if path.ends_with("/session/v1/login-request") {
         fill(body, "/data", "masterToken", json!("fakesnow-master-token"));
@@ -156,28 +152,7 @@ fn patch(path: &str, body: &mut Value) {
     }
 }
 
-#[async_trait]
-impl Middleware for FakesnowShim {
-    async fn handle(
-        &self,
-        req: reqwest::Request,
-        extensions: &mut http::Extensions,
-        next: Next<'_>,
-    ) -> reqwest_middleware::Result<reqwest::Response> {
-        let path = req.url().path().to_string();
-        let response = next.run(req, extensions).await?;
-        let (parts, body) = buffer(response).await?;
-        let Ok(mut value) = serde_json::from_slice::<Value>(&body) else {
-            return Ok(rebuild(parts, body));
-        };
-        patch(&path, &mut value);
-        let patched = serde_json::to_vec(&value).map_err(|e| reqwest_middleware::Error::Middleware(e.into()))?;
-        Ok(rebuild(parts, patched.into()))
-    }
-}
-
-/// An HTTP proxy in front of fakesnow that applies the shim, for gateway processes (which run the
-/// production client with no test middleware): point `base_url` at it.
+/// An HTTP proxy in front of fakesnow that applies [`patch`] to every JSON response.
 pub struct ShimProxy {
     pub base_url: String,
     task: tokio::task::JoinHandle<()>,
