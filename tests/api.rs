@@ -337,10 +337,7 @@ async fn health_docs_and_spec() {
     assert_eq!(docs.status(), 200);
     assert!(docs.text().await.unwrap().contains("swagger-ui"));
     let served: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
-    let file: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json")).unwrap(),
-    )
-    .unwrap();
+    let file: Value = serde_json::from_str(include_str!("../openapi/openapi.json")).unwrap();
     assert_eq!(served, file, "openapi/openapi.json is stale: run `cargo run -- openapi > openapi/openapi.json`");
     assert!(served["paths"]["/v1/tables/{table}/batches"]["post"].is_object());
     app.shutdown().await;
