@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::{duckdb_count, loan, spawn_app};
@@ -73,39 +73,15 @@ struct Process {
     base: String,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 async fn start_process(dir: &Path, loader: bool) -> Process {
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_snowgate"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir)
+    let (mut command, base) = common::gateway_command(dir);
+    command
         .env("SNOWGATE_LOADER__ENABLED", loader.to_string())
-        .env("SNOWGATE_LOADER__INTERVAL_MS", "100")
-        .env("SNOWGATE_DEFAULTS__LINGER_MS", "50")
         // What a Kubernetes Service named snowgate injects: not configuration, must be ignored.
         .env("SNOWGATE_PORT", "tcp://10.0.0.1:8080")
-        .env("RUST_LOG", "warn")
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start snowgate");
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    for _ in 0..600 {
-        if let Ok(response) = client.get(format!("{base}/healthz")).send().await {
-            if response.status().is_success() {
-                return Process { child, base };
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("snowgate did not start on port {port}");
+        .current_dir(dir);
+    let child = common::start_gateway(command, &base).await;
+    Process { child, base }
 }
 
 impl Process {
@@ -144,14 +120,7 @@ async fn kill_9_after_202_then_restart_loads_exactly_once() {
     gateway.kill_9();
 
     let gateway = start_process(dir.path(), true).await;
-    let mut status = Value::Null;
-    for _ in 0..600 {
-        status = client.get(format!("{}/v1/batches/{id}", gateway.base)).send().await.unwrap().json().await.unwrap();
-        if status["status"] == "loaded" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = common::wait_final(&client, &gateway.base, &id, Duration::from_secs(30)).await;
     assert_eq!(status["status"], "loaded", "{status}");
     assert_eq!(status["counts"]["loaded"], 500);
     gateway.terminate();

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::fakesnow::Fakesnow;
@@ -137,13 +137,10 @@ struct Gateway {
 
 impl Gateway {
     async fn start(peers: &Peers, data_dir: &Path) -> Gateway {
-        let port = common::peers::free_port();
         let sf = &peers.snowflake;
         let s3 = peers.s3.stage_config();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_snowgate"));
+        let (mut command, base) = common::gateway_command(data_dir);
         command
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(data_dir)
             .env("SNOWGATE_STAGE__URL", s3.url.unwrap())
             .env("SNOWGATE_STAGE__ENDPOINT", s3.endpoint.unwrap())
             .env("SNOWGATE_STAGE__REGION", "us-east-1")
@@ -158,26 +155,12 @@ impl Gateway {
             .env("SNOWGATE_WAREHOUSE__SNOWFLAKE__STAGE", &sf.stage)
             .env("SNOWGATE_WAREHOUSE__SNOWFLAKE__BASE_URL", sf.base_url.as_ref().unwrap())
             .env("SNOWFLAKE_PASSWORD", "not-checked")
-            .env("SNOWGATE_DEFAULTS__LINGER_MS", "50")
-            .env("SNOWGATE_LOADER__INTERVAL_MS", "100")
-            .env("SNOWGATE_LOADER__MAX_FILES_PER_COPY", "4")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .env("SNOWGATE_LOADER__MAX_FILES_PER_COPY", "4");
         for (key, value) in peers.s3.credentials_env() {
             command.env(key, value);
         }
-        let mut child = command.spawn().expect("start snowgate");
-        let base = format!("http://127.0.0.1:{port}");
-        for _ in 0..600 {
-            if reqwest::get(format!("{base}/healthz")).await.is_ok_and(|r| r.status().is_success()) {
-                return Gateway { child, base };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("gateway did not start");
+        let child = common::start_gateway(command, &base).await;
+        Gateway { child, base }
     }
 }
 
@@ -218,14 +201,7 @@ async fn two_gateway_processes_load_every_record_exactly_once() {
         ids.insert(post.await.unwrap());
     }
     for id in &ids {
-        let mut batch = Value::Null;
-        for _ in 0..1200 {
-            batch = client.get(format!("{}/v1/batches/{id}", second.base)).send().await.unwrap().json().await.unwrap();
-            if batch["status"] == "loaded" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let batch = common::wait_final(&client, &second.base, id, Duration::from_secs(60)).await;
         assert_eq!(batch["status"], "loaded", "{batch}");
         assert_eq!(batch["counts"]["loaded"], 150);
     }

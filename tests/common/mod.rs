@@ -6,6 +6,7 @@ pub mod peers;
 pub mod postgres;
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -120,17 +121,54 @@ impl TestApp {
 
     /// Polls a batch until its status is final; panics after `timeout`.
     pub async fn wait_final(&self, id: &str, timeout: Duration) -> Value {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let (status, batch) = self.get_json(&format!("/v1/batches/{id}")).await;
-            assert_eq!(status, 200, "{batch}");
-            if ["loaded", "rejected", "failed"].contains(&batch["status"].as_str().unwrap()) {
-                return batch;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "batch {id} not final in time: {batch}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_final(&self.client, &self.base, id, timeout).await
     }
+}
+
+/// Polls a batch on the gateway at `base` until its status is final; panics after `timeout`.
+pub async fn wait_final(client: &reqwest::Client, base: &str, id: &str, timeout: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let response = client.get(format!("{base}/v1/batches/{id}")).send().await.unwrap();
+        let status = response.status().as_u16();
+        let batch: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "{batch}");
+        if ["loaded", "rejected", "failed"].contains(&batch["status"].as_str().unwrap()) {
+            return batch;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "batch {id} not final in time: {batch}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `snowgate serve` on a free port with its data under `data_dir`, short linger and poll interval;
+/// callers add their own environment and spawn it with [`start_gateway`].
+pub fn gateway_command(data_dir: &Path) -> (Command, String) {
+    let port = peers::free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_snowgate"));
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data_dir)
+        .env("SNOWGATE_DEFAULTS__LINGER_MS", "50")
+        .env("SNOWGATE_LOADER__INTERVAL_MS", "100")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    (command, format!("http://127.0.0.1:{port}"))
+}
+
+/// Spawns a gateway process and waits until `/healthz` answers; kills it and panics otherwise.
+pub async fn start_gateway(mut command: Command, base: &str) -> Child {
+    let mut child = command.spawn().expect("start snowgate");
+    for _ in 0..600 {
+        if reqwest::get(format!("{base}/healthz")).await.is_ok_and(|r| r.status().is_success()) {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("snowgate did not start at {base}");
 }
 
 /// A loan record; `i` makes it unique.
