@@ -218,6 +218,21 @@ pub async fn rejects_and_batch_lists(ledger: Arc<dyn Ledger>) {
     ledger.ping().await.unwrap();
 }
 
+pub async fn unique_keys_are_conflicts_and_roll_back(ledger: Arc<dyn Ledger>) {
+    let first = new_batch("T", 1, vec![]);
+    let staged = file("T", 1);
+    ledger.commit_stage(&commit(staged.clone(), vec![(first.id, 1)], vec![first], false)).await.unwrap();
+    // A second commit that reuses the file's path: the unique key says no, and nothing of it stays.
+    let second = new_batch("T", 1, vec![]);
+    let second_id = second.id;
+    let again = NewFile { id: Uuid::now_v7(), ..staged };
+    let err = ledger.commit_stage(&commit(again, vec![(second_id, 1)], vec![second], false)).await.unwrap_err();
+    assert!(matches!(err, LedgerError::Conflict(_)), "{err:?}");
+    assert!(!err.is_unavailable());
+    assert!(ledger.get_batch(second_id).await.unwrap().is_none(), "the failed commit left nothing behind");
+    assert_eq!(ledger.claim_files("me", LEASE, 10).await.unwrap().len(), 1);
+}
+
 /// Runs every suite test against one backend; `$make` builds a fresh, empty ledger.
 macro_rules! ledger_suite {
     ($module:ident, $make:expr) => {
@@ -246,6 +261,12 @@ macro_rules! ledger_suite {
             async fn leases_expire_and_releases_delay() {
                 let (_guard, ledger) = $make.await;
                 super::leases_expire_and_releases_delay(ledger).await;
+            }
+
+            #[tokio::test]
+            async fn unique_keys_are_conflicts_and_roll_back() {
+                let (_guard, ledger) = $make.await;
+                super::unique_keys_are_conflicts_and_roll_back(ledger).await;
             }
 
             #[tokio::test]
@@ -329,4 +350,95 @@ async fn postgres_ddl_lock_serialises_replicas_and_releases_on_drop() {
     drop(held);
     let acquired = tokio::time::timeout(Duration::from_secs(5), waiting).await;
     assert!(matches!(acquired, Ok(Ok(Ok(())))), "dropping the guard releases the lock");
+}
+
+/// Applies only the first migration (the ledger as the first release created it) to `pool`.
+async fn first_release_schema<DB: sqlx::Database>(dir: &std::path::Path, sql: &str, pool: &sqlx::Pool<DB>)
+where
+    DB::Connection: sqlx::migrate::Migrate,
+{
+    std::fs::write(dir.join("0001_init.sql"), sql).unwrap();
+    sqlx::migrate::Migrator::new(dir).await.unwrap().run(pool).await.unwrap();
+}
+
+/// Rows as the first release wrote them: a table, a batch being loaded, its file and a reject.
+const FIRST_RELEASE_ROWS: [&str; 5] = [
+    "INSERT INTO tables (name, drift, columns, created_at, updated_at)
+     VALUES ('T', 'evolve', '[]', '2026-11-01T10:00:00.000000Z', '2026-11-01T10:00:00.000000Z')",
+    "INSERT INTO batches (id, table_name, partner, status, received, accepted, rejected, rejects_by_code, received_at, staged_at)
+     VALUES ('0193a000-0000-7000-8000-000000000001', 'T', 'anonymous', 'loading', 3, 2, 1,
+             '{\"type_mismatch\":1}', '2026-11-01T10:00:00.000000Z', '2026-11-01T10:00:01.000000Z')",
+    "INSERT INTO files (id, table_name, path, rows, bytes, status, attempts, claimed_by, lease_until, created_at)
+     VALUES ('0193a000-0000-7000-8000-000000000002', 'T', 'T/old.parquet', 2, 100, 'loading', 1, 'gone',
+             '2026-11-01T10:05:00.000000Z', '2026-11-01T10:00:01.000000Z')",
+    "INSERT INTO file_batches (file_id, batch_id, rows)
+     VALUES ('0193a000-0000-7000-8000-000000000002', '0193a000-0000-7000-8000-000000000001', 2)",
+    "INSERT INTO rejects (batch_id, idx, record, errors, stage)
+     VALUES ('0193a000-0000-7000-8000-000000000001', 1, '{\"amount\":\"x\"}', '[]', 'gateway')",
+];
+
+/// After the upgrade the old rows read back, the old claim is taken over and completes the
+/// batch, and the new CHECK constraints refuse a status no code knows.
+async fn first_release_rows_survive_the_upgrade(ledger: Arc<dyn Ledger>) -> Uuid {
+    let batch_id: Uuid = "0193a000-0000-7000-8000-000000000001".parse().unwrap();
+    let batch = ledger.get_batch(batch_id).await.unwrap().unwrap();
+    assert_eq!(batch.status, BatchStatus::Loading);
+    assert_eq!(batch.counts, Counts { received: 3, accepted: 2, rejected: 1, loaded: 0 });
+    assert_eq!(batch.files[0].path, "T/old.parquet");
+    assert_eq!(ledger.list_rejects(batch_id, None, 10).await.unwrap()[0].index, 1);
+    let claimed = ledger.claim_files("new", LEASE, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1, "the expired claim of the old process is taken over");
+    ledger.complete_files(&[FileOutcome::Loaded { id: claimed[0].id, rows: 2, query_id: None }]).await.unwrap();
+    let batch = ledger.get_batch(batch_id).await.unwrap().unwrap();
+    assert_eq!(batch.status, BatchStatus::Loaded);
+    assert_eq!(batch.counts.loaded + batch.counts.rejected, batch.counts.received);
+    batch_id
+}
+
+#[tokio::test]
+async fn sqlite_ledger_of_the_first_release_upgrades_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("ledger.db").display());
+    let old = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let migrations = tempfile::tempdir().unwrap();
+    first_release_schema(migrations.path(), include_str!("../migrations/sqlite/0001_init.sql"), &old).await;
+    for sql in FIRST_RELEASE_ROWS {
+        sqlx::query(sql).execute(&old).await.unwrap();
+    }
+    old.close().await;
+
+    let ledger = Arc::new(snowgate::ledger::sqlite::SqliteLedger::connect(&url).await.unwrap());
+    first_release_rows_survive_the_upgrade(ledger).await;
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let refused = sqlx::query("UPDATE batches SET status = 'done'").execute(&pool).await.unwrap_err();
+    assert!(refused.to_string().contains("CHECK"), "{refused}");
+    // The CHECK lists and the Rust enums name the same statuses.
+    for status in BatchStatus::ALL {
+        sqlx::query("UPDATE batches SET status = $1").bind(status.as_str()).execute(&pool).await.unwrap();
+    }
+    for status in FileStatus::ALL {
+        sqlx::query("UPDATE files SET status = $1").bind(status.as_str()).execute(&pool).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn postgres_ledger_of_the_first_release_upgrades_in_place() {
+    let schema = PgSchema::create().await;
+    let old = sqlx::PgPool::connect(&schema.url).await.unwrap();
+    let migrations = tempfile::tempdir().unwrap();
+    first_release_schema(migrations.path(), include_str!("../migrations/postgres/0001_init.sql"), &old).await;
+    for sql in FIRST_RELEASE_ROWS {
+        sqlx::query(sql).execute(&old).await.unwrap();
+    }
+    first_release_rows_survive_the_upgrade(schema.ledger().await).await;
+    let refused = sqlx::query("UPDATE batches SET status = 'done'").execute(&old).await.unwrap_err();
+    let code = refused.as_database_error().and_then(|e| e.code()).map(|c| c.to_string());
+    assert_eq!(code.as_deref(), Some("23514"), "check_violation: {refused}");
+    for status in BatchStatus::ALL {
+        sqlx::query("UPDATE batches SET status = $1").bind(status.as_str()).execute(&old).await.unwrap();
+    }
+    for status in FileStatus::ALL {
+        sqlx::query("UPDATE files SET status = $1").bind(status.as_str()).execute(&old).await.unwrap();
+    }
+    old.close().await;
 }

@@ -1,9 +1,9 @@
 //! The ledger: durable record of tables, batches, rejects and staged files.
 
-mod codec;
 pub mod model;
 pub mod postgres;
 pub mod sqlite;
+mod store;
 
 use std::time::Duration;
 
@@ -11,40 +11,85 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 pub use model::*;
+pub use store::SqlLedger;
 
 use crate::ingest::reject::Reject;
 use crate::schema::Column;
 
-/// Ledger failures; all are internal or availability problems, never the partner's fault.
+/// Ledger failures, classified once from the driver's error kinds and SQLSTATEs.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
+    /// The database cannot be reached or is refusing work for now: retry later.
     #[error("ledger unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] sqlx::Error),
+    /// A unique key already holds this value.
+    #[error("ledger conflict: {0}")]
+    Conflict(#[source] sqlx::Error),
+    /// Any other failed statement: a bug or a schema out of step with the code.
     #[error("ledger query failed: {0}")]
-    Query(String),
+    Query(#[source] sqlx::Error),
+    #[error("ledger migration failed: {0}")]
+    Migration(#[source] sqlx::migrate::MigrateError),
+    /// A row the ledger wrote cannot be read back.
     #[error("ledger holds data it cannot read: {0}")]
     Corrupt(String),
+    /// A record the operation needs does not exist.
+    #[error("not in the ledger: {0}")]
+    Missing(String),
+}
+
+impl LedgerError {
+    /// True when retrying later may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, LedgerError::Unavailable(_))
+    }
 }
 
 impl From<sqlx::Error> for LedgerError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-                LedgerError::Unavailable(e.to_string())
+        match &e {
+            _ if unavailable(&e) => LedgerError::Unavailable(e),
+            sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation => {
+                LedgerError::Conflict(e)
             }
-            sqlx::Error::Database(ref db) if is_connection_loss(db.as_ref()) => LedgerError::Unavailable(e.to_string()),
-            other => LedgerError::Query(other.to_string()),
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::ColumnNotFound(_) | sqlx::Error::Decode(_) => {
+                LedgerError::Corrupt(e.to_string())
+            }
+            _ => LedgerError::Query(e),
         }
     }
 }
 
-/// Postgres reports a server going away or refusing sessions as a database error, not an I/O one.
-fn is_connection_loss(db: &dyn sqlx::error::DatabaseError) -> bool {
-    if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_none() {
-        return false;
+impl From<sqlx::migrate::MigrateError> for LedgerError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        match e {
+            sqlx::migrate::MigrateError::Execute(inner) if unavailable(&inner) => LedgerError::Unavailable(inner),
+            other => LedgerError::Migration(other),
+        }
     }
-    // 08: connection exception; 57P01-57P03: shutting down or starting up; 53300: too many connections.
-    db.code().is_some_and(|code| code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300"))
+}
+
+fn unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => database_unavailable(db.as_ref()),
+        _ => false,
+    }
+}
+
+/// Errors that say "not now" rather than "never", by SQLSTATE (Postgres) or result code (SQLite).
+fn database_unavailable(db: &dyn sqlx::error::DatabaseError) -> bool {
+    let Some(code) = db.code() else { return false };
+    if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() {
+        // 08: connection exception; 57P01-57P03: shutting down or starting up; 53: insufficient
+        // resources (too many connections, disk full); 40001/40P01: serialization failure, deadlock.
+        return code.starts_with("08")
+            || code.starts_with("53")
+            || matches!(&*code, "57P01" | "57P02" | "57P03" | "40001" | "40P01");
+    }
+    // SQLite reports its extended result code; the primary code is the low byte.
+    // 5 BUSY, 6 LOCKED, 10 IOERR, 13 FULL, 14 CANTOPEN.
+    code.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6 | 10 | 13 | 14))
 }
 
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;

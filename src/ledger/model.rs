@@ -13,95 +13,95 @@ use crate::ingest::drift::DriftPolicy;
 use crate::ingest::reject::Reject;
 use crate::schema::Column;
 
-/// Lifecycle of a batch: `staged -> loading -> loaded`, or `rejected` / `failed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum BatchStatus {
-    Staged,
-    Loading,
-    Loaded,
-    Rejected,
-    Failed,
+/// An enum stored and served as its snake_case name: `as_str`, `ALL`, `Display` and `FromStr`
+/// from one list, so the names exist once (the migrations' CHECK constraints list them too).
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| format!("unknown {} {s:?}", stringify!($name)))
+            }
+        }
+    };
+}
+
+text_enum! {
+    /// Lifecycle of a batch: `staged -> loading -> loaded`, or `rejected` / `failed`.
+    BatchStatus {
+        Staged = "staged",
+        Loading = "loading",
+        Loaded = "loaded",
+        Rejected = "rejected",
+        Failed = "failed",
+    }
 }
 
 impl BatchStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BatchStatus::Staged => "staged",
-            BatchStatus::Loading => "loading",
-            BatchStatus::Loaded => "loaded",
-            BatchStatus::Rejected => "rejected",
-            BatchStatus::Failed => "failed",
-        }
-    }
-
     /// True once nothing more will happen to the batch.
     pub fn is_final(self) -> bool {
         matches!(self, BatchStatus::Loaded | BatchStatus::Rejected | BatchStatus::Failed)
     }
-}
 
-impl fmt::Display for BatchStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+    /// A new batch: `rejected` when nothing was accepted, otherwise `staged`.
+    pub fn on_commit(accepted: u64) -> Self {
+        if accepted == 0 {
+            BatchStatus::Rejected
+        } else {
+            BatchStatus::Staged
+        }
     }
-}
 
-impl FromStr for BatchStatus {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "staged" => BatchStatus::Staged,
-            "loading" => BatchStatus::Loading,
-            "loaded" => BatchStatus::Loaded,
-            "rejected" => BatchStatus::Rejected,
-            "failed" => BatchStatus::Failed,
-            other => return Err(format!("unknown batch status {other:?}")),
-        })
-    }
-}
-
-/// Lifecycle of a staged file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum FileStatus {
-    /// Part of a large batch whose other parts are not staged yet: not loadable.
-    Pending,
-    Staged,
-    Loading,
-    Loaded,
-    Failed,
-    /// A pending part whose batch never completed (the gateway stopped mid-request).
-    Abandoned,
-}
-
-impl FileStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FileStatus::Pending => "pending",
-            FileStatus::Staged => "staged",
-            FileStatus::Loading => "loading",
-            FileStatus::Loaded => "loaded",
-            FileStatus::Failed => "failed",
-            FileStatus::Abandoned => "abandoned",
+    /// A staged batch from the state of its files: `loading` while any file is still open, then
+    /// `failed` if one failed, else `loaded`. The one place this transition is defined.
+    pub fn from_files(open_files: u64, failed: bool) -> Self {
+        match (open_files, failed) {
+            (0, true) => BatchStatus::Failed,
+            (0, false) => BatchStatus::Loaded,
+            _ => BatchStatus::Loading,
         }
     }
 }
 
-impl FromStr for FileStatus {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "pending" => FileStatus::Pending,
-            "staged" => FileStatus::Staged,
-            "loading" => FileStatus::Loading,
-            "loaded" => FileStatus::Loaded,
-            "failed" => FileStatus::Failed,
-            "abandoned" => FileStatus::Abandoned,
-            other => return Err(format!("unknown file status {other:?}")),
-        })
+text_enum! {
+    /// Lifecycle of a staged file.
+    FileStatus {
+        /// Part of a large batch whose other parts are not staged yet: not loadable.
+        Pending = "pending",
+        Staged = "staged",
+        Loading = "loading",
+        Loaded = "loaded",
+        Failed = "failed",
+        /// A pending part whose batch never completed (the gateway stopped mid-request).
+        Abandoned = "abandoned",
     }
 }
 
@@ -230,7 +230,8 @@ pub struct BatchRecord {
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct BatchFilter {
-    /// Table name (case-insensitive).
+    /// Table name: an identifier, case-insensitive.
+    #[param(pattern = r"^[A-Za-z_][A-Za-z0-9_$]{0,254}$")]
     pub table: Option<String>,
     pub partner: Option<String>,
     pub status: Option<BatchStatus>,
@@ -241,5 +242,6 @@ pub struct BatchFilter {
     /// Cursor: the last id of the previous page.
     pub after: Option<Uuid>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }

@@ -1,0 +1,661 @@
+//! Every ledger query, written once for every SQL backend. A backend supplies only what its
+//! dialect truly does differently ([`Dialect`]): how ids and times are stored, the clock, row
+//! locks and claims, and the DDL lock. Status transitions live in [`BatchStatus`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type};
+use uuid::Uuid;
+
+use super::{
+    AppliedChange, BatchFile, BatchFilter, BatchRecord, BatchStatus, ClaimedFile, Counts, DdlGuard, FileOutcome,
+    FileStatus, Ledger, LedgerError, Result, SchemaChange, StageCommit, TableRecord,
+};
+use crate::ingest::reject::{Reject, RejectStage};
+use crate::schema::Column;
+
+/// Rows per bulk insert: five parameters a row stays under SQLite's 32766 and Postgres's 65535.
+const ROWS_PER_INSERT: usize = 5_000;
+/// Ids per `IN (...)` list.
+const IDS_PER_LIST: usize = 10_000;
+
+/// What one SQL backend does differently from the others.
+pub trait Dialect: Database {
+    /// How ids are stored (`uuid` in Postgres, text in SQLite).
+    type Id: for<'q> Encode<'q, Self> + for<'r> Decode<'r, Self> + Type<Self> + Send + Sync + 'static;
+    /// How times are stored (`timestamptz` in Postgres, RFC 3339 text in SQLite).
+    type Time: for<'q> Encode<'q, Self> + for<'r> Decode<'r, Self> + Type<Self> + Send + Sync + 'static;
+
+    /// Backend name for health reports.
+    const BACKEND: &'static str;
+    /// The database clock, as an SQL expression.
+    const NOW: &'static str;
+    /// Appended to a `SELECT` whose rows the transaction is about to change.
+    const FOR_UPDATE: &'static str;
+    /// Appended to the claim's `SELECT`: rows another replica is claiming are passed over.
+    const SKIP_LOCKED: &'static str;
+
+    /// The database clock plus the seconds (a float) in parameter `param` (`$2`).
+    fn now_plus(param: &str) -> String;
+    /// The database clock minus the seconds (a float) in parameter `param`.
+    fn now_minus(param: &str) -> String;
+
+    fn id(id: Uuid) -> Self::Id;
+    fn uuid(id: Self::Id) -> Result<Uuid>;
+    fn time(at: DateTime<Utc>) -> Self::Time;
+    fn datetime(at: Self::Time) -> Result<DateTime<Utc>>;
+
+    /// Serialises schema changes to `table` across replicas until the guard drops.
+    fn lock_ddl(pool: &Pool<Self>, table: &str) -> impl Future<Output = Result<DdlGuard>> + Send;
+}
+
+/// The ledger on one SQL database. Writes go through `writer`; reads through `reader` (the same
+/// pool on Postgres, a read-only pool beside the single writer connection on SQLite).
+pub struct SqlLedger<D: Database> {
+    writer: Pool<D>,
+    reader: Pool<D>,
+}
+
+impl<D: Database> SqlLedger<D> {
+    pub(crate) fn new(writer: Pool<D>, reader: Pool<D>) -> Self {
+        SqlLedger { writer, reader }
+    }
+}
+
+/// Counts are `bigint`; no real count comes near the top of `u64`, so saturating is enough.
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A duration in seconds; one chrono cannot add to a time is replaced by `fallback`.
+fn seconds(duration: Duration, fallback: Duration) -> f64 {
+    chrono::Duration::from_std(duration).map_or(fallback, |_| duration).as_secs_f64()
+}
+
+fn get<'r, D, T>(row: &'r D::Row, column: &str) -> Result<T>
+where
+    D: Database,
+    T: Decode<'r, D> + Type<D>,
+    for<'a> &'a str: ColumnIndex<D::Row>,
+{
+    row.try_get(column).map_err(|e| LedgerError::Corrupt(format!("column {column}: {e}")))
+}
+
+fn count<D, T>(row: &D::Row, column: &str) -> Result<T>
+where
+    D: Database,
+    T: TryFrom<i64>,
+    for<'r> i64: Decode<'r, D> + Type<D>,
+    for<'a> &'a str: ColumnIndex<D::Row>,
+{
+    let n: i64 = get::<D, i64>(row, column)?;
+    T::try_from(n).map_err(|_| LedgerError::Corrupt(format!("{column} out of range: {n}")))
+}
+
+fn parse<T: std::str::FromStr<Err = String>>(text: &str) -> Result<T> {
+    text.parse().map_err(LedgerError::Corrupt)
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| LedgerError::Corrupt(e.to_string()))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| LedgerError::Corrupt(format!("unwritable value: {e}")))
+}
+
+fn reject_stage(text: &str) -> Result<RejectStage> {
+    match text {
+        "gateway" => Ok(RejectStage::Gateway),
+        "warehouse" => Ok(RejectStage::Warehouse),
+        other => Err(LedgerError::Corrupt(format!("unknown reject stage {other:?}"))),
+    }
+}
+
+/// `($first, ..., $(first + n - 1))`: `n` numbered parameters, which both dialects read.
+fn params(first: usize, n: usize) -> String {
+    let list: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
+    format!("({})", list.join(", "))
+}
+
+/// `rows` tuples of `width` numbered parameters from `$1`, for a bulk `VALUES`.
+fn tuples(rows: usize, width: usize) -> String {
+    (0..rows).map(|row| params(1 + row * width, width)).collect::<Vec<_>>().join(", ")
+}
+
+/// Per-batch state of the files a batch has rows in.
+struct FileTally {
+    loaded: i64,
+    open: i64,
+    error: Option<String>,
+}
+
+/// A `tables` row.
+fn table_from_row<D>(row: &D::Row) -> Result<TableRecord>
+where
+    D: Dialect,
+    for<'r> String: Decode<'r, D> + Type<D>,
+    for<'r> i64: Decode<'r, D> + Type<D>,
+    for<'a> &'a str: ColumnIndex<D::Row>,
+{
+    Ok(TableRecord {
+        name: get::<D, String>(row, "name")?,
+        drift: parse(&get::<D, String>(row, "drift")?)?,
+        columns: from_json(&get::<D, String>(row, "columns")?)?,
+        created_at: D::datetime(get::<D, D::Time>(row, "created_at")?)?,
+        updated_at: D::datetime(get::<D, D::Time>(row, "updated_at")?)?,
+    })
+}
+
+/// A `batches` row, without its files and schema changes.
+fn batch_from_row<D>(row: &D::Row) -> Result<BatchRecord>
+where
+    D: Dialect,
+    for<'r> String: Decode<'r, D> + Type<D>,
+    for<'r> i64: Decode<'r, D> + Type<D>,
+    for<'a> &'a str: ColumnIndex<D::Row>,
+{
+    let time = |column: &str| get::<D, Option<D::Time>>(row, column)?.map(D::datetime).transpose();
+    Ok(BatchRecord {
+        id: D::uuid(get::<D, D::Id>(row, "id")?)?,
+        table: get::<D, String>(row, "table_name")?,
+        partner: get::<D, String>(row, "partner")?,
+        status: parse(&get::<D, String>(row, "status")?)?,
+        counts: Counts {
+            received: count::<D, u64>(row, "received")?,
+            accepted: count::<D, u64>(row, "accepted")?,
+            rejected: count::<D, u64>(row, "rejected")?,
+            loaded: count::<D, u64>(row, "loaded")?,
+        },
+        rejects_by_code: from_json(&get::<D, String>(row, "rejects_by_code")?)?,
+        schema_changes: Vec::new(),
+        files: Vec::new(),
+        received_at: D::datetime(get::<D, D::Time>(row, "received_at")?)?,
+        staged_at: time("staged_at")?,
+        loaded_at: time("loaded_at")?,
+        error: get::<D, Option<String>>(row, "error")?,
+    })
+}
+
+/// Locks, in id order, the batches with rows in `files`, and returns their ids.
+///
+/// The fixed order keeps replicas that touch the same batches from deadlocking, and taking the
+/// locks in a statement of their own makes the next statement's snapshot see the file updates
+/// of whichever replica held them before: without it two replicas completing the last two
+/// files of one batch could each miss the other's and leave the batch `loading` forever.
+async fn lock_batches<D>(tx: &mut Transaction<'static, D>, files: &[Uuid]) -> Result<Vec<Uuid>>
+where
+    D: Dialect,
+    for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
+    for<'q> D::Arguments<'q>: IntoArguments<'q, D>,
+    for<'a> &'a str: ColumnIndex<D::Row>,
+{
+    let mut batches = BTreeSet::new();
+    for chunk in files.chunks(IDS_PER_LIST) {
+        let sql = format!(
+            "SELECT id FROM batches WHERE id IN (SELECT batch_id FROM file_batches WHERE file_id IN {})
+             ORDER BY id{}",
+            params(1, chunk.len()),
+            D::FOR_UPDATE
+        );
+        let query = chunk.iter().fold(sqlx::query::<D>(&sql), |q, id| q.bind(D::id(*id)));
+        for row in query.fetch_all(&mut **tx).await? {
+            batches.insert(D::uuid(get::<D, D::Id>(&row, "id")?)?);
+        }
+    }
+    Ok(batches.into_iter().collect())
+}
+
+#[async_trait]
+impl<D> Ledger for SqlLedger<D>
+where
+    D: Dialect,
+    for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
+    for<'q> D::Arguments<'q>: IntoArguments<'q, D>,
+    for<'q> i64: Encode<'q, D> + Decode<'q, D> + Type<D>,
+    for<'q> f64: Encode<'q, D> + Type<D>,
+    for<'q> bool: Encode<'q, D> + Type<D>,
+    for<'q> String: Encode<'q, D> + Decode<'q, D> + Type<D>,
+    for<'q> &'q str: Encode<'q, D> + Type<D>,
+    for<'q> Option<i64>: Encode<'q, D>,
+    for<'q> Option<String>: Encode<'q, D>,
+    for<'q> Option<&'q str>: Encode<'q, D>,
+    for<'q> Option<D::Id>: Encode<'q, D>,
+    for<'a> &'a str: ColumnIndex<D::Row>,
+{
+    fn backend(&self) -> &'static str {
+        D::BACKEND
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query::<D>("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn put_table(&self, table: &TableRecord) -> Result<()> {
+        sqlx::query::<D>(
+            "INSERT INTO tables (name, drift, columns, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (name) DO UPDATE SET drift = excluded.drift, columns = excluded.columns,
+                 updated_at = excluded.updated_at",
+        )
+        .bind(table.name.as_str())
+        .bind(table.drift.as_str())
+        .bind(to_json(&table.columns)?)
+        .bind(D::time(table.created_at))
+        .bind(D::time(table.updated_at))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_table(&self, name: &str) -> Result<Option<TableRecord>> {
+        let row =
+            sqlx::query::<D>("SELECT * FROM tables WHERE name = $1").bind(name).fetch_optional(&self.reader).await?;
+        row.as_ref().map(table_from_row::<D>).transpose()
+    }
+
+    async fn list_tables(&self) -> Result<Vec<TableRecord>> {
+        let rows = sqlx::query::<D>("SELECT * FROM tables ORDER BY name").fetch_all(&self.reader).await?;
+        rows.iter().map(table_from_row::<D>).collect()
+    }
+
+    async fn add_columns(&self, table: &str, columns: &[Column], batch_id: Option<Uuid>) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        // Locked: two replicas appending at once must not overwrite each other's columns.
+        let sql = format!("SELECT columns FROM tables WHERE name = $1{}", D::FOR_UPDATE);
+        let row = sqlx::query::<D>(&sql).bind(table).fetch_optional(&mut *tx).await?;
+        let Some(row) = row else {
+            return Err(LedgerError::Missing(format!("table {table}")));
+        };
+        let mut known: Vec<Column> = from_json(&get::<D, String>(&row, "columns")?)?;
+        let audit = format!(
+            "INSERT INTO schema_changes (table_name, column_name, column_type, batch_id, at)
+             VALUES ($1, $2, $3, $4, {})",
+            D::NOW
+        );
+        for column in columns {
+            if known.iter().any(|c| c.name == column.name) {
+                continue;
+            }
+            known.push(column.clone());
+            sqlx::query::<D>(&audit)
+                .bind(table)
+                .bind(column.name.as_str())
+                .bind(column.ty.to_string())
+                .bind(batch_id.map(D::id))
+                .execute(&mut *tx)
+                .await?;
+        }
+        let sql = format!("UPDATE tables SET columns = $1, updated_at = {} WHERE name = $2", D::NOW);
+        sqlx::query::<D>(&sql).bind(to_json(&known)?).bind(table).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn lock_ddl(&self, table: &str) -> Result<DdlGuard> {
+        D::lock_ddl(&self.writer, table).await
+    }
+
+    async fn schema_changes(&self, table: &str) -> Result<Vec<SchemaChange>> {
+        let rows = sqlx::query::<D>("SELECT * FROM schema_changes WHERE table_name = $1 ORDER BY id")
+            .bind(table)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SchemaChange {
+                    table: get::<D, String>(row, "table_name")?,
+                    column: get::<D, String>(row, "column_name")?,
+                    ty: get::<D, String>(row, "column_type")?,
+                    batch_id: get::<D, Option<D::Id>>(row, "batch_id")?.map(D::uuid).transpose()?,
+                    at: D::datetime(get::<D, D::Time>(row, "at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn commit_stage(&self, commit: &StageCommit) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        if let Some(file) = &commit.file {
+            let status = if commit.pending { FileStatus::Pending } else { FileStatus::Staged };
+            let sql = format!(
+                "INSERT INTO files (id, table_name, path, rows, bytes, status, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, {})",
+                D::NOW
+            );
+            sqlx::query::<D>(&sql)
+                .bind(D::id(file.id))
+                .bind(file.table.as_str())
+                .bind(file.path.as_str())
+                .bind(int(file.rows))
+                .bind(int(file.bytes))
+                .bind(status.as_str())
+                .execute(&mut *tx)
+                .await?;
+            for chunk in commit.parts.chunks(ROWS_PER_INSERT) {
+                let sql =
+                    format!("INSERT INTO file_batches (file_id, batch_id, rows) VALUES {}", tuples(chunk.len(), 3));
+                let insert = chunk.iter().fold(sqlx::query::<D>(&sql), |q, (batch, rows)| {
+                    q.bind(D::id(file.id)).bind(D::id(*batch)).bind(int(*rows))
+                });
+                insert.execute(&mut *tx).await?;
+            }
+        }
+        // The batches this commit completes: staged (or rejected), their gateway rejects, and
+        // their earlier pending parts made loadable.
+        for batch in &commit.completed {
+            let status = BatchStatus::on_commit(batch.counts.accepted);
+            let sql = format!(
+                "INSERT INTO batches (id, table_name, partner, status, received, accepted, rejected, loaded,
+                     rejects_by_code, received_at, staged_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, CASE WHEN $10 THEN {} END)",
+                D::NOW
+            );
+            sqlx::query::<D>(&sql)
+                .bind(D::id(batch.id))
+                .bind(batch.table.as_str())
+                .bind(batch.partner.as_str())
+                .bind(status.as_str())
+                .bind(int(batch.counts.received))
+                .bind(int(batch.counts.accepted))
+                .bind(int(batch.counts.rejected))
+                .bind(to_json(&batch.rejects_by_code)?)
+                .bind(D::time(batch.received_at))
+                .bind(status == BatchStatus::Staged)
+                .execute(&mut *tx)
+                .await?;
+            for chunk in batch.rejects.chunks(ROWS_PER_INSERT) {
+                let rows = chunk
+                    .iter()
+                    .map(|r| Ok((int(r.index), to_json(&r.record)?, to_json(&r.errors)?, r.stage.as_str())))
+                    .collect::<Result<Vec<_>>>()?;
+                let sql = format!(
+                    "INSERT INTO rejects (batch_id, idx, record, errors, stage) VALUES {}",
+                    tuples(rows.len(), 5)
+                );
+                let mut insert = sqlx::query::<D>(&sql);
+                for (index, record, errors, stage) in rows {
+                    insert = insert.bind(D::id(batch.id)).bind(index).bind(record).bind(errors).bind(stage);
+                }
+                insert.execute(&mut *tx).await?;
+            }
+            // The batch is complete: its earlier parts become loadable.
+            sqlx::query::<D>(
+                "UPDATE files SET status = $1
+                 WHERE status = $2 AND id IN (SELECT file_id FROM file_batches WHERE batch_id = $3)",
+            )
+            .bind(FileStatus::Staged.as_str())
+            .bind(FileStatus::Pending.as_str())
+            .bind(D::id(batch.id))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn claim_files(&self, owner: &str, lease: Duration, limit: usize) -> Result<Vec<ClaimedFile>> {
+        let lease = seconds(lease, Duration::from_secs(300));
+        let mut tx = self.writer.begin().await?;
+        // Where the dialect has SKIP LOCKED, a file another replica is claiming right now is
+        // passed over, never waited for; a row whose claim committed meanwhile is re-checked
+        // against the WHERE and dropped.
+        let sql = format!(
+            "WITH picked AS MATERIALIZED (
+                 SELECT id AS picked_id FROM files
+                 WHERE (status = $4 AND (not_before IS NULL OR not_before <= {now}))
+                    OR (status = $5 AND lease_until < {now})
+                 ORDER BY created_at LIMIT $3{skip_locked})
+             UPDATE files SET status = $5, claimed_by = $1, lease_until = {lease_until}, attempts = attempts + 1
+             FROM picked WHERE id = picked.picked_id
+             RETURNING id, table_name, path, rows, attempts",
+            now = D::NOW,
+            skip_locked = D::SKIP_LOCKED,
+            lease_until = D::now_plus("$2"),
+        );
+        let rows = sqlx::query::<D>(&sql)
+            .bind(owner)
+            .bind(lease)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(FileStatus::Staged.as_str())
+            .bind(FileStatus::Loading.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            claimed.push(ClaimedFile {
+                id: D::uuid(get::<D, D::Id>(row, "id")?)?,
+                table: get::<D, String>(row, "table_name")?,
+                path: get::<D, String>(row, "path")?,
+                rows: count::<D, u64>(row, "rows")?,
+                attempts: count::<D, u32>(row, "attempts")?,
+            });
+        }
+        let ids: Vec<Uuid> = claimed.iter().map(|f| f.id).collect();
+        let batches = lock_batches(&mut tx, &ids).await?;
+        for chunk in batches.chunks(IDS_PER_LIST) {
+            let sql = format!("UPDATE batches SET status = $1 WHERE status = $2 AND id IN {}", params(3, chunk.len()));
+            let update = sqlx::query::<D>(&sql).bind(BatchStatus::Loading.as_str()).bind(BatchStatus::Staged.as_str());
+            chunk.iter().fold(update, |q, id| q.bind(D::id(*id))).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        claimed.sort_by(|a, b| a.table.cmp(&b.table).then(a.path.cmp(&b.path)));
+        Ok(claimed)
+    }
+
+    async fn complete_files(&self, outcomes: &[FileOutcome]) -> Result<()> {
+        let sql = format!(
+            "UPDATE files SET status = $1, rows_loaded = $2, query_id = $3, error = $4, claimed_by = NULL,
+                 lease_until = NULL, loaded_at = CASE WHEN $5 THEN {} ELSE loaded_at END
+             WHERE id = $6",
+            D::NOW
+        );
+        let mut tx = self.writer.begin().await?;
+        let mut ids = Vec::with_capacity(outcomes.len());
+        // Applied in order: when a file appears twice its last outcome wins.
+        for outcome in outcomes {
+            let (id, status, rows, query_id, error) = match outcome {
+                FileOutcome::Loaded { id, rows, query_id } => {
+                    (*id, FileStatus::Loaded, Some(int(*rows)), query_id, None)
+                }
+                FileOutcome::Failed { id, error, query_id } => (*id, FileStatus::Failed, None, query_id, Some(error)),
+            };
+            sqlx::query::<D>(&sql)
+                .bind(status.as_str())
+                .bind(rows)
+                .bind(query_id.as_deref())
+                .bind(error.map(String::as_str))
+                .bind(status == FileStatus::Loaded)
+                .bind(D::id(id))
+                .execute(&mut *tx)
+                .await?;
+            ids.push(id);
+        }
+        let batches = lock_batches(&mut tx, &ids).await?;
+        // Recompute `loaded` and the status of those batches from the state of their files.
+        let mut tallies = BTreeMap::new();
+        for chunk in batches.chunks(IDS_PER_LIST) {
+            let sql = format!(
+                "SELECT fb.batch_id,
+                     CAST(COALESCE(SUM(CASE WHEN f.status = $1 THEN fb.rows ELSE 0 END), 0) AS BIGINT) AS loaded,
+                     CAST(SUM(CASE WHEN f.status IN ($1, $2) THEN 0 ELSE 1 END) AS BIGINT) AS open,
+                     MAX(CASE WHEN f.status = $2 THEN f.error END) AS error
+                 FROM file_batches fb JOIN files f ON f.id = fb.file_id
+                 WHERE fb.batch_id IN {} GROUP BY fb.batch_id",
+                params(3, chunk.len())
+            );
+            let query = sqlx::query::<D>(&sql).bind(FileStatus::Loaded.as_str()).bind(FileStatus::Failed.as_str());
+            let query = chunk.iter().fold(query, |q, id| q.bind(D::id(*id)));
+            for row in query.fetch_all(&mut *tx).await? {
+                let tally = FileTally {
+                    loaded: get::<D, i64>(&row, "loaded")?,
+                    open: get::<D, i64>(&row, "open")?,
+                    error: get::<D, Option<String>>(&row, "error")?,
+                };
+                tallies.insert(D::uuid(get::<D, D::Id>(&row, "batch_id")?)?, tally);
+            }
+        }
+        let sql = format!(
+            "UPDATE batches SET loaded = $1, status = $2, error = $3,
+                 loaded_at = CASE WHEN $4 THEN {} ELSE loaded_at END
+             WHERE id = $5 AND status <> $6",
+            D::NOW
+        );
+        for (batch, tally) in tallies {
+            let open = u64::try_from(tally.open).unwrap_or(0);
+            let status = BatchStatus::from_files(open, tally.error.is_some());
+            sqlx::query::<D>(&sql)
+                .bind(tally.loaded)
+                .bind(status.as_str())
+                .bind(tally.error)
+                .bind(status == BatchStatus::Loaded)
+                .bind(D::id(batch))
+                .bind(BatchStatus::Rejected.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release_files(&self, ids: &[Uuid], error: &str, delay: Duration) -> Result<()> {
+        let sql = format!(
+            "UPDATE files SET status = $1, claimed_by = NULL, lease_until = NULL, not_before = {}, error = $3
+             WHERE id = $4 AND status = $5",
+            D::now_plus("$2")
+        );
+        let delay = seconds(delay, Duration::from_secs(1));
+        let mut tx = self.writer.begin().await?;
+        for id in ids {
+            sqlx::query::<D>(&sql)
+                .bind(FileStatus::Staged.as_str())
+                .bind(delay)
+                .bind(error)
+                .bind(D::id(*id))
+                .bind(FileStatus::Loading.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn abandon_pending(&self, age: Duration) -> Result<u64> {
+        let sql = format!(
+            "UPDATE files SET status = $1 WHERE status = $2 AND created_at < {} RETURNING id",
+            D::now_minus("$3")
+        );
+        let abandoned = sqlx::query::<D>(&sql)
+            .bind(FileStatus::Abandoned.as_str())
+            .bind(FileStatus::Pending.as_str())
+            .bind(seconds(age, Duration::from_secs(3600)))
+            .fetch_all(&self.writer)
+            .await?;
+        Ok(abandoned.len() as u64)
+    }
+
+    async fn get_batch(&self, id: Uuid) -> Result<Option<BatchRecord>> {
+        let row = sqlx::query::<D>("SELECT * FROM batches WHERE id = $1")
+            .bind(D::id(id))
+            .fetch_optional(&self.reader)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut batch = batch_from_row::<D>(&row)?;
+        let files = sqlx::query::<D>(
+            "SELECT f.path, fb.rows, f.status, f.query_id, f.error
+             FROM file_batches fb JOIN files f ON f.id = fb.file_id
+             WHERE fb.batch_id = $1 ORDER BY f.created_at, f.path",
+        )
+        .bind(D::id(id))
+        .fetch_all(&self.reader)
+        .await?;
+        for row in &files {
+            batch.files.push(BatchFile {
+                path: get::<D, String>(row, "path")?,
+                rows: count::<D, u64>(row, "rows")?,
+                status: parse(&get::<D, String>(row, "status")?)?,
+                query_id: get::<D, Option<String>>(row, "query_id")?,
+                error: get::<D, Option<String>>(row, "error")?,
+            });
+        }
+        let changes =
+            sqlx::query::<D>("SELECT column_name, column_type, at FROM schema_changes WHERE batch_id = $1 ORDER BY id")
+                .bind(D::id(id))
+                .fetch_all(&self.reader)
+                .await?;
+        for row in &changes {
+            batch.schema_changes.push(AppliedChange {
+                column: get::<D, String>(row, "column_name")?,
+                ty: get::<D, String>(row, "column_type")?,
+                at: D::datetime(get::<D, D::Time>(row, "at")?)?,
+            });
+        }
+        Ok(Some(batch))
+    }
+
+    async fn list_batches(&self, filter: &BatchFilter) -> Result<Vec<BatchRecord>> {
+        // Each filter that is set adds a condition and its parameter, in the same order.
+        let mut sql = String::from("SELECT * FROM batches WHERE 1 = 1");
+        let mut n = 0;
+        let mut condition = |clause: &str, set: bool| {
+            if set {
+                n += 1;
+                sql.push_str(&format!(" AND {clause} ${n}"));
+            }
+        };
+        condition("table_name =", filter.table.is_some());
+        condition("partner =", filter.partner.is_some());
+        condition("status =", filter.status.is_some());
+        condition("received_at >=", filter.since.is_some());
+        condition("received_at <", filter.until.is_some());
+        condition("id <", filter.after.is_some());
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", n + 1));
+        let mut query = sqlx::query::<D>(&sql);
+        if let Some(table) = &filter.table {
+            query = query.bind(table.as_str());
+        }
+        if let Some(partner) = &filter.partner {
+            query = query.bind(partner.as_str());
+        }
+        if let Some(status) = filter.status {
+            query = query.bind(status.as_str());
+        }
+        if let Some(since) = filter.since {
+            query = query.bind(D::time(since));
+        }
+        if let Some(until) = filter.until {
+            query = query.bind(D::time(until));
+        }
+        if let Some(after) = filter.after {
+            query = query.bind(D::id(after));
+        }
+        let limit = i64::from(filter.limit.unwrap_or(100).clamp(1, 1000));
+        let rows = query.bind(limit).fetch_all(&self.reader).await?;
+        rows.iter().map(batch_from_row::<D>).collect()
+    }
+
+    async fn list_rejects(&self, batch: Uuid, after: Option<u64>, limit: u32) -> Result<Vec<Reject>> {
+        let rows = sqlx::query::<D>(
+            "SELECT idx, record, errors, stage FROM rejects WHERE batch_id = $1 AND idx > $2 ORDER BY idx LIMIT $3",
+        )
+        .bind(D::id(batch))
+        .bind(after.map(int).unwrap_or(-1))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Reject {
+                    index: count::<D, u64>(row, "idx")?,
+                    record: from_json(&get::<D, String>(row, "record")?)?,
+                    errors: from_json(&get::<D, String>(row, "errors")?)?,
+                    stage: reject_stage(&get::<D, String>(row, "stage")?)?,
+                })
+            })
+            .collect()
+    }
+}
