@@ -129,7 +129,7 @@ async fn s3_stage_with_a_wrong_secret_is_refused_without_echoing_it() {
     let stage = Stage::open_s3(&server.stage_url(), builder, &server.stage_config()).unwrap();
     let put = stage.put_new("T/f.parquet", Bytes::from_static(b"f")).await;
     let message = format!("{put:?}");
-    assert!(matches!(put, Err(StageError::Unavailable(_))), "{message}");
+    assert!(matches!(put, Err(StageError::Denied(_))), "a refused credential is not \"retry later\": {message}");
     assert!(!message.contains("not-the-secret"), "{message}");
     assert!(!server.object_path("T/f.parquet").exists());
 }

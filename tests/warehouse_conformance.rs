@@ -12,7 +12,7 @@ use snowgate::ingest::coerce::Cell;
 use snowgate::ingest::Row;
 use snowgate::schema::{Column, TableSchema};
 use snowgate::stage::Stage;
-use snowgate::warehouse::{CopyStatus, Warehouse, WarehouseError};
+use snowgate::warehouse::{CopyStatus, ErrorKind, Warehouse};
 
 /// Runs SQL on the backend and returns rows of text (columns must be cast to text by the query).
 type Peek = Box<dyn Fn(String) -> BoxFuture<'static, Vec<Vec<Option<String>>>> + Send + Sync>;
@@ -128,7 +128,7 @@ async fn data_errors_load_nothing(h: Harness) {
     let text = vec![col("ID", "VARCHAR", true)];
     let bad = stage_file(&h, "T", &text, vec![Row { index: 0, cells: vec![Cell::Str("abc".into())] }], "bad").await;
     let result = w.copy_files("T", &[good.clone(), bad]).await;
-    assert!(matches!(result, Err(WarehouseError::Data(_))), "{result:?}");
+    assert!(matches!(&result, Err(e) if e.kind == ErrorKind::Data), "{result:?}");
     assert_eq!(count(&h, "SELECT CAST(COUNT(*) AS VARCHAR) FROM \"T\"").await, 0, "all or nothing");
     let results = w.copy_files("T", &[good]).await.unwrap();
     assert_eq!(results[0].status, CopyStatus::Loaded);
@@ -268,3 +268,39 @@ async fn snowflake() -> Harness {
 
 warehouse_suite!(on_duckdb, duckdb());
 warehouse_suite!(on_snowflake, snowflake());
+
+/// The loader's COPY has a connection of its own: a readiness probe or a request's DESCRIBE
+/// answers while a long COPY runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duckdb_probes_and_describes_never_wait_behind_a_copy() {
+    let harness = duckdb().await;
+    let columns = vec![col("N", "NUMBER", false), col("NOTE", "VARCHAR", true)];
+    harness.warehouse.create_table("BIG", &columns).await.unwrap();
+    let schema = TableSchema { name: "BIG".into(), columns };
+    let rows: Vec<Row> = (0..1_000_000u64)
+        .map(|i| Row { index: i, cells: vec![Cell::Decimal(i as i128), Cell::Str(format!("note {i}"))] })
+        .collect();
+    let batch_id = uuid::Uuid::now_v7().to_string();
+    let group = RowGroup { batch_id: &batch_id, ingested_at: 1_700_000_000_000_000, rows: &rows };
+    let bytes = parquet_bytes(&record_batch(&schema, &[group]).unwrap()).unwrap();
+    harness.stage.put_new("BIG/big.parquet", bytes).await.unwrap();
+
+    let warehouse = harness.warehouse.clone();
+    let copy = tokio::spawn(async move { warehouse.copy_files("BIG", &["BIG/big.parquet".to_string()]).await });
+    let mut answered_during_copy = 0;
+    let mut slowest = std::time::Duration::ZERO;
+    while !copy.is_finished() {
+        let started = std::time::Instant::now();
+        harness.warehouse.ping().await.unwrap();
+        assert!(harness.warehouse.describe("BIG").await.unwrap().is_some());
+        slowest = slowest.max(started.elapsed());
+        if !copy.is_finished() {
+            answered_during_copy += 1;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let results = copy.await.unwrap().unwrap();
+    assert_eq!(results[0].rows_loaded, 1_000_000);
+    assert!(answered_during_copy > 0, "the COPY finished before a probe could overlap it");
+    assert!(slowest < std::time::Duration::from_secs(1), "a probe waited {slowest:?} behind the COPY");
+}

@@ -32,6 +32,17 @@ pub struct FlushPolicy {
     pub linger: Duration,
 }
 
+impl FlushPolicy {
+    /// A table's flush policy from its settings (defaults with its overrides applied).
+    pub fn from_settings(settings: &crate::config::TableSettings) -> Self {
+        FlushPolicy {
+            max_rows: settings.max_rows_per_file,
+            max_bytes: settings.max_bytes_per_file,
+            linger: settings.linger,
+        }
+    }
+}
+
 /// Why rows could not be made durable; the request that sent them gets no 202.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BufferError {
@@ -41,6 +52,8 @@ pub enum BufferError {
     ShuttingDown,
     #[error("stage unavailable: {0}")]
     StageUnavailable(String),
+    #[error("stage refused access: {0}")]
+    StageDenied(String),
     #[error("ledger unavailable: {0}")]
     LedgerUnavailable(String),
     #[error("flush failed: {0}")]
@@ -51,6 +64,7 @@ impl From<StageError> for BufferError {
     fn from(e: StageError) -> Self {
         match e {
             StageError::Unavailable(m) => BufferError::StageUnavailable(m),
+            StageError::Denied(m) => BufferError::StageDenied(m),
             other => BufferError::Internal(other.to_string()),
         }
     }
@@ -58,9 +72,11 @@ impl From<StageError> for BufferError {
 
 impl From<LedgerError> for BufferError {
     fn from(e: LedgerError) -> Self {
-        match e {
-            LedgerError::Unavailable(m) => BufferError::LedgerUnavailable(m),
-            other => BufferError::Internal(other.to_string()),
+        // One flush answers many requests, so the cause travels as text from here on.
+        if e.is_unavailable() {
+            BufferError::LedgerUnavailable(e.to_string())
+        } else {
+            BufferError::Internal(e.to_string())
         }
     }
 }

@@ -23,6 +23,10 @@ pub enum StageError {
     NotFound(String),
     #[error("stage unavailable: {0}")]
     Unavailable(String),
+    /// The store refused snowgate's credentials or permissions: an operator must act, and
+    /// retrying will not help.
+    #[error("stage refused access: {0}")]
+    Denied(String),
 }
 
 impl From<object_store::Error> for StageError {
@@ -32,6 +36,9 @@ impl From<object_store::Error> for StageError {
                 StageError::AlreadyExists(path)
             }
             object_store::Error::NotFound { path, .. } => StageError::NotFound(path),
+            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+                StageError::Denied(e.to_string())
+            }
             other => StageError::Unavailable(other.to_string()),
         }
     }

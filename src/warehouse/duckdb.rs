@@ -4,6 +4,9 @@
 //! DuckDB's `arrow()` table function (`INSERT ... BY NAME`, so files written before a column was
 //! added still load). Each COPY is one transaction that also writes a load-history row per file,
 //! which is what makes a repeated COPY of the same file a no-op.
+//!
+//! Three connections to the one database, one per role (loads, requests' DESCRIBE and DDL,
+//! readiness probes), so a probe or a request never queues behind a long COPY.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -16,7 +19,7 @@ use duckdb::Connection;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use uuid::Uuid;
 
-use super::{CopyResult, CopyStatus, TableDescription, Warehouse, WarehouseError};
+use super::{CopyResult, CopyStatus, ErrorKind, TableDescription, Warehouse, WarehouseError};
 use crate::schema::{
     quote_ident, Column, ColumnType, META_BATCH_ID, META_COLUMNS, META_INGESTED_AT, META_RECORD_INDEX,
 };
@@ -26,7 +29,12 @@ const HISTORY: &str = "\"_SNOWGATE_LOAD_HISTORY\"";
 
 /// DuckDB database file plus the stage it loads from.
 pub struct DuckDbWarehouse {
+    /// COPY (the loader).
+    loads: Arc<Mutex<Connection>>,
+    /// DESCRIBE and DDL from requests.
     conn: Arc<Mutex<Connection>>,
+    /// Readiness probes.
+    probe: Arc<Mutex<Connection>>,
     stage: Arc<Stage>,
 }
 
@@ -34,10 +42,10 @@ impl DuckDbWarehouse {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path, stage: Arc<Stage>) -> Result<Self, WarehouseError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| WarehouseError::Unavailable(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| WarehouseError::configuration(format!("{}: {e}", dir.display())).with_source(e))?;
         }
         let conn = Connection::open(path).map_err(unavailable)?;
-        conn.register_table_function::<ArrowVTab>("arrow").map_err(unavailable)?;
         conn.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS {HISTORY} (
                  table_name VARCHAR NOT NULL,
@@ -48,17 +56,25 @@ impl DuckDbWarehouse {
                  PRIMARY KEY (table_name, file))"
         ))
         .map_err(unavailable)?;
-        Ok(DuckDbWarehouse { conn: Arc::new(Mutex::new(conn)), stage })
+        let loads = conn.try_clone().map_err(unavailable)?;
+        loads.register_table_function::<ArrowVTab>("arrow").map_err(unavailable)?;
+        let probe = conn.try_clone().map_err(unavailable)?;
+        Ok(DuckDbWarehouse {
+            loads: Arc::new(Mutex::new(loads)),
+            conn: Arc::new(Mutex::new(conn)),
+            probe: Arc::new(Mutex::new(probe)),
+            stage,
+        })
     }
 
     /// Another connection to the same database, for inspection (tests, tools).
     pub fn connection(&self) -> Result<Connection, WarehouseError> {
-        let guard = self.conn.lock().map_err(|_| WarehouseError::Unavailable("connection lock poisoned".into()))?;
+        let guard = self.conn.lock().map_err(|_| WarehouseError::statement("connection lock poisoned"))?;
         guard.try_clone().map_err(unavailable)
     }
 
     async fn execute_all(&self, statements: Vec<String>) -> Result<(), WarehouseError> {
-        self.run(move |conn| {
+        run(&self.conn, move |conn| {
             for sql in &statements {
                 conn.execute_batch(sql).map_err(statement)?;
             }
@@ -66,27 +82,65 @@ impl DuckDbWarehouse {
         })
         .await
     }
+}
 
-    async fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&mut Connection) -> Result<T, WarehouseError> + Send + 'static,
-    ) -> Result<T, WarehouseError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().map_err(|_| WarehouseError::Unavailable("connection lock poisoned".into()))?;
-            work(&mut guard)
-        })
-        .await
-        .map_err(|e| WarehouseError::Unavailable(format!("warehouse task: {e}")))?
+/// Runs blocking work on one of the connections.
+async fn run<T: Send + 'static>(
+    conn: &Arc<Mutex<Connection>>,
+    work: impl FnOnce(&mut Connection) -> Result<T, WarehouseError> + Send + 'static,
+) -> Result<T, WarehouseError> {
+    let conn = conn.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut guard = conn.lock().map_err(|_| WarehouseError::statement("connection lock poisoned"))?;
+        work(&mut guard)
+    })
+    .await
+    .map_err(|e| WarehouseError::statement(format!("warehouse task: {e}")).with_source(e))?
+}
+
+/// DuckDB's error types (its `ExceptionType` names), by what the loader should do about them.
+///
+/// duckdb-rs hands back a generic failure state for statement errors; the error's type survives
+/// only as the `<Type> Error:` head that DuckDB itself puts on every message, so that head is
+/// read as the error code. Types not listed are failed statements: never retried forever.
+fn kind_of(error_type: &str) -> ErrorKind {
+    match error_type {
+        "Conversion" | "Out of Range" | "Constraint" | "Invalid Input" | "Mismatch Type" | "Decimal"
+        | "Divide by Zero" | "Invalid type" => ErrorKind::Data,
+        "TransactionContext" | "IO" | "Out of Memory" | "INTERRUPT" | "Connection" | "Network" | "HTTP" => {
+            ErrorKind::Transient
+        }
+        "Catalog" | "Binder" | "Permission" | "Dependency" => ErrorKind::Configuration,
+        _ => ErrorKind::Statement,
     }
 }
 
+/// Classifies a DuckDB error by its type, keeping the error as the source.
+fn classify(e: duckdb::Error) -> WarehouseError {
+    let (kind, code) = match &e {
+        duckdb::Error::DuckDBFailure(_, Some(message)) => match message.split_once(" Error: ") {
+            Some((error_type, _)) => (kind_of(error_type), Some(error_type.to_string())),
+            None => (ErrorKind::Statement, None),
+        },
+        duckdb::Error::FromSqlConversionFailure(..)
+        | duckdb::Error::IntegralValueOutOfRange(..)
+        | duckdb::Error::UnsignedIntegralValueOutOfRange(..) => (ErrorKind::Data, None),
+        _ => (ErrorKind::Statement, None),
+    };
+    let error = WarehouseError::new(kind, e.to_string()).with_source(e);
+    match code {
+        Some(code) => error.with_code(code),
+        None => error,
+    }
+}
+
+/// Opening or probing the database file: the file or the process is in trouble, not the data.
 fn unavailable(e: duckdb::Error) -> WarehouseError {
-    WarehouseError::Unavailable(e.to_string())
+    WarehouseError::transient(e.to_string()).with_source(e)
 }
 
 fn statement(e: duckdb::Error) -> WarehouseError {
-    WarehouseError::Statement(e.to_string())
+    classify(e)
 }
 
 /// DuckDB spelling of a column type. Semi-structured values are JSON text in VARCHAR.
@@ -148,22 +202,13 @@ fn metadata_ddl() -> [(&'static str, &'static str); 3] {
 fn decode_parquet(path: &str, data: Bytes) -> Result<Vec<RecordBatch>, WarehouseError> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(data)
         .and_then(|b| b.with_batch_size(8192).build())
-        .map_err(|e| WarehouseError::Data(format!("{path}: not a readable Parquet file: {e}")))?;
-    reader.collect::<Result<Vec<_>, _>>().map_err(|e| WarehouseError::Data(format!("{path}: {e}")))
+        .map_err(|e| WarehouseError::data(format!("not a readable Parquet file: {e}")).in_file(path).with_source(e))?;
+    reader.collect::<Result<Vec<_>, _>>().map_err(|e| WarehouseError::data(e.to_string()).in_file(path).with_source(e))
 }
 
-/// Constraint and conversion failures are the data's fault; anything else is availability.
+/// A failed insert of one file's rows, classified by DuckDB's error type.
 fn classify_insert_error(path: &str, e: duckdb::Error) -> WarehouseError {
-    let text = e.to_string();
-    let lower = text.to_ascii_lowercase();
-    if ["constraint", "conversion", "could not convert", "out of range", "overflow", "invalid input"]
-        .iter()
-        .any(|needle| lower.contains(needle))
-    {
-        WarehouseError::Data(format!("{path}: {text}"))
-    } else {
-        WarehouseError::Unavailable(format!("{path}: {text}"))
-    }
+    classify(e).in_file(path)
 }
 
 #[async_trait]
@@ -173,12 +218,12 @@ impl Warehouse for DuckDbWarehouse {
     }
 
     async fn ping(&self) -> Result<(), WarehouseError> {
-        self.run(|conn| conn.execute_batch("SELECT 1").map_err(unavailable)).await
+        run(&self.probe, |conn| conn.execute_batch("SELECT 1").map_err(unavailable)).await
     }
 
     async fn describe(&self, table: &str) -> Result<Option<TableDescription>, WarehouseError> {
         let table = table.to_string();
-        self.run(move |conn| {
+        run(&self.conn, move |conn| {
             let mut stmt = conn
                 .prepare(
                     "SELECT column_name, data_type, is_nullable FROM information_schema.columns
@@ -214,7 +259,7 @@ impl Warehouse for DuckDbWarehouse {
         let mut parts: Vec<String> = columns.iter().map(column_ddl).collect();
         parts.extend(metadata_ddl().iter().map(|(name, ty)| format!("{} {ty} NOT NULL", quote_ident(name))));
         let sql = format!("CREATE TABLE IF NOT EXISTS {} ({})", quote_ident(table), parts.join(", "));
-        self.run(move |conn| conn.execute_batch(&sql).map_err(statement)).await
+        run(&self.conn, move |conn| conn.execute_batch(&sql).map_err(statement)).await
     }
 
     async fn add_columns(&self, table: &str, columns: &[Column]) -> Result<(), WarehouseError> {
@@ -231,13 +276,15 @@ impl Warehouse for DuckDbWarehouse {
         let mut files = Vec::with_capacity(paths.len());
         for path in paths {
             let data = self.stage.get(path).await.map_err(|e| match e {
-                crate::stage::StageError::NotFound(p) => WarehouseError::Data(format!("stage file {p} is missing")),
-                other => WarehouseError::Unavailable(other.to_string()),
+                crate::stage::StageError::NotFound(p) => {
+                    WarehouseError::data(format!("stage file {p} is missing")).in_file(p)
+                }
+                other => WarehouseError::transient(other.to_string()).with_source(other),
             })?;
             files.push((path.clone(), data));
         }
         let table = table.to_string();
-        self.run(move |conn| {
+        run(&self.loads, move |conn| {
             let query_id = format!("duckdb-{}", Uuid::now_v7());
             let insert = format!("INSERT INTO {} BY NAME SELECT * FROM arrow(?)", quote_ident(&table));
             let tx = conn.transaction().map_err(unavailable)?;
@@ -281,5 +328,26 @@ impl Warehouse for DuckDbWarehouse {
             Ok(results)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified_by_duckdb_error_type() {
+        let conn = Connection::open_in_memory().unwrap();
+        let run = |sql: &str| classify(conn.execute_batch(sql).unwrap_err());
+        let conversion = run("SELECT CAST('x' AS INTEGER)");
+        assert_eq!((conversion.kind, conversion.code()), (ErrorKind::Data, Some("Conversion")));
+        assert!(std::error::Error::source(&conversion).is_some(), "the DuckDB error is kept");
+        conn.execute_batch("CREATE TABLE t (a INTEGER NOT NULL)").unwrap();
+        assert_eq!(run("INSERT INTO t VALUES (NULL)").kind, ErrorKind::Data);
+        assert_eq!(run("SELECT * FROM missing_table").kind, ErrorKind::Configuration);
+        assert_eq!(run("SELEKT 1").kind, ErrorKind::Statement);
+        // A type this code does not know fails its file instead of being retried forever.
+        let unknown = duckdb::Error::DuckDBFailure(duckdb::ffi::Error::new(1), Some("Brand New Error: x".into()));
+        assert_eq!(classify(unknown).kind, ErrorKind::Statement);
     }
 }

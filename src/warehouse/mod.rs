@@ -8,18 +8,133 @@ use async_trait::async_trait;
 
 use crate::schema::Column;
 
-/// Warehouse failures, split by what the loader should do about them.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum WarehouseError {
-    /// Network, suspended warehouse, lock: retry later, data untouched.
-    #[error("warehouse unavailable: {0}")]
-    Unavailable(String),
-    /// The data was refused; retrying the same files will fail the same way.
-    #[error("warehouse refused the data: {0}")]
-    Data(String),
-    /// A statement failed for another reason (DDL conflict, bad definition).
-    #[error("warehouse statement failed: {0}")]
-    Statement(String),
+/// What the loader (and a request) should do about a warehouse failure. Decided once, by the
+/// backend, from the warehouse's error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Network, suspended warehouse, lock, overload: retry with backoff; the data is untouched.
+    Transient,
+    /// Permission, missing stage, table or warehouse, bad credentials: an operator must act.
+    /// Data is never marked failed for it; files are retried slowly and the error is surfaced.
+    Configuration,
+    /// The data was refused; retrying the same rows fails the same way.
+    Data,
+    /// Any other failed statement (a definition the warehouse refuses, an engine fault).
+    Statement,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Transient => "warehouse unavailable",
+            ErrorKind::Configuration => "warehouse configuration error",
+            ErrorKind::Data => "warehouse refused the data",
+            ErrorKind::Statement => "warehouse statement failed",
+        }
+    }
+}
+
+/// A warehouse failure: its kind, the warehouse's own code, where it happened, and its cause.
+#[derive(Debug)]
+pub struct WarehouseError {
+    pub kind: ErrorKind,
+    /// Boxed: keeps `Result<_, WarehouseError>` small on the happy path.
+    detail: Box<Detail>,
+}
+
+#[derive(Debug)]
+struct Detail {
+    code: Option<String>,
+    message: String,
+    file: Option<String>,
+    row: Option<u64>,
+    column: Option<String>,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl WarehouseError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        let detail = Detail { code: None, message: message.into(), file: None, row: None, column: None, source: None };
+        WarehouseError { kind, detail: Box::new(detail) }
+    }
+
+    pub fn transient(message: impl Into<String>) -> Self {
+        WarehouseError::new(ErrorKind::Transient, message)
+    }
+
+    pub fn configuration(message: impl Into<String>) -> Self {
+        WarehouseError::new(ErrorKind::Configuration, message)
+    }
+
+    pub fn data(message: impl Into<String>) -> Self {
+        WarehouseError::new(ErrorKind::Data, message)
+    }
+
+    pub fn statement(message: impl Into<String>) -> Self {
+        WarehouseError::new(ErrorKind::Statement, message)
+    }
+
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.detail.code = Some(code.into());
+        self
+    }
+
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.detail.source = Some(Box::new(source));
+        self
+    }
+
+    /// Names the stage file a data error was found in, and says so first in the message.
+    pub fn in_file(mut self, file: impl Into<String>) -> Self {
+        let file = file.into();
+        if !self.detail.message.starts_with(&file) {
+            self.detail.message = format!("{file}: {}", self.detail.message);
+        }
+        self.detail.file = Some(file);
+        self
+    }
+
+    pub fn at(mut self, row: Option<u64>, column: Option<String>) -> Self {
+        self.detail.row = row;
+        self.detail.column = column;
+        self
+    }
+
+    /// The warehouse's error code (a Snowflake code such as `002003`, a DuckDB error type).
+    pub fn code(&self) -> Option<&str> {
+        self.detail.code.as_deref()
+    }
+
+    pub fn message(&self) -> &str {
+        &self.detail.message
+    }
+
+    /// The stage file a data error was found in.
+    pub fn file(&self) -> Option<&str> {
+        self.detail.file.as_deref()
+    }
+
+    /// Row (1-based, as the warehouse counts) of a data error, where the warehouse says.
+    pub fn row(&self) -> Option<u64> {
+        self.detail.row
+    }
+
+    /// Column of a data error, where the warehouse says.
+    pub fn column(&self) -> Option<&str> {
+        self.detail.column.as_deref()
+    }
+}
+
+impl std::fmt::Display for WarehouseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.detail.message)
+    }
+}
+
+impl std::error::Error for WarehouseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.detail.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }
 
 /// What a table looks like in the warehouse.

@@ -1,18 +1,18 @@
 //! Snowflake warehouse over its REST API (snowflake-api), loading from an external stage.
 //!
-//! Statements run one at a time per process: COPY is the loader's only statement and DDL is
-//! rare, and it lets a response middleware hand back each statement's query id.
-
-use std::sync::{Arc, Mutex};
+//! Three sessions, one per role, so that no statement waits behind another's: requests' DESCRIBE
+//! and DDL, the loader's COPY (inside BEGIN/COMMIT, which must not share a session with DDL:
+//! DDL commits an open transaction), and readiness probes. Query ids travel with each statement
+//! (a task-local filled in by a response middleware), never through a shared slot.
 
 use async_trait::async_trait;
-use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware};
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use snowflake_api::{
     AuthArgs, AuthType, CertificateArgs, PasswordArgs, SnowflakeApi, SnowflakeApiBuilder, SnowflakeApiError,
 };
 
-use super::snowflake_http::{result_rows, BaseUrl, QueryIdRecorder, Rows};
-use super::{CopyResult, CopyStatus, TableDescription, Warehouse, WarehouseError};
+use super::snowflake_http::{result_rows, with_query_id, BaseUrl, QueryIdRecorder, Rows};
+use super::{CopyResult, CopyStatus, ErrorKind, TableDescription, Warehouse, WarehouseError};
 use crate::config::SnowflakeConfig;
 use crate::schema::{
     quote_ident, quote_literal, Column, ColumnType, META_BATCH_ID, META_COLUMNS, META_INGESTED_AT, META_RECORD_INDEX,
@@ -20,11 +20,12 @@ use crate::schema::{
 
 /// A Snowflake database and schema, and the external stage that points at snowgate's stage.
 pub struct SnowflakeWarehouse {
+    /// Requests' DESCRIBE and DDL, and tools.
     api: SnowflakeApi,
+    /// The loader's COPY transactions, one at a time.
+    loads: tokio::sync::Mutex<SnowflakeApi>,
     probe: SnowflakeApi,
     stage: String,
-    statements: tokio::sync::Mutex<()>,
-    last_query_id: Arc<Mutex<Option<String>>>,
 }
 
 /// A statement's rows (as text) and its query id.
@@ -36,14 +37,15 @@ struct Executed {
 fn auth(config: &SnowflakeConfig) -> Result<AuthType, WarehouseError> {
     if let Some(path) = &config.private_key_path {
         let pem = std::fs::read_to_string(path).map_err(|e| {
-            WarehouseError::Statement(format!("warehouse.snowflake.private_key_path {}: {e}", path.display()))
+            WarehouseError::configuration(format!("warehouse.snowflake.private_key_path {}: {e}", path.display()))
+                .with_source(e)
         })?;
         return Ok(AuthType::Certificate(CertificateArgs { private_key_pem: pem }));
     }
     let password = match &config.password {
         Some(secret) => secret.expose().to_string(),
         None => std::env::var("SNOWFLAKE_PASSWORD")
-            .map_err(|_| WarehouseError::Statement("no Snowflake password or private key configured".into()))?,
+            .map_err(|_| WarehouseError::configuration("no Snowflake password or private key configured"))?,
     };
     Ok(AuthType::Password(PasswordArgs { password }))
 }
@@ -55,20 +57,17 @@ fn check_stage_name(name: &str) -> Result<(), WarehouseError> {
     if ok {
         Ok(())
     } else {
-        Err(WarehouseError::Statement(format!("warehouse.snowflake.stage {name:?} must be a plain identifier")))
+        Err(WarehouseError::configuration(format!("warehouse.snowflake.stage {name:?} must be a plain identifier")))
     }
 }
 
-/// A client and session (it logs in on its first statement), optionally recording query ids.
-fn session(config: &SnowflakeConfig, recorder: Option<Arc<dyn Middleware>>) -> Result<SnowflakeApi, WarehouseError> {
+/// A client and session (it logs in on its first statement) that records query ids.
+fn session(config: &SnowflakeConfig) -> Result<SnowflakeApi, WarehouseError> {
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(600))
         .build()
-        .map_err(|e| WarehouseError::Statement(format!("http client: {e}")))?;
-    let mut builder = ClientBuilder::new(http);
-    if let Some(recorder) = recorder {
-        builder = builder.with_arc(recorder);
-    }
+        .map_err(|e| WarehouseError::configuration(format!("http client: {e}")).with_source(e))?;
+    let mut builder = ClientBuilder::new(http).with(QueryIdRecorder);
     if let Some(base) = &config.base_url {
         builder = builder.with(BaseUrl::parse(base)?);
     }
@@ -85,40 +84,31 @@ fn session(config: &SnowflakeConfig, recorder: Option<Arc<dyn Middleware>>) -> R
     SnowflakeApiBuilder::new(args).with_client(client).build().map_err(classify)
 }
 
+/// Runs one statement on `api`, with its query id.
+async fn exec(api: &SnowflakeApi, sql: &str) -> Result<Executed, WarehouseError> {
+    let (result, query_id) = with_query_id(api.exec(sql)).await;
+    let result = result.map_err(|e| {
+        let error = classify(e);
+        tracing::debug!(query_id = ?query_id, error = %error, "snowflake statement failed");
+        error
+    })?;
+    Ok(Executed { rows: result_rows(result)?, query_id })
+}
+
 impl SnowflakeWarehouse {
     /// Builds the clients; each session logs in on its first statement.
     pub fn connect(config: &SnowflakeConfig) -> Result<Self, WarehouseError> {
         check_stage_name(&config.stage)?;
-        let last_query_id = Arc::new(Mutex::new(None));
-        let recorder: Arc<dyn Middleware> = Arc::new(QueryIdRecorder::new(last_query_id.clone()));
-        let api = session(config, Some(recorder))?;
-        // Readiness probes get a session of their own, so they never queue behind a long COPY.
-        let probe = session(config, None)?;
         Ok(SnowflakeWarehouse {
-            api,
-            probe,
+            api: session(config)?,
+            loads: tokio::sync::Mutex::new(session(config)?),
+            probe: session(config)?,
             stage: config.stage.clone(),
-            statements: tokio::sync::Mutex::new(()),
-            last_query_id,
         })
     }
 
     async fn exec(&self, sql: &str) -> Result<Executed, WarehouseError> {
-        let one = self.statements.lock().await;
-        self.exec_locked(&one, sql).await
-    }
-
-    /// Runs a statement while the caller holds the statement lock (for multi-statement work).
-    async fn exec_locked(&self, _one: &tokio::sync::MutexGuard<'_, ()>, sql: &str) -> Result<Executed, WarehouseError> {
-        self.last_query_id.lock().expect("query id slot").take();
-        let result = self.api.exec(sql).await;
-        let query_id = self.last_query_id.lock().expect("query id slot").take();
-        let result = result.map_err(|e| {
-            let error = classify(e);
-            tracing::debug!(query_id = ?query_id, error = %error, "snowflake statement failed");
-            error
-        })?;
-        Ok(Executed { rows: result_rows(result)?, query_id })
+        exec(&self.api, sql).await
     }
 
     /// Runs any statement and returns its rows as text, for tools and tests.
@@ -127,18 +117,61 @@ impl SnowflakeWarehouse {
     }
 }
 
-/// Snowflake error codes: 100xxx are data errors (conversion, NOT NULL, file format).
+/// Snowflake error codes, by what the loader should do about them.
+mod codes {
+    /// Object does not exist or not authorized; object does not exist or operation cannot be
+    /// performed; insufficient privileges; no active warehouse; warehouse does not exist or not
+    /// authorized; bad credentials, locked or disabled user; invalid JWT; role not granted.
+    pub const CONFIGURATION: &[&str] =
+        &["002003", "002043", "003001", "000606", "390201", "390100", "390101", "390102", "390144", "390189"];
+    /// Session expired or gone; statement timeout or cancelled; warehouse resuming or queue full.
+    pub const TRANSIENT: &[&str] = &["390111", "390112", "390114", "000604", "000625", "000630", "000629"];
+    /// "Does not exist" answers to DESC TABLE.
+    pub const NOT_FOUND: &str = "002003";
+}
+
+/// Classifies by Snowflake's error code: 100xxx are data errors (conversion, NOT NULL, file
+/// format); the lists in [`codes`] are configuration or transient; anything else that Snowflake
+/// answered is a failed statement; no answer at all (network, TLS) is transient.
 fn classify(error: SnowflakeApiError) -> WarehouseError {
-    match error {
-        SnowflakeApiError::ApiError(code, message) if code.starts_with("100") => {
-            WarehouseError::Data(format!("{code}: {message}"))
+    let (kind, code) = match &error {
+        SnowflakeApiError::ApiError(code, _) => {
+            let kind = if code.starts_with("100") {
+                ErrorKind::Data
+            } else if codes::CONFIGURATION.contains(&code.as_str()) {
+                ErrorKind::Configuration
+            } else if codes::TRANSIENT.contains(&code.as_str()) {
+                ErrorKind::Transient
+            } else {
+                ErrorKind::Statement
+            };
+            (kind, Some(code.clone()))
         }
-        SnowflakeApiError::ApiError(code, message) if code == "000606" || code == "390114" || code == "000625" => {
-            WarehouseError::Unavailable(format!("{code}: {message}"))
-        }
-        SnowflakeApiError::ApiError(code, message) => WarehouseError::Statement(format!("{code}: {message}")),
-        other => WarehouseError::Unavailable(other.to_string()),
+        // The login failed: bad credentials, key or role, unless it never reached Snowflake.
+        SnowflakeApiError::AuthError(auth) if !is_network(auth) => (ErrorKind::Configuration, None),
+        _ => (ErrorKind::Transient, None),
+    };
+    let message = match &error {
+        SnowflakeApiError::ApiError(code, message) => format!("{code}: {message}"),
+        other => other.to_string(),
+    };
+    let classified = WarehouseError::new(kind, message).with_source(error);
+    match code {
+        Some(code) => classified.with_code(code),
+        None => classified,
     }
+}
+
+/// True when a network or HTTP client error is somewhere in the chain.
+fn is_network(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<reqwest::Error>() || e.is::<reqwest_middleware::Error>() || e.is::<std::io::Error>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 fn snowflake_type(ty: ColumnType) -> String {
@@ -146,7 +179,7 @@ fn snowflake_type(ty: ColumnType) -> String {
 }
 
 fn not_found(error: &WarehouseError) -> bool {
-    matches!(error, WarehouseError::Statement(m) if m.contains("002003") || m.to_ascii_lowercase().contains("does not exist"))
+    error.code() == Some(codes::NOT_FOUND)
 }
 
 #[async_trait]
@@ -167,7 +200,7 @@ impl Warehouse for SnowflakeWarehouse {
         };
         let rows = executed.rows;
         let (Some(name_at), Some(type_at)) = (rows.column("name"), rows.column("type")) else {
-            return Err(WarehouseError::Statement("DESC TABLE returned no name/type columns".into()));
+            return Err(WarehouseError::statement("DESC TABLE returned no name/type columns"));
         };
         let null_at = rows.column("null?");
         let mut columns = Vec::new();
@@ -235,14 +268,14 @@ impl Warehouse for SnowflakeWarehouse {
         );
         // An explicit transaction makes a multi-file COPY all or nothing on every engine; with
         // ON_ERROR = ABORT_STATEMENT Snowflake does that anyway, its emulator does not.
-        let one = self.statements.lock().await;
-        self.exec_locked(&one, "BEGIN").await?;
-        let copied = match self.exec_locked(&one, &sql).await {
+        let session = self.loads.lock().await;
+        exec(&session, "BEGIN").await?;
+        let copied = match exec(&session, &sql).await {
             Ok(executed) => copy_results(paths, &executed),
             Err(e) => Err(e),
         };
         let end = if copied.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        let ended = self.exec_locked(&one, end).await;
+        let ended = exec(&session, end).await;
         let results = copied?;
         ended?;
         Ok(results)
@@ -263,6 +296,8 @@ fn copy_results(paths: &[String], executed: &Executed) -> Result<Vec<CopyResult>
     let status_at = rows.column("status");
     let loaded_at = rows.column("rows_loaded");
     let error_at = rows.column("first_error");
+    let line_at = rows.column("first_error_line");
+    let column_at = rows.column("first_error_column_name");
     let mut results = Vec::with_capacity(paths.len());
     for path in paths {
         let row = file_at.and_then(|f| {
@@ -285,7 +320,8 @@ fn copy_results(paths: &[String], executed: &Executed) -> Result<Vec<CopyResult>
             "LOAD_SKIPPED" => CopyStatus::Skipped,
             other => {
                 let error = cell(error_at).unwrap_or_else(|| format!("status {other}"));
-                return Err(WarehouseError::Data(format!("{path}: {error}")));
+                let line = cell(line_at).and_then(|n| n.parse().ok());
+                return Err(WarehouseError::data(error).in_file(path).at(line, cell(column_at)));
             }
         };
         results.push(CopyResult { path: path.clone(), status, rows_loaded, query_id: query_id.clone() });
@@ -323,20 +359,25 @@ mod tests {
             rows: vec![vec![Some("T/a.parquet".into()), Some("LOAD_FAILED".into()), Some("bad value".into())]],
         };
         let err = copy_results(&["T/a.parquet".into()], &Executed { rows, query_id: None }).unwrap_err();
-        assert!(matches!(err, WarehouseError::Data(m) if m.contains("bad value")));
+        assert_eq!(err.kind, ErrorKind::Data);
+        assert!(err.message().contains("bad value"), "{err}");
+        assert_eq!(err.file(), Some("T/a.parquet"));
     }
 
     #[test]
     fn error_codes_are_classified() {
-        assert!(matches!(classify(SnowflakeApiError::ApiError("100038".into(), "x".into())), WarehouseError::Data(_)));
-        assert!(matches!(
-            classify(SnowflakeApiError::ApiError("000606".into(), "x".into())),
-            WarehouseError::Unavailable(_)
-        ));
-        assert!(matches!(
-            classify(SnowflakeApiError::ApiError("002003".into(), "x".into())),
-            WarehouseError::Statement(_)
-        ));
+        let kind = |code: &str| classify(SnowflakeApiError::ApiError(code.into(), "x".into())).kind;
+        assert_eq!(kind("100038"), ErrorKind::Data);
+        assert_eq!(kind("000625"), ErrorKind::Transient);
+        assert_eq!(kind("390114"), ErrorKind::Transient);
+        assert_eq!(kind("002003"), ErrorKind::Configuration, "missing stage or table");
+        assert_eq!(kind("003001"), ErrorKind::Configuration, "missing privilege");
+        assert_eq!(kind("000606"), ErrorKind::Configuration, "no warehouse");
+        assert_eq!(kind("001003"), ErrorKind::Statement, "syntax error");
+        let error = classify(SnowflakeApiError::ApiError("002003".into(), "x".into()));
+        assert_eq!(error.code(), Some("002003"));
+        assert!(std::error::Error::source(&error).is_some(), "the client's error is kept as the source");
+        assert_eq!(classify(SnowflakeApiError::UnexpectedResponse).kind, ErrorKind::Transient);
         assert!(check_stage_name("SNOWGATE_STAGE").is_ok());
         assert!(check_stage_name("x'; DROP").is_err());
     }

@@ -1,6 +1,7 @@
 //! HTTP plumbing for the Snowflake client: base-URL override, query-id capture, result rows.
 
-use std::sync::{Arc, Mutex};
+use std::cell::RefCell;
+use std::future::Future;
 
 use arrow_array57::cast::AsArray;
 use arrow_array57::types::{
@@ -21,8 +22,9 @@ pub struct BaseUrl {
 
 impl BaseUrl {
     pub fn parse(base: &str) -> Result<Self, WarehouseError> {
-        let base = url::Url::parse(base)
-            .map_err(|e| WarehouseError::Statement(format!("warehouse.snowflake.base_url {base:?}: {e}")))?;
+        let base = url::Url::parse(base).map_err(|e| {
+            WarehouseError::configuration(format!("warehouse.snowflake.base_url {base:?}: {e}")).with_source(e)
+        })?;
         Ok(BaseUrl { base })
     }
 }
@@ -49,16 +51,24 @@ impl Middleware for BaseUrl {
     }
 }
 
-/// Remembers the `data.queryId` of the last query response, so COPY results can carry it.
-pub struct QueryIdRecorder {
-    slot: Arc<Mutex<Option<String>>>,
+tokio::task_local! {
+    /// The query id of the statement the current task is running, filled in by [`QueryIdRecorder`].
+    static QUERY_ID: RefCell<Option<String>>;
 }
 
-impl QueryIdRecorder {
-    pub fn new(slot: Arc<Mutex<Option<String>>>) -> Self {
-        QueryIdRecorder { slot }
-    }
+/// Runs `statement` and returns its output with the `data.queryId` of its last query response.
+/// The id travels in a task-local, so concurrent statements never see each other's ids.
+pub async fn with_query_id<T>(statement: impl Future<Output = T>) -> (T, Option<String>) {
+    QUERY_ID
+        .scope(RefCell::new(None), async move {
+            let output = statement.await;
+            (output, QUERY_ID.with(|slot| slot.borrow_mut().take()))
+        })
+        .await
 }
+
+/// Records the `data.queryId` of query responses for [`with_query_id`].
+pub struct QueryIdRecorder;
 
 #[async_trait]
 impl Middleware for QueryIdRecorder {
@@ -70,14 +80,15 @@ impl Middleware for QueryIdRecorder {
     ) -> reqwest_middleware::Result<reqwest::Response> {
         let is_query = req.url().path().ends_with("/queries/v1/query-request");
         let response = next.run(req, extensions).await?;
-        if !is_query {
+        // Outside `with_query_id` (a readiness probe, say) nobody wants the id.
+        if !is_query || QUERY_ID.try_with(|_| ()).is_err() {
             return Ok(response);
         }
         let (response, body) = buffer(response).await?;
         let query_id = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.pointer("/data/queryId").and_then(|q| q.as_str()).map(str::to_string));
-        *self.slot.lock().expect("query id slot") = query_id;
+        let _ = QUERY_ID.try_with(|slot| *slot.borrow_mut() = query_id);
         Ok(rebuild(response, body))
     }
 }
