@@ -60,6 +60,7 @@ async fn copy_committed_but_not_recorded_is_skipped_on_retry() {
         lease: Duration::from_secs(60),
         max_files_per_copy: 100,
         retry_base: Duration::from_millis(50),
+        configuration_retry: Duration::from_secs(1),
     };
     let loader = Loader::new(
         ledger.clone(),

@@ -215,3 +215,85 @@ async fn two_gateway_processes_load_every_record_exactly_once() {
     assert_eq!(one_number(&warehouse, "SELECT COUNT(DISTINCT ID) FROM LOANS").await, (24 * 150).to_string());
     assert_eq!(one_number(&warehouse, "SELECT COUNT(DISTINCT \"_BATCH_ID\") FROM LOANS").await, "24");
 }
+
+/// A COPY from a stage that does not exist yet (Snowflake code 002003) is a configuration
+/// error: the files stay claimable, the error shows in `/readyz` and on the batch, nothing is
+/// failed, and the load goes through once an admin creates the stage.
+#[tokio::test]
+async fn a_missing_snowflake_stage_holds_files_back_until_it_exists() {
+    let peers = Peers::start().await;
+    let mut config = peers.config(&peers.dir.path().join("gateway"));
+    let mut later = peers.snowflake.clone();
+    later.stage = "CREATED_LATER".into();
+    config.warehouse.snowflake = Some(later.clone());
+    config.loader.configuration_retry = Duration::from_secs(1);
+    let app = spawn_app_with(config).await;
+    app.declare_loans().await;
+    let response = app.post_json("loans", &json!((0..10).map(loan).collect::<Vec<_>>())).await;
+    assert_eq!(response.status(), 202);
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+
+    let mut seen = None;
+    for _ in 0..100 {
+        let (status, ready) = app.get_json("/readyz").await;
+        assert_eq!(status, 200, "a configuration error does not make the gateway unready: {ready}");
+        if let Some(error) = ready["loader"]["configuration_error"].as_str() {
+            seen = Some(error.to_string());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let error = seen.expect("the configuration error shows in /readyz");
+    assert!(error.contains("LOANS") && error.contains("002003"), "{error}");
+    let (_, batch) = app.get_json(&format!("/v1/batches/{id}")).await;
+    assert_ne!(batch["status"], "failed", "{batch}");
+    assert_eq!(batch["files"][0]["status"], "staged", "released, not failed: {batch}");
+    assert!(batch["files"][0]["error"].as_str().unwrap().contains("configuration"), "{batch}");
+
+    let folder = peers.s3.root.join(&peers.s3.bucket).join(&peers.s3.prefix);
+    peers.fakesnow.prepare(&later, &folder.canonicalize().unwrap()).await;
+    let done = app.wait_final(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "loaded", "{done}");
+    assert_eq!(done["counts"]["loaded"], 10);
+    let (_, ready) = app.get_json("/readyz").await;
+    assert_eq!(ready["loader"]["configuration_error"], Value::Null, "cleared by the load: {ready}");
+    assert_eq!(one_number(&peers.warehouse(), "SELECT COUNT(*) FROM LOANS").await, "10");
+    app.shutdown().await;
+}
+
+/// A stage that refuses the gateway's credentials is an operator's problem, not "retry later".
+#[tokio::test]
+async fn a_stage_that_refuses_the_credentials_is_not_a_503() {
+    let peers = Peers::start().await;
+    let (mut command, base) = common::gateway_command(&peers.dir.path().join("gateway"));
+    let s3 = peers.s3.stage_config();
+    command
+        .env("SNOWGATE_STAGE__URL", s3.url.unwrap())
+        .env("SNOWGATE_STAGE__ENDPOINT", s3.endpoint.unwrap())
+        .env("SNOWGATE_STAGE__REGION", "us-east-1")
+        .env("SNOWGATE_STAGE__ALLOW_HTTP", "true")
+        .env("SNOWGATE_STAGE__PATH_STYLE", "true")
+        .env("SNOWGATE_LOADER__ENABLED", "false");
+    for (key, value) in peers.s3.credentials_env() {
+        command.env(key, value);
+    }
+    command.env("AWS_SECRET_ACCESS_KEY", "not-the-secret");
+    let mut child = common::start_gateway(command, &base).await;
+    let client = reqwest::Client::new();
+    let declared = client
+        .put(format!("{base}/v1/tables/loans"))
+        .json(&json!({"columns": [{"name": "id", "type": "NUMBER", "nullable": false}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(declared.status(), 201);
+    let response =
+        client.post(format!("{base}/v1/tables/loans/batches")).json(&json!([{"id": 1}])).send().await.unwrap();
+    let status = response.status().as_u16();
+    assert!(!response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    assert_eq!((status, body["error"]["code"].as_str()), (500, Some("stage_misconfigured")), "{body}");
+    assert!(!body.to_string().contains("not-the-secret"), "{body}");
+}

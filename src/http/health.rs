@@ -10,20 +10,26 @@ use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, ErrorCode};
 use crate::app::AppState;
+use crate::loader::LoaderStatus;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
     pub status: String,
     /// Per backend: `ok` or the reason it is not.
     pub checks: BTreeMap<String, String>,
+    /// This process's loader: whether it runs, its restarts, its last good round and any
+    /// warehouse configuration error holding files back. Reported, never a reason to be unready:
+    /// a replica keeps accepting (the stage is durable) while loads wait.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loader: Option<LoaderStatus>,
 }
 
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok".into(), checks: BTreeMap::new() })
+    Json(Health { status: "ok".into(), checks: BTreeMap::new(), loader: None })
 }
 
 async fn check<E: std::fmt::Display>(probe: impl Future<Output = Result<(), E>>) -> String {
@@ -39,7 +45,11 @@ async fn check<E: std::fmt::Display>(probe: impl Future<Output = Result<(), E>>)
     get,
     path = "/readyz",
     tag = "health",
-    responses((status = 200, body = Health), (status = 503, description = "A backend is unreachable", body = ErrorBody))
+    responses(
+        (status = 200, body = Health),
+        (status = 503, description = "A backend is unreachable", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before asking again"))),
+    )
 )]
 pub async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiError> {
     let (ledger, stage, warehouse) =
@@ -51,8 +61,9 @@ pub async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiErro
     ]);
     let failing: Vec<&str> = checks.iter().filter(|(_, v)| *v != "ok").map(|(k, _)| k.as_str()).collect();
     if failing.is_empty() {
-        return Ok(Json(Health { status: "ready".into(), checks }));
+        return Ok(Json(Health { status: "ready".into(), checks, loader: Some(app.loader_health.status()) }));
     }
     let message = format!("not ready: {} unreachable", failing.join(", "));
-    Err(ApiError::unavailable("not_ready", message, 5).with_details(json!({ "checks": checks })))
+    let details = json!({ "checks": checks, "loader": app.loader_health.status() });
+    Err(ApiError::new(ErrorCode::NotReady, message).with_details(details))
 }

@@ -1,5 +1,7 @@
 //! The loader: claims staged files, runs COPY, and reconciles batches in the ledger.
 
+mod supervisor;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,8 +9,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::ledger::{ClaimedFile, FileOutcome, Ledger};
-use crate::warehouse::{Warehouse, WarehouseError};
+pub use supervisor::{supervise, LoaderHealth, LoaderState, LoaderStatus};
+
+use crate::ledger::{ClaimedFile, FileOutcome, Ledger, LedgerError};
+use crate::warehouse::{ErrorKind, Warehouse, WarehouseError};
 
 /// Loader timing and sizes.
 #[derive(Debug, Clone)]
@@ -19,9 +23,28 @@ pub struct LoaderSettings {
     pub lease: Duration,
     /// Files per COPY statement (Snowflake allows 1000).
     pub max_files_per_copy: usize,
-    /// First retry delay after a transient failure; doubles per attempt, capped at 5 minutes.
+    /// First retry delay after a transient failure; doubles per attempt, capped at 5 minutes,
+    /// with jitter.
     pub retry_base: Duration,
+    /// Delay before files held back by a configuration error (a missing privilege or stage) are
+    /// tried again.
+    pub configuration_retry: Duration,
 }
+
+impl LoaderSettings {
+    pub fn from_config(config: &crate::config::LoaderConfig) -> Self {
+        LoaderSettings {
+            interval: config.interval,
+            lease: config.lease,
+            max_files_per_copy: config.max_files_per_copy,
+            retry_base: config.retry_base,
+            configuration_retry: config.configuration_retry,
+        }
+    }
+}
+
+/// Longest delay between retries of a file.
+const MAX_RETRY: Duration = Duration::from_secs(300);
 
 /// One loader per gateway process.
 pub struct Loader {
@@ -33,6 +56,7 @@ pub struct Loader {
     staged: Arc<Notify>,
     /// Notified (all waiters) after every round that changed batch status.
     loaded: Arc<Notify>,
+    health: Arc<LoaderHealth>,
 }
 
 impl Loader {
@@ -44,7 +68,13 @@ impl Loader {
         staged: Arc<Notify>,
         loaded: Arc<Notify>,
     ) -> Self {
-        Loader { ledger, warehouse, settings, owner, staged, loaded }
+        Loader { ledger, warehouse, settings, owner, staged, loaded, health: Arc::new(LoaderHealth::default()) }
+    }
+
+    /// Reports rounds and errors to `health` (shared with `/readyz`).
+    pub fn with_health(mut self, health: Arc<LoaderHealth>) -> Self {
+        self.health = health;
+        self
     }
 
     /// Runs until `cancel` fires; a round in progress finishes first.
@@ -61,6 +91,7 @@ impl Loader {
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "loader round failed");
+                        self.health.round_failed(&e.to_string());
                         break;
                     }
                 }
@@ -76,8 +107,9 @@ impl Loader {
         }
     }
 
-    /// Claims and loads one round of files; returns how many were claimed.
-    pub async fn round(&self) -> Result<usize, crate::ledger::LedgerError> {
+    /// Claims and loads one round of files; returns how many were claimed. A failure on one
+    /// table is logged and never holds back another table's files.
+    pub async fn round(&self) -> Result<usize, LedgerError> {
         let claimed =
             self.ledger.claim_files(&self.owner, self.settings.lease, self.settings.max_files_per_copy).await?;
         let count = claimed.len();
@@ -85,20 +117,29 @@ impl Loader {
         for file in claimed {
             by_table.entry(file.table.clone()).or_default().push(file);
         }
+        let mut failed = None;
         for (table, files) in by_table {
-            self.load(&table, files).await?;
+            if let Err(e) = self.load(&table, files).await {
+                // The claims stay until their lease expires; the next claim retries them.
+                tracing::error!(table, error = %e, "could not record a load; files retried after the lease");
+                failed = Some(e);
+            }
         }
         if count > 0 {
             self.loaded.notify_waiters();
         }
+        match failed {
+            Some(e) => self.health.round_failed(&e.to_string()),
+            None => self.health.round_succeeded(),
+        }
         Ok(count)
     }
 
-    /// One COPY for all files of a table; a data error retries the files one by one so that a bad
-    /// file cannot hold back the good ones.
-    async fn load(&self, table: &str, files: Vec<ClaimedFile>) -> Result<(), crate::ledger::LedgerError> {
+    /// One COPY for all files of a table. A data error retries the files one by one so that a
+    /// bad file cannot hold back the good ones.
+    async fn load(&self, table: &str, files: Vec<ClaimedFile>) -> Result<(), LedgerError> {
         let paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
-        match self.warehouse.copy_files(table, &paths).await {
+        let error = match self.warehouse.copy_files(table, &paths).await {
             Ok(results) => {
                 let outcomes: Vec<FileOutcome> = files
                     .iter()
@@ -114,23 +155,34 @@ impl Loader {
                     })
                     .collect();
                 tracing::info!(table, files = files.len(), "loaded files");
-                self.ledger.complete_files(&outcomes).await
+                self.health.clear_configuration_error();
+                return self.ledger.complete_files(&outcomes).await;
             }
-            Err(WarehouseError::Unavailable(message)) => {
+            Err(error) => error,
+        };
+        match error.kind {
+            ErrorKind::Transient => {
                 let attempts = files.iter().map(|f| f.attempts).max().unwrap_or(1);
-                let delay = self.backoff(attempts);
-                tracing::warn!(table, error = %message, retry_in = ?delay, "warehouse unavailable; files released");
-                let ids: Vec<_> = files.iter().map(|f| f.id).collect();
-                self.ledger.release_files(&ids, &message, delay).await
+                let delay = jittered(backoff(self.settings.retry_base, attempts));
+                tracing::warn!(table, error = %error, retry_in = ?delay, "warehouse unavailable; files released");
+                self.release(&files, &error, delay).await
             }
-            Err(error) if files.len() > 1 => {
+            ErrorKind::Configuration => {
+                // Never the data's fault: the files wait for an operator, and say why.
+                let delay = self.settings.configuration_retry;
+                tracing::error!(table, error = %error, code = ?error.code(), retry_in = ?delay,
+                    "warehouse configuration error; files held back until it is fixed");
+                self.health.configuration_error(table, &error);
+                self.release(&files, &error, delay).await
+            }
+            ErrorKind::Data | ErrorKind::Statement if files.len() > 1 => {
                 tracing::warn!(table, error = %error, "COPY failed; loading files one by one");
                 for file in files {
                     Box::pin(self.load(table, vec![file])).await?;
                 }
                 Ok(())
             }
-            Err(error) => {
+            ErrorKind::Data | ErrorKind::Statement => {
                 tracing::error!(table, path = %files[0].path, error = %error, "file failed to load");
                 let outcome = FileOutcome::Failed { id: files[0].id, error: error.to_string(), query_id: None };
                 self.ledger.complete_files(&[outcome]).await
@@ -138,8 +190,41 @@ impl Loader {
         }
     }
 
-    fn backoff(&self, attempts: u32) -> Duration {
-        let factor = 1u32 << attempts.saturating_sub(1).min(10);
-        (self.settings.retry_base * factor).min(Duration::from_secs(300))
+    async fn release(&self, files: &[ClaimedFile], error: &WarehouseError, delay: Duration) -> Result<(), LedgerError> {
+        let ids: Vec<_> = files.iter().map(|f| f.id).collect();
+        self.ledger.release_files(&ids, &error.to_string(), delay).await
+    }
+}
+
+/// `base` doubled per earlier attempt, capped at [`MAX_RETRY`].
+fn backoff(base: Duration, attempts: u32) -> Duration {
+    let factor = 1u32 << attempts.saturating_sub(1).min(16);
+    base.saturating_mul(factor).min(MAX_RETRY)
+}
+
+/// A delay drawn uniformly from `[delay / 2, delay]`, so that replicas released together do not
+/// retry together.
+fn jittered(delay: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded randomly per process and per call: enough randomness for jitter.
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let half = delay / 2;
+    half + half.mul_f64((random % 1_000_000) as f64 / 1_000_000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_then_caps_and_jitter_stays_in_range() {
+        let base = Duration::from_secs(1);
+        assert_eq!(backoff(base, 1), Duration::from_secs(1));
+        assert_eq!(backoff(base, 3), Duration::from_secs(4));
+        assert_eq!(backoff(base, 40), MAX_RETRY);
+        let draws: Vec<Duration> = (0..200).map(|_| jittered(Duration::from_secs(8))).collect();
+        assert!(draws.iter().all(|d| *d >= Duration::from_secs(4) && *d <= Duration::from_secs(8)));
+        let distinct: std::collections::BTreeSet<_> = draws.iter().collect();
+        assert!(distinct.len() > 50, "jitter spreads retries: {} distinct of 200", distinct.len());
     }
 }
