@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::ops::Deref;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +12,11 @@ use uuid::Uuid;
 
 use crate::buffer::Buffers;
 use crate::catalog::Catalog;
-use crate::config::{Config, WarehouseKind};
+use crate::config::{Config, LedgerBackend, WarehouseBackend};
 use crate::ledger::postgres::PostgresLedger;
 use crate::ledger::sqlite::SqliteLedger;
 use crate::ledger::Ledger;
-use crate::loader::Loader;
+use crate::loader::{supervise, Loader, LoaderHealth, LoaderSettings};
 use crate::stage::Stage;
 use crate::warehouse::duckdb::DuckDbWarehouse;
 use crate::warehouse::snowflake::SnowflakeWarehouse;
@@ -52,6 +51,8 @@ pub struct App {
     pub loaded: Arc<Notify>,
     /// Identifies this process in file claims.
     pub instance_id: String,
+    /// What the loader is doing, for `/readyz`.
+    pub loader_health: Arc<LoaderHealth>,
 }
 
 /// Shared handle passed to handlers.
@@ -71,34 +72,26 @@ impl App {
     pub async fn build(config: Config) -> Result<App, StartError> {
         config.validate()?;
         let stage = Arc::new(Stage::open(&config.stage_url(), &config.stage)?);
-        let ledger_url = config.ledger_url();
-        let ledger_url = ledger_url.expose();
-        if let Some(path) = ledger_url.strip_prefix("sqlite://") {
-            if let Some(dir) = Path::new(path.split('?').next().unwrap_or(path)).parent() {
-                if !dir.as_os_str().is_empty() {
+        let ledger: Arc<dyn Ledger> = match config.ledger_backend()? {
+            LedgerBackend::Sqlite { url, path } => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)?;
                 }
+                Arc::new(SqliteLedger::connect(url.expose()).await?)
             }
-        }
-        let ledger: Arc<dyn Ledger> =
-            if ledger_url.starts_with("postgres://") || ledger_url.starts_with("postgresql://") {
-                Arc::new(PostgresLedger::connect(ledger_url, config.ledger.max_connections).await?)
-            } else {
-                Arc::new(SqliteLedger::connect(ledger_url).await?)
-            };
-        let warehouse: Arc<dyn Warehouse> = match config.warehouse.kind {
-            WarehouseKind::Duckdb => {
-                let path = config.warehouse_path();
+            LedgerBackend::Postgres { url, max_connections } => {
+                Arc::new(PostgresLedger::connect(url.expose(), max_connections).await?)
+            }
+        };
+        let warehouse: Arc<dyn Warehouse> = match config.warehouse_backend()? {
+            WarehouseBackend::DuckDb { path } => {
                 let stage = stage.clone();
                 let opened = tokio::task::spawn_blocking(move || DuckDbWarehouse::open(&path, stage))
                     .await
                     .map_err(|e| std::io::Error::other(e.to_string()))??;
                 Arc::new(opened)
             }
-            WarehouseKind::Snowflake => {
-                let snowflake = config.warehouse.snowflake.as_ref().expect("validated: section present");
-                Arc::new(SnowflakeWarehouse::connect(snowflake)?)
-            }
+            WarehouseBackend::Snowflake(snowflake) => Arc::new(SnowflakeWarehouse::connect(snowflake)?),
         };
         Ok(App::from_parts(config, stage, ledger, warehouse))
     }
@@ -112,7 +105,7 @@ impl App {
     ) -> App {
         let staged = Arc::new(Notify::new());
         let buffers = Buffers::new(stage.clone(), ledger.clone(), config.limits.memory_budget_bytes, staged.clone());
-        let catalog = Catalog::new(ledger.clone(), warehouse.clone(), config.defaults.drift);
+        let catalog = Catalog::new(ledger.clone(), warehouse.clone(), &config);
         App {
             config,
             ledger,
@@ -123,6 +116,7 @@ impl App {
             staged,
             loaded: Arc::new(Notify::new()),
             instance_id: format!("{}-{}", hostname(), Uuid::now_v7()),
+            loader_health: Arc::new(LoaderHealth::default()),
         }
     }
 
@@ -130,11 +124,12 @@ impl App {
         Loader::new(
             self.ledger.clone(),
             self.warehouse.clone(),
-            self.config.loader_settings(),
+            LoaderSettings::from_config(&self.config.loader),
             self.instance_id.clone(),
             self.staged.clone(),
             self.loaded.clone(),
         )
+        .with_health(self.loader_health.clone())
     }
 }
 
@@ -151,9 +146,15 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     let state = AppState(Arc::new(app));
     let cancel = CancellationToken::new();
-    let loader = state.config.loader.enabled.then(|| tokio::spawn(state.loader().run(cancel.child_token())));
+    let loader = state.config.loader.enabled.then(|| {
+        let (app, token) = (state.clone(), cancel.child_token());
+        let health = state.loader_health.clone();
+        tokio::spawn(supervise(health, cancel.child_token(), Duration::from_secs(1), move || {
+            app.loader().run(token.clone())
+        }))
+    });
     let router = crate::http::router(state.clone());
-    let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
+    let grace = state.config.server.shutdown_grace;
     let stop_http = CancellationToken::new();
     let stopping = stop_http.clone();
     tracing::info!(addr = %listener.local_addr()?, ledger = state.ledger.backend(), warehouse = state.warehouse.backend(),

@@ -1,4 +1,8 @@
-//! Configuration: TOML file plus `SNOWGATE_` environment overrides, validated at start.
+//! Configuration: TOML file plus `SNOWGATE_` environment overrides, parsed once at start into
+//! typed values (durations, table names, backends) with errors that name the key.
+//!
+//! A leaf module: it imports nothing else of snowgate but the schema vocabulary; other modules
+//! build their own settings from it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,10 +13,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::buffer::FlushPolicy;
-use crate::ingest::decode::DecodeLimits;
-use crate::ingest::drift::DriftPolicy;
-use crate::loader::LoaderSettings;
+use crate::schema::{DriftPolicy, TableName};
 
 /// A configuration problem, naming the key.
 #[derive(Debug, thiserror::Error)]
@@ -27,8 +28,9 @@ pub struct Config {
     pub ledger: LedgerConfig,
     pub warehouse: WarehouseConfig,
     pub defaults: TableSettings,
-    /// Per-table overrides, keyed by table name (case-insensitive).
-    pub tables: BTreeMap<String, TableOverrides>,
+    /// Per-table overrides, keyed by table name (an identifier, case-insensitive).
+    #[serde(deserialize_with = "table_overrides")]
+    pub tables: BTreeMap<TableName, TableOverrides>,
     pub limits: Limits,
     pub loader: LoaderConfig,
 }
@@ -38,8 +40,14 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    /// Seconds to wait for in-flight requests on shutdown.
-    pub shutdown_grace_secs: u64,
+    /// How long in-flight requests may run on shutdown (key `shutdown_grace_secs`).
+    #[serde(rename = "shutdown_grace_secs", with = "secs")]
+    pub shutdown_grace: Duration,
+    /// How long a replica trusts its cached table definitions before comparing them with the
+    /// ledger, so that a change made through another replica takes effect (key
+    /// `schema_refresh_ms`).
+    #[serde(rename = "schema_refresh_ms", with = "millis")]
+    pub schema_refresh: Duration,
 }
 
 impl Default for ServerConfig {
@@ -47,7 +55,8 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
-            shutdown_grace_secs: 30,
+            shutdown_grace: Duration::from_secs(30),
+            schema_refresh: Duration::from_secs(5),
         }
     }
 }
@@ -158,7 +167,9 @@ impl PartialEq for Secret {
 #[serde(default, deny_unknown_fields)]
 pub struct TableSettings {
     pub drift: DriftPolicy,
-    pub linger_ms: u64,
+    /// Longest time a row waits in a buffer before its file is written (key `linger_ms`).
+    #[serde(rename = "linger_ms", with = "millis")]
+    pub linger: Duration,
     pub max_rows_per_file: usize,
     pub max_bytes_per_file: usize,
 }
@@ -167,7 +178,7 @@ impl Default for TableSettings {
     fn default() -> Self {
         TableSettings {
             drift: DriftPolicy::Evolve,
-            linger_ms: 200,
+            linger: Duration::from_millis(200),
             max_rows_per_file: 100_000,
             max_bytes_per_file: 64 << 20,
         }
@@ -178,7 +189,8 @@ impl Default for TableSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct TableOverrides {
     pub drift: Option<DriftPolicy>,
-    pub linger_ms: Option<u64>,
+    #[serde(rename = "linger_ms", with = "opt_millis")]
+    pub linger: Option<Duration>,
     pub max_rows_per_file: Option<usize>,
     pub max_bytes_per_file: Option<usize>,
 }
@@ -196,8 +208,9 @@ pub struct Limits {
     pub max_records_per_request: usize,
     /// Rows buffered or being flushed across all tables; past it, POSTs get 503.
     pub memory_budget_bytes: usize,
-    /// Longest `wait=loaded` long-poll.
-    pub max_wait_secs: u64,
+    /// Longest `wait=loaded` long-poll (key `max_wait_secs`).
+    #[serde(rename = "max_wait_secs", with = "secs")]
+    pub max_wait: Duration,
 }
 
 impl Default for Limits {
@@ -209,7 +222,7 @@ impl Default for Limits {
             max_depth: 64,
             max_records_per_request: 1_000_000,
             memory_budget_bytes: 1 << 30,
-            max_wait_secs: 60,
+            max_wait: Duration::from_secs(60),
         }
     }
 }
@@ -219,20 +232,31 @@ impl Default for Limits {
 pub struct LoaderConfig {
     /// Run the loader in this process (an ingest-only replica sets false).
     pub enabled: bool,
-    pub interval_ms: u64,
-    pub lease_secs: u64,
+    /// Poll interval when nothing wakes the loader (key `interval_ms`).
+    #[serde(rename = "interval_ms", with = "millis")]
+    pub interval: Duration,
+    /// How long a claim holds before another loader may take the file (key `lease_secs`).
+    #[serde(rename = "lease_secs", with = "secs")]
+    pub lease: Duration,
     pub max_files_per_copy: usize,
-    pub retry_base_ms: u64,
+    /// First retry delay after a transient warehouse failure (key `retry_base_ms`).
+    #[serde(rename = "retry_base_ms", with = "millis")]
+    pub retry_base: Duration,
+    /// Delay before files held back by a warehouse configuration error are tried again (key
+    /// `configuration_retry_secs`).
+    #[serde(rename = "configuration_retry_secs", with = "secs")]
+    pub configuration_retry: Duration,
 }
 
 impl Default for LoaderConfig {
     fn default() -> Self {
         LoaderConfig {
             enabled: true,
-            interval_ms: 1000,
-            lease_secs: 300,
+            interval: Duration::from_millis(1000),
+            lease: Duration::from_secs(300),
             max_files_per_copy: 1000,
-            retry_base_ms: 1000,
+            retry_base: Duration::from_millis(1000),
+            configuration_retry: Duration::from_secs(60),
         }
     }
 }
@@ -264,16 +288,14 @@ impl Config {
         let tables = std::iter::once(("defaults".to_string(), self.defaults.clone()))
             .chain(self.tables.keys().map(|name| (format!("tables.{name}"), self.table_settings(name))));
         for (key, t) in tables {
-            check((1..=600_000).contains(&t.linger_ms), &format!("{key}.linger_ms"), "must be 1..=600000")?;
+            let linger = t.linger.as_millis();
+            check((1..=600_000).contains(&linger), &format!("{key}.linger_ms"), "must be 1..=600000")?;
             check(
                 (1..=10_000_000).contains(&t.max_rows_per_file),
                 &format!("{key}.max_rows_per_file"),
                 "must be 1..=10000000",
             )?;
             check(t.max_bytes_per_file >= 1024, &format!("{key}.max_bytes_per_file"), "must be at least 1024")?;
-        }
-        for name in self.tables.keys() {
-            crate::catalog::table_name(name).map_err(|e| ConfigError(format!("tables.{name}: {e}")))?;
         }
         let l = &self.limits;
         check(l.max_body_bytes >= 1024, "limits.max_body_bytes", "must be at least 1024")?;
@@ -283,36 +305,30 @@ impl Config {
             "must be >= limits.max_body_bytes",
         )?;
         check(l.max_record_bytes >= 64, "limits.max_record_bytes", "must be at least 64")?;
-        check((1..=128).contains(&l.max_depth), "limits.max_depth", "must be 1..=128")?;
+        // A record is one level deeper than its values, and stays under the JSON parser's own limit.
+        check((1..=100).contains(&l.max_depth), "limits.max_depth", "must be 1..=100")?;
         check(l.max_records_per_request >= 1, "limits.max_records_per_request", "must be at least 1")?;
         check(l.memory_budget_bytes >= 1 << 20, "limits.memory_budget_bytes", "must be at least 1048576")?;
-        check(self.loader.interval_ms >= 10, "loader.interval_ms", "must be at least 10")?;
-        check(self.loader.lease_secs >= 5, "loader.lease_secs", "must be at least 5")?;
+        check(self.loader.interval >= Duration::from_millis(10), "loader.interval_ms", "must be at least 10")?;
+        check(self.loader.lease >= Duration::from_secs(5), "loader.lease_secs", "must be at least 5")?;
         check((1..=1000).contains(&self.loader.max_files_per_copy), "loader.max_files_per_copy", "must be 1..=1000")?;
+        check(
+            self.loader.configuration_retry >= Duration::from_secs(1),
+            "loader.configuration_retry_secs",
+            "must be at least 1",
+        )?;
         let stage = self.stage_url();
         check(
             stage.starts_with("file://") || stage.starts_with("s3://"),
             "stage.url",
             "must be file://... or s3://...",
         )?;
-        let ledger = self.ledger_url();
-        let ledger = ledger.expose();
-        check(
-            ledger.starts_with("sqlite:") || ledger.starts_with("postgres://") || ledger.starts_with("postgresql://"),
-            "ledger.url",
-            "must be sqlite://... or postgres://...",
-        )?;
+        let ledger = self.ledger_backend()?;
         // Postgres holds one connection for a DDL lock while the change itself needs another.
-        let min_connections = if ledger.starts_with("sqlite:") { 1 } else { 2 };
-        check(
-            self.ledger.max_connections >= min_connections,
-            "ledger.max_connections",
-            &format!("must be at least {min_connections}"),
-        )?;
-        if self.warehouse.kind == WarehouseKind::Snowflake {
-            let Some(sf) = &self.warehouse.snowflake else {
-                return Err(ConfigError("warehouse.snowflake: required when warehouse.kind = \"snowflake\"".into()));
-            };
+        if let LedgerBackend::Postgres { max_connections, .. } = ledger {
+            check(max_connections >= 2, "ledger.max_connections", "must be at least 2")?;
+        }
+        if let WarehouseBackend::Snowflake(sf) = self.warehouse_backend()? {
             for (key, value) in [
                 ("account", &sf.account),
                 ("user", &sf.user),
@@ -332,6 +348,33 @@ impl Config {
         Ok(())
     }
 
+    /// The ledger, from `ledger.url`: the one place its scheme is read.
+    pub fn ledger_backend(&self) -> Result<LedgerBackend, ConfigError> {
+        let url = self.ledger_url();
+        let text = url.expose();
+        if let Some(rest) = text.strip_prefix("sqlite://").or_else(|| text.strip_prefix("sqlite:")) {
+            let path = PathBuf::from(rest.split('?').next().unwrap_or(rest));
+            return Ok(LedgerBackend::Sqlite { url, path });
+        }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(LedgerBackend::Postgres { url, max_connections: self.ledger.max_connections });
+        }
+        Err(ConfigError("ledger.url: must be sqlite://... or postgres://...".into()))
+    }
+
+    /// The warehouse, from `warehouse.kind` and its section.
+    pub fn warehouse_backend(&self) -> Result<WarehouseBackend<'_>, ConfigError> {
+        match (self.warehouse.kind, &self.warehouse.snowflake) {
+            (WarehouseKind::Duckdb, _) => Ok(WarehouseBackend::DuckDb {
+                path: self.warehouse.path.clone().unwrap_or_else(|| self.server.data_dir.join("warehouse.duckdb")),
+            }),
+            (WarehouseKind::Snowflake, Some(snowflake)) => Ok(WarehouseBackend::Snowflake(snowflake)),
+            (WarehouseKind::Snowflake, None) => {
+                Err(ConfigError("warehouse.snowflake: required when warehouse.kind = \"snowflake\"".into()))
+            }
+        }
+    }
+
     pub fn stage_url(&self) -> String {
         self.stage.url.clone().unwrap_or_else(|| format!("file://{}", self.server.data_dir.join("stage").display()))
     }
@@ -344,51 +387,100 @@ impl Config {
             .unwrap_or_else(|| Secret::new(format!("sqlite://{}", self.server.data_dir.join("snowgate.db").display())))
     }
 
-    pub fn warehouse_path(&self) -> PathBuf {
-        self.warehouse.path.clone().unwrap_or_else(|| self.server.data_dir.join("warehouse.duckdb"))
-    }
-
     /// Defaults with a table's overrides applied.
-    pub fn table_settings(&self, table: &str) -> TableSettings {
-        let overrides = self
-            .tables
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(table))
-            .map(|(_, o)| o.clone())
-            .unwrap_or_default();
+    pub fn table_settings(&self, table: &TableName) -> TableSettings {
+        let overrides = self.tables.get(table).cloned().unwrap_or_default();
         let d = &self.defaults;
         TableSettings {
             drift: overrides.drift.unwrap_or(d.drift),
-            linger_ms: overrides.linger_ms.unwrap_or(d.linger_ms),
+            linger: overrides.linger.unwrap_or(d.linger),
             max_rows_per_file: overrides.max_rows_per_file.unwrap_or(d.max_rows_per_file),
             max_bytes_per_file: overrides.max_bytes_per_file.unwrap_or(d.max_bytes_per_file),
         }
     }
+}
 
-    pub fn flush_policy(&self, table: &str) -> FlushPolicy {
-        let t = self.table_settings(table);
-        FlushPolicy {
-            max_rows: t.max_rows_per_file,
-            max_bytes: t.max_bytes_per_file,
-            linger: Duration::from_millis(t.linger_ms),
+/// The ledger the configuration names.
+#[derive(Debug, Clone)]
+pub enum LedgerBackend {
+    /// An embedded SQLite file (`path` is its file, for creating the folder).
+    Sqlite {
+        url: Secret,
+        path: PathBuf,
+    },
+    Postgres {
+        url: Secret,
+        max_connections: u32,
+    },
+}
+
+/// The warehouse the configuration names.
+#[derive(Debug, Clone)]
+pub enum WarehouseBackend<'a> {
+    DuckDb { path: PathBuf },
+    Snowflake(&'a SnowflakeConfig),
+}
+
+/// `[tables.<name>]` keys are table names: parsed, and two spellings of one name are an error.
+fn table_overrides<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<TableName, TableOverrides>, D::Error> {
+    let raw = BTreeMap::<String, TableOverrides>::deserialize(deserializer)?;
+    let mut tables = BTreeMap::new();
+    for (key, overrides) in raw {
+        let name = TableName::parse(&key).map_err(|e| serde::de::Error::custom(format!("tables.{key}: {e}")))?;
+        if tables.insert(name.clone(), overrides).is_some() {
+            return Err(serde::de::Error::custom(format!("tables.{key}: table {name} is configured twice")));
+        }
+    }
+    Ok(tables)
+}
+
+/// Durations written as whole milliseconds.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(u64::try_from(value.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(deserializer)?))
+    }
+}
+
+/// Optional durations written as whole milliseconds.
+mod opt_millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => serializer.serialize_some(&u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            None => serializer.serialize_none(),
         }
     }
 
-    pub fn decode_limits(&self) -> DecodeLimits {
-        DecodeLimits {
-            max_decompressed_bytes: self.limits.max_decompressed_bytes,
-            max_record_bytes: self.limits.max_record_bytes,
-            max_records: self.limits.max_records_per_request,
-        }
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(deserializer)?.map(Duration::from_millis))
+    }
+}
+
+/// Durations written as whole seconds.
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(value.as_secs())
     }
 
-    pub fn loader_settings(&self) -> LoaderSettings {
-        LoaderSettings {
-            interval: Duration::from_millis(self.loader.interval_ms),
-            lease: Duration::from_secs(self.loader.lease_secs),
-            max_files_per_copy: self.loader.max_files_per_copy,
-            retry_base: Duration::from_millis(self.loader.retry_base_ms),
-        }
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_secs(u64::deserialize(deserializer)?))
     }
 }
 
@@ -415,15 +507,18 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.stage_url(), "file://./data/stage");
         assert_eq!(config.ledger_url().expose(), "sqlite://./data/snowgate.db");
-        assert_eq!(config.flush_policy("loans").max_rows, 100_000);
+        assert_eq!(config.table_settings(&TableName::parse("loans").unwrap()).max_rows_per_file, 100_000);
     }
 
     #[test]
     fn errors_name_the_key() {
         let mut config = Config::default();
-        config.tables.insert("loans".into(), TableOverrides { linger_ms: Some(0), ..Default::default() });
+        config.tables.insert(
+            TableName::parse("loans").unwrap(),
+            TableOverrides { linger: Some(Duration::ZERO), ..Default::default() },
+        );
         let err = config.validate().unwrap_err().to_string();
-        assert!(err.starts_with("tables.loans.linger_ms"), "{err}");
+        assert!(err.starts_with("tables.LOANS.linger_ms"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
@@ -447,10 +542,33 @@ mod tests {
     }
 
     #[test]
-    fn per_table_overrides_apply_case_insensitively() {
+    fn per_table_overrides_are_keyed_by_table_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "[tables.Loans]\nmax_rows_per_file = 10\nlinger_ms = 7\n").unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        let loans = config.table_settings(&TableName::parse("LOANS").unwrap());
+        assert_eq!(loans.max_rows_per_file, 10);
+        assert_eq!(loans.linger, Duration::from_millis(7));
+        let other = config.table_settings(&TableName::parse("other").unwrap());
+        assert_eq!(other.max_rows_per_file, 100_000);
+
+        std::fs::write(&path, "[tables.loans]\nlinger_ms = 7\n[tables.LOANS]\nlinger_ms = 8\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("configured twice"), "{err}");
+        std::fs::write(&path, "[tables.\"a-b\"]\nlinger_ms = 7\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("tables.a-b"), "{err}");
+    }
+
+    #[test]
+    fn backends_are_parsed_once() {
         let mut config = Config::default();
-        config.tables.insert("loans".into(), TableOverrides { max_rows_per_file: Some(10), ..Default::default() });
-        assert_eq!(config.flush_policy("LOANS").max_rows, 10);
-        assert_eq!(config.flush_policy("OTHER").max_rows, 100_000);
+        assert!(matches!(config.ledger_backend().unwrap(), LedgerBackend::Sqlite { .. }));
+        config.ledger.url = Some(Secret::new("postgresql://db/x"));
+        assert!(matches!(config.ledger_backend().unwrap(), LedgerBackend::Postgres { max_connections: 10, .. }));
+        config.ledger.url = Some(Secret::new("mysql://db/x"));
+        assert!(config.validate().unwrap_err().to_string().starts_with("ledger.url"));
+        assert!(matches!(config.warehouse_backend().unwrap(), WarehouseBackend::DuckDb { .. }));
     }
 }

@@ -59,15 +59,17 @@ fn load(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<Co
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Openapi => print!("{}", snowgate::http::openapi_json()),
+        Command::Openapi => print!("{}", snowgate::openapi_json()),
         Command::CheckConfig { config } => {
             let loaded = load(config, None)?;
             println!("{}", config_text(&loaded)?);
         }
         Command::Sql { config, data_dir, query } => {
             let loaded = load(config, data_dir)?;
-            let path = loaded.warehouse_path();
-            let text = snowgate::sql::query(&path, &query).with_context(|| format!("query on {}", path.display()))?;
+            let snowgate::config::WarehouseBackend::DuckDb { path } = loaded.warehouse_backend()? else {
+                anyhow::bail!("snowgate sql reads the embedded DuckDB warehouse; this configuration names another");
+            };
+            let text = snowgate::sql_query(&path, &query).with_context(|| format!("query on {}", path.display()))?;
             println!("{text}");
         }
         Command::Serve { config, listen, data_dir } => {

@@ -10,19 +10,19 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::app::App;
-use crate::buffer::{BufferError, Submission};
+use crate::buffer::{BufferError, FlushPolicy, Submission};
 use crate::catalog::CatalogError;
-use crate::ingest::decode::{self, DecodeError, Decoded};
+use crate::ingest::decode::{self, DecodeError, DecodeLimits, Decoded};
 use crate::ingest::drift::{plan_new_columns, DriftPolicy};
 use crate::ingest::reject::Reject;
 use crate::ingest::validate::KeyResolver;
 use crate::ingest::{check_records, Checked};
 use crate::ledger::{BatchRecord, Counts, LedgerError, NewBatch};
-use crate::schema::{Column, TableSchema};
+use crate::schema::{Column, TableName, TableSchema};
 
 /// A batch as received over HTTP.
 pub struct IngestRequest {
-    pub table: String,
+    pub table: TableName,
     pub partner: String,
     pub content_type: Option<String>,
     pub content_encoding: Option<String>,
@@ -74,7 +74,12 @@ pub async fn ingest(app: &App, request: IngestRequest) -> Result<IngestOutcome, 
     let batch_id = Uuid::now_v7();
     let table = app.catalog.get(&request.table).await?;
     let format = decode::body_format(request.content_type.as_deref())?;
-    let limits = app.config.decode_limits();
+    let limits = DecodeLimits {
+        max_decompressed_bytes: app.config.limits.max_decompressed_bytes,
+        max_record_bytes: app.config.limits.max_record_bytes,
+        max_records: app.config.limits.max_records_per_request,
+        max_depth: app.config.limits.max_depth,
+    };
     let encoding = request.content_encoding.clone();
     let body = request.body;
     let records: Vec<Decoded> = blocking(move || {
@@ -107,7 +112,7 @@ pub async fn ingest(app: &App, request: IngestRequest) -> Result<IngestOutcome, 
     };
     let batch = NewBatch {
         id: batch_id,
-        table: table.name.clone(),
+        table: table.name.to_string(),
         partner: request.partner,
         counts,
         rejects_by_code: checked.rejects_by_code(),
@@ -115,14 +120,14 @@ pub async fn ingest(app: &App, request: IngestRequest) -> Result<IngestOutcome, 
         rejects: checked.rejects,
     };
     let submission = Submission { batch, schema, rows: checked.rows, bytes: checked.bytes };
-    app.buffers.submit(submission, app.config.flush_policy(&table.name)).await?;
+    app.buffers.submit(submission, FlushPolicy::from_settings(&app.config.table_settings(&table.name))).await?;
     tracing::info!(batch_id = %batch_id, table = %table.name, received = counts.received,
         accepted = counts.accepted, rejected = counts.rejected, "batch staged");
     let record = app
         .ledger
         .get_batch(batch_id)
         .await?
-        .ok_or_else(|| IngestError::Ledger(LedgerError::Query(format!("batch {batch_id} missing after commit"))))?;
+        .ok_or_else(|| IngestError::Ledger(LedgerError::Missing(format!("batch {batch_id} after commit"))))?;
     Ok(IngestOutcome::Stored(Box::new(record)))
 }
 

@@ -152,7 +152,10 @@ impl<'de> Deserialize<'de> for ColumnType {
 /// One column of a table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Column {
-    /// Normalised (upper-case) column name.
+    /// Column name, normalised as JSON keys are (ASCII letters upper-cased; characters other than
+    /// letters, digits, `_` and `$` become `_`; a leading digit gets a `_`). Not blank; the
+    /// metadata names `_BATCH_ID`, `_RECORD_INDEX` and `_INGESTED_AT` are reserved.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     pub name: String,
     /// Snowflake type name, e.g. `NUMBER(12,2)`, `VARCHAR(64)`, `TIMESTAMP_TZ`.
     #[serde(rename = "type")]
@@ -190,6 +193,107 @@ pub enum IdentifierError {
     TooLong,
     #[error("name {0:?} is reserved for snowgate's metadata columns")]
     Reserved(String),
+    #[error("name {0:?} is not an identifier: letters, digits, _ and $, not starting with a digit or $")]
+    NotAnIdentifier(String),
+    #[error("table name {0:?} is reserved for snowgate")]
+    ReservedTable(String),
+}
+
+/// A table name, made once where it enters (a URL path, a config key): an identifier
+/// (`[A-Za-z_][A-Za-z0-9_$]*`, at most 255 characters), case-insensitive, so held upper-cased.
+/// Nothing else is mapped onto a table name: `a-b` is refused, never turned into `A_B`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct TableName(String);
+
+impl TableName {
+    pub fn parse(raw: &str) -> Result<Self, IdentifierError> {
+        let mut chars = raw.chars();
+        let first = chars.next().ok_or(IdentifierError::Empty)?;
+        let valid = (first.is_ascii_alphabetic() || first == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
+        if !valid {
+            return Err(IdentifierError::NotAnIdentifier(raw.to_string()));
+        }
+        if raw.len() > MAX_IDENTIFIER_LEN {
+            return Err(IdentifierError::TooLong);
+        }
+        let name = raw.to_ascii_uppercase();
+        if name.starts_with("_SNOWGATE") {
+            return Err(IdentifierError::ReservedTable(raw.to_string()));
+        }
+        Ok(TableName(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::ops::Deref for TableName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for TableName {
+    type Err = IdentifierError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TableName::parse(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for TableName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        TableName::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Per-table policy for fields the table does not have yet.
+///
+/// Only `evolve` exists so far; the other policies of the design (rescue, discard_value,
+/// discard_row, freeze) arrive with their own issue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftPolicy {
+    /// Add a nullable column for every new field, typed from the batch.
+    #[default]
+    Evolve,
+}
+
+impl DriftPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftPolicy::Evolve => "evolve",
+        }
+    }
+}
+
+impl fmt::Display for DriftPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DriftPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "evolve" => Ok(DriftPolicy::Evolve),
+            other => Err(format!("unsupported drift policy {other:?}; supported: evolve")),
+        }
+    }
 }
 
 /// Maps a JSON key or a table name to a warehouse identifier.
@@ -286,6 +390,19 @@ mod tests {
         assert_eq!(normalize_identifier(" "), Err(IdentifierError::Empty));
         assert_eq!(normalize_identifier(&"x".repeat(256)), Err(IdentifierError::TooLong));
         assert!(matches!(normalize_column_name("_batch_id"), Err(IdentifierError::Reserved(_))));
+    }
+
+    #[test]
+    fn table_names_are_identifiers_and_nothing_else() {
+        assert_eq!(TableName::parse("loans").unwrap().as_str(), "LOANS");
+        assert_eq!(TableName::parse("Loans_2$x").unwrap().as_str(), "LOANS_2$X");
+        assert_eq!(TableName::parse("_x").unwrap().as_str(), "_X");
+        for bad in ["a\"b", "a/b", "a b", "a-b", "1ab", "$ab", "", "é", "a.b"] {
+            assert!(TableName::parse(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert_eq!(TableName::parse(&"x".repeat(256)), Err(IdentifierError::TooLong));
+        assert!(TableName::parse(&"x".repeat(255)).is_ok());
+        assert!(matches!(TableName::parse("_snowgate_load_history"), Err(IdentifierError::ReservedTable(_))));
     }
 
     #[test]

@@ -1,52 +1,12 @@
 //! Schema drift: what to do with fields the table does not have yet.
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::ToSchema;
 
 use super::decode::Decoded;
 use super::validate::{unknown_fields, KeyResolver};
 use crate::schema::{Column, ColumnType};
 
-/// Per-table policy for unknown fields.
-///
-/// Only `evolve` exists so far; the other policies of the design (rescue, discard_value,
-/// discard_row, freeze) arrive with their own issue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum DriftPolicy {
-    /// Add a nullable column for every new field, typed from the batch.
-    #[default]
-    Evolve,
-}
-
-impl DriftPolicy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DriftPolicy::Evolve => "evolve",
-        }
-    }
-}
-
-impl fmt::Display for DriftPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for DriftPolicy {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "evolve" => Ok(DriftPolicy::Evolve),
-            other => Err(format!("unsupported drift policy {other:?}; supported: evolve")),
-        }
-    }
-}
+pub use crate::schema::DriftPolicy;
 
 /// The type a new column gets from one JSON value.
 pub fn infer_type(value: &Value) -> Option<ColumnType> {

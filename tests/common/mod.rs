@@ -29,9 +29,9 @@ pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::default();
     config.server.data_dir = dir.to_path_buf();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config.defaults.linger_ms = 50;
-    config.loader.interval_ms = 100;
-    config.loader.retry_base_ms = 100;
+    config.defaults.linger = Duration::from_millis(50);
+    config.loader.interval = Duration::from_millis(100);
+    config.loader.retry_base = Duration::from_millis(100);
     config
 }
 
@@ -40,10 +40,15 @@ pub async fn spawn_app(dir: &Path) -> TestApp {
 }
 
 pub async fn spawn_app_with(config: Config) -> TestApp {
-    let listener = TcpListener::bind(config.server.listen).await.expect("bind");
-    let addr = listener.local_addr().unwrap();
-    let data_dir = config.server.data_dir.clone();
     let app = snowgate::App::build(config).await.expect("app builds");
+    serve_app(app).await
+}
+
+/// Serves an already wired app (tests that share backends between replicas build their own).
+pub async fn serve_app(app: snowgate::App) -> TestApp {
+    let listener = TcpListener::bind(app.config.server.listen).await.expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let data_dir = app.config.server.data_dir.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         snowgate::serve(app, listener, async move {
