@@ -1,28 +1,28 @@
 //! Table schemas, cached: discovered from the warehouse, refined by the ledger, changed by DDL.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::buffer::encode::arrow_type;
+use crate::config::Config;
 use crate::ingest::drift::DriftPolicy;
 use crate::ledger::{Ledger, LedgerError, TableRecord};
-use crate::schema::{normalize_column_name, normalize_identifier, Column, TableSchema};
+use crate::schema::{normalize_column_name, Column, TableName, TableSchema};
 use crate::warehouse::{Warehouse, WarehouseError};
 
 /// Catalog failures.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("invalid table name {name:?}: {reason}")]
-    InvalidName { name: String, reason: String },
     #[error("table {0} does not exist; declare it with PUT /v1/tables/{0}")]
-    NotFound(String),
+    NotFound(TableName),
     #[error("invalid table definition: {0}")]
     InvalidDefinition(String),
     #[error("table {table} conflicts with the warehouse: {reason}")]
-    Conflict { table: String, reason: String },
+    Conflict { table: TableName, reason: String },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error(transparent)]
@@ -31,41 +31,60 @@ pub enum CatalogError {
 
 /// One cached table.
 pub struct TableEntry {
-    pub name: String,
+    pub name: TableName,
     schema: RwLock<Arc<TableSchema>>,
     drift: RwLock<DriftPolicy>,
+    /// The ledger's `updated_at` the entry reflects, and when that was last compared.
+    version: Mutex<(DateTime<Utc>, Instant)>,
 }
 
 impl TableEntry {
+    fn new(name: &TableName, record: &TableRecord) -> Self {
+        TableEntry {
+            name: name.clone(),
+            schema: RwLock::new(Arc::new(TableSchema { name: name.to_string(), columns: record.columns.clone() })),
+            drift: RwLock::new(record.drift),
+            version: Mutex::new((record.updated_at, Instant::now())),
+        }
+    }
+
     pub fn schema(&self) -> Arc<TableSchema> {
-        self.schema.read().expect("schema lock").clone()
+        self.schema.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn drift(&self) -> DriftPolicy {
-        *self.drift.read().expect("drift lock")
+        *self.drift.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True when the entry was compared with the ledger less than `max_age` ago.
+    fn fresh(&self, max_age: Duration) -> bool {
+        self.version.lock().unwrap_or_else(|p| p.into_inner()).1.elapsed() < max_age
+    }
+
+    /// Takes another replica's changes (a re-declaration, a new column, a new policy).
+    fn refresh(&self, record: &TableRecord) {
+        let mut version = self.version.lock().unwrap_or_else(|p| p.into_inner());
+        if version.0 != record.updated_at {
+            let schema = TableSchema { name: self.name.to_string(), columns: record.columns.clone() };
+            *self.schema.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(schema);
+            *self.drift.write().unwrap_or_else(|p| p.into_inner()) = record.drift;
+        }
+        *version = (record.updated_at, Instant::now());
     }
 }
 
-/// The table cache. DDL on one table is serialised through a per-table lock.
+/// The table cache. DDL on one table is serialised through a per-table lock; a cached table is
+/// compared with the ledger again once it is older than `refresh`, so that a change made through
+/// another replica takes effect here.
 pub struct Catalog {
     ledger: Arc<dyn Ledger>,
     warehouse: Arc<dyn Warehouse>,
+    /// Policy of a table declared without one: its `[tables.X].drift`, else `[defaults].drift`.
     default_drift: DriftPolicy,
-    tables: RwLock<HashMap<String, Arc<TableEntry>>>,
-    ddl_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// Normalises a table name from a URL path.
-pub fn table_name(raw: &str) -> Result<String, CatalogError> {
-    normalize_identifier(raw)
-        .map_err(|e| CatalogError::InvalidName { name: raw.to_string(), reason: e.to_string() })
-        .and_then(|name| {
-            if name.starts_with("_SNOWGATE") {
-                Err(CatalogError::InvalidName { name: raw.to_string(), reason: "reserved for snowgate".into() })
-            } else {
-                Ok(name)
-            }
-        })
+    configured_drift: BTreeMap<TableName, DriftPolicy>,
+    refresh: Duration,
+    tables: RwLock<HashMap<TableName, Arc<TableEntry>>>,
+    ddl_locks: Mutex<HashMap<TableName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Keeps the ledger's type where it only refines the warehouse's (VARCHAR(n) for VARCHAR, VARIANT
@@ -84,46 +103,71 @@ fn merge(warehouse: &[Column], known: &[Column]) -> Vec<Column> {
 }
 
 impl Catalog {
-    pub fn new(ledger: Arc<dyn Ledger>, warehouse: Arc<dyn Warehouse>, default_drift: DriftPolicy) -> Self {
+    pub fn new(ledger: Arc<dyn Ledger>, warehouse: Arc<dyn Warehouse>, config: &Config) -> Self {
+        let configured_drift =
+            config.tables.iter().filter_map(|(name, o)| o.drift.map(|drift| (name.clone(), drift))).collect();
         Catalog {
             ledger,
             warehouse,
-            default_drift,
+            default_drift: config.defaults.drift,
+            configured_drift,
+            refresh: config.server.schema_refresh,
             tables: RwLock::new(HashMap::new()),
-            ddl_locks: std::sync::Mutex::new(HashMap::new()),
+            ddl_locks: Mutex::new(HashMap::new()),
         }
     }
 
-    fn ddl_lock(&self, table: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.ddl_locks.lock().expect("ddl locks").entry(table.to_string()).or_default().clone()
+    /// The policy a table gets when its declaration names none.
+    pub fn configured_drift(&self, table: &TableName) -> DriftPolicy {
+        self.configured_drift.get(table).copied().unwrap_or(self.default_drift)
     }
 
-    fn cache(&self, record: &TableRecord) -> Arc<TableEntry> {
-        let entry = Arc::new(TableEntry {
-            name: record.name.clone(),
-            schema: RwLock::new(Arc::new(TableSchema { name: record.name.clone(), columns: record.columns.clone() })),
-            drift: RwLock::new(record.drift),
-        });
-        self.tables.write().expect("tables lock").insert(record.name.clone(), entry.clone());
+    fn ddl_lock(&self, table: &TableName) -> Arc<tokio::sync::Mutex<()>> {
+        self.ddl_locks.lock().unwrap_or_else(|p| p.into_inner()).entry(table.clone()).or_default().clone()
+    }
+
+    fn cached(&self, name: &TableName) -> Option<Arc<TableEntry>> {
+        self.tables.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    fn cache(&self, name: &TableName, record: &TableRecord) -> Arc<TableEntry> {
+        let entry = Arc::new(TableEntry::new(name, record));
+        self.tables.write().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), entry.clone());
         entry
     }
 
-    /// The table, from cache or loaded from the ledger and the warehouse.
-    pub async fn get(&self, name: &str) -> Result<Arc<TableEntry>, CatalogError> {
-        if let Some(entry) = self.tables.read().expect("tables lock").get(name) {
-            return Ok(entry.clone());
+    /// The table to ingest into: cached (and compared with the ledger once stale), or loaded from
+    /// the ledger and the warehouse, creating or completing the warehouse table as recorded.
+    pub async fn get(&self, name: &TableName) -> Result<Arc<TableEntry>, CatalogError> {
+        if let Some(entry) = self.cached(name) {
+            if entry.fresh(self.refresh) {
+                return Ok(entry);
+            }
+            match self.ledger.get_table(name).await {
+                Ok(Some(record)) => {
+                    entry.refresh(&record);
+                    return Ok(entry);
+                }
+                Ok(None) => {}
+                // The cached definition is still the best there is; the commit will say whether
+                // the ledger is really away.
+                Err(e) => {
+                    tracing::warn!(table = %name, error = %e, "could not refresh a cached table");
+                    return Ok(entry);
+                }
+            }
         }
         let lock = self.ddl_lock(name);
         let _guard = lock.lock().await;
-        if let Some(entry) = self.tables.read().expect("tables lock").get(name) {
-            return Ok(entry.clone());
+        if let Some(entry) = self.cached(name).filter(|e| e.fresh(self.refresh)) {
+            return Ok(entry);
         }
         let _replicas = self.ledger.lock_ddl(name).await?;
         let known = self.ledger.get_table(name).await?;
         let described = self.warehouse.describe(name).await?;
         let now = Utc::now();
         let record = match (known, described) {
-            (None, None) => return Err(CatalogError::NotFound(name.to_string())),
+            (None, None) => return Err(CatalogError::NotFound(name.clone())),
             (Some(known), None) => {
                 // The warehouse lost the table (a new DuckDB file, say): recreate it as recorded.
                 self.warehouse.create_table(name, &known.columns).await?;
@@ -135,7 +179,7 @@ impl Catalog {
                 }
                 let (drift, created_at, known_columns) = match known {
                     Some(k) => (k.drift, k.created_at, k.columns),
-                    None => (self.default_drift, now, Vec::new()),
+                    None => (self.configured_drift(name), now, Vec::new()),
                 };
                 let record = TableRecord {
                     name: name.to_string(),
@@ -148,14 +192,14 @@ impl Catalog {
                 record
             }
         };
-        Ok(self.cache(&record))
+        Ok(self.cache(name, &record))
     }
 
     /// Declares a table: creates it, or checks an existing one and adds the missing nullable columns.
     /// Returns the table and whether it was created.
     pub async fn declare(
         &self,
-        name: &str,
+        name: &TableName,
         columns: Vec<Column>,
         drift: Option<DriftPolicy>,
     ) -> Result<(TableRecord, bool), CatalogError> {
@@ -172,7 +216,7 @@ impl Catalog {
         let _guard = lock.lock().await;
         let _replicas = self.ledger.lock_ddl(name).await?;
         let known = self.ledger.get_table(name).await?;
-        let drift = drift.or(known.as_ref().map(|k| k.drift)).unwrap_or(self.default_drift);
+        let drift = drift.or(known.as_ref().map(|k| k.drift)).unwrap_or_else(|| self.configured_drift(name));
         let now = Utc::now();
         let created_at = known.as_ref().map(|k| k.created_at).unwrap_or(now);
         let Some(desc) = self.warehouse.describe(name).await? else {
@@ -182,7 +226,7 @@ impl Catalog {
             self.warehouse.create_table(name, &declared).await?;
             let record = TableRecord { name: name.to_string(), drift, columns: declared, created_at, updated_at: now };
             self.ledger.put_table(&record).await?;
-            self.cache(&record);
+            self.cache(name, &record);
             return Ok((record, true));
         };
         if !desc.has_metadata {
@@ -193,7 +237,7 @@ impl Catalog {
             match desc.columns.iter().find(|c| c.name == column.name) {
                 Some(existing) if arrow_type(existing.ty) != arrow_type(column.ty) => {
                     return Err(CatalogError::Conflict {
-                        table: name.to_string(),
+                        table: name.clone(),
                         reason: format!(
                             "column {} is {} in the warehouse, declared {}",
                             column.name, existing.ty, column.ty
@@ -203,7 +247,7 @@ impl Catalog {
                 Some(_) => {}
                 None if !column.nullable => {
                     return Err(CatalogError::Conflict {
-                        table: name.to_string(),
+                        table: name.clone(),
                         reason: format!("cannot add NOT NULL column {} to an existing table", column.name),
                     });
                 }
@@ -226,7 +270,7 @@ impl Catalog {
         if !missing.is_empty() {
             self.ledger.add_columns(name, &missing, None).await?;
         }
-        self.cache(&record);
+        self.cache(name, &record);
         Ok((record, false))
     }
 
@@ -253,7 +297,7 @@ impl Catalog {
         let mut added = Vec::new();
         for column in &missing {
             let Some(real) = desc.columns.iter().find(|c| c.name == column.name) else {
-                return Err(CatalogError::Warehouse(WarehouseError::Statement(format!(
+                return Err(CatalogError::Warehouse(WarehouseError::statement(format!(
                     "column {} is missing after ALTER TABLE",
                     column.name
                 ))));
@@ -266,8 +310,8 @@ impl Catalog {
         for column in &added {
             tracing::info!(table = %entry.name, column = %column.name, ty = %column.ty, batch_id = %batch_id, "added column");
         }
-        let schema = Arc::new(TableSchema { name: entry.name.clone(), columns });
-        *entry.schema.write().expect("schema lock") = schema.clone();
+        let schema = Arc::new(TableSchema { name: entry.name.to_string(), columns });
+        *entry.schema.write().unwrap_or_else(|p| p.into_inner()) = schema.clone();
         Ok(schema)
     }
 
@@ -276,10 +320,21 @@ impl Catalog {
         Ok(self.ledger.list_tables().await?)
     }
 
-    /// One table's record, discovering it from the warehouse if needed.
-    pub async fn record(&self, name: &str) -> Result<TableRecord, CatalogError> {
-        self.get(name).await?;
-        self.ledger.get_table(name).await?.ok_or_else(|| CatalogError::NotFound(name.to_string()))
+    /// One table's record, for reading: the ledger's, or else what the warehouse describes.
+    /// Never runs DDL and never writes the ledger.
+    pub async fn record(&self, name: &TableName) -> Result<TableRecord, CatalogError> {
+        if let Some(record) = self.ledger.get_table(name).await? {
+            return Ok(record);
+        }
+        let desc = self.warehouse.describe(name).await?.ok_or_else(|| CatalogError::NotFound(name.clone()))?;
+        let now = Utc::now();
+        Ok(TableRecord {
+            name: name.to_string(),
+            drift: self.configured_drift(name),
+            columns: desc.columns,
+            created_at: now,
+            updated_at: now,
+        })
     }
 }
 
@@ -297,12 +352,5 @@ mod tests {
         assert_eq!(refine(&warehouse, Some(&variant)).ty, ColumnType::Variant);
         let number = Column { name: "NOTE".into(), ty: ColumnType::INTEGER, nullable: true };
         assert_eq!(refine(&warehouse, Some(&number)).ty, ColumnType::VARCHAR);
-    }
-
-    #[test]
-    fn table_names_are_case_insensitive_and_guarded() {
-        assert_eq!(table_name("loans").unwrap(), "LOANS");
-        assert!(table_name("_snowgate_load_history").is_err());
-        assert!(table_name("").is_err());
     }
 }

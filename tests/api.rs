@@ -216,7 +216,61 @@ async fn whole_request_errors_have_one_shape_and_precise_status() {
         send(c.put(app.url("/v1/tables/loans")).json(&json!({"columns": [{"name": "id", "type": "VARCHAR"}]}))).await,
     );
     expect(404, "not_found")(app.get_json("/v2/nothing").await);
+    let plain = expect(404, "table_not_found")(app.get_json("/v1/tables/nope").await);
+    assert_eq!(plain["error"]["details"], json!({}), "details is always an object");
+    for limit in ["0", "1001", "-1", "x"] {
+        expect(400, "invalid_query")(app.get_json(&format!("/v1/batches?limit={limit}")).await);
+    }
+    let (status, page) = app.get_json("/v1/batches?limit=1000").await;
+    assert_eq!(status, 200, "{page}");
     app.shutdown().await;
+}
+
+#[tokio::test]
+async fn table_names_are_identifiers_never_mapped_onto_another_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path()).await;
+    let declaration = json!({"columns": [{"name": "id", "type": "NUMBER", "nullable": false}]});
+    for raw in ["a%22b", "a%2Fb", "a%20b", "a-b", "1ab", "%24x", "a.b", "_snowgate_load_history"] {
+        let response = app.put_table(raw, declaration.clone()).await;
+        assert_eq!(response.status(), 400, "{raw}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_table_name", "{raw}: {body}");
+        let (status, body) = app.get_json(&format!("/v1/tables/{raw}")).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_table_name")), "{raw}");
+        let posted = app.client.post(app.url(&format!("/v1/tables/{raw}/batches"))).json(&json!([{"id": 1}])).send();
+        assert_eq!(posted.await.unwrap().status(), 400, "{raw}");
+    }
+    assert_eq!(app.put_table("a_b", declaration.clone()).await.status(), 201);
+    assert_eq!(app.put_table("A_b", declaration).await.status(), 200, "case-insensitive: the same table");
+    let (_, tables) = app.get_json("/v1/tables").await;
+    let names: Vec<&str> = tables["tables"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["A_B"], "nothing else was created");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn reading_a_table_runs_no_ddl() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path()).await;
+    app.shutdown().await;
+    // A table made outside snowgate: no metadata columns, unknown to the ledger.
+    {
+        let conn = duckdb::Connection::open(dir.path().join("warehouse.duckdb")).unwrap();
+        conn.execute_batch("CREATE TABLE outside (id BIGINT, note VARCHAR)").unwrap();
+    }
+    let app = spawn_app(dir.path()).await;
+    let (status, table) = app.get_json("/v1/tables/outside").await;
+    assert_eq!(status, 200, "{table}");
+    assert_eq!(table["columns"].as_array().unwrap().len(), 2);
+    let (status, changes) = app.get_json("/v1/tables/outside/schema-changes").await;
+    assert_eq!((status, changes["changes"].clone()), (200, json!([])));
+    let (_, tables) = app.get_json("/v1/tables").await;
+    assert_eq!(tables["tables"], json!([]), "a GET recorded nothing in the ledger");
+    app.shutdown().await;
+    let columns =
+        duckdb_count(dir.path(), "SELECT COUNT(*) FROM information_schema.columns WHERE lower(table_name) = 'outside'");
+    assert_eq!(columns, 2, "a GET added no metadata column");
 }
 
 #[tokio::test]

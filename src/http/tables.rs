@@ -1,15 +1,16 @@
 //! `/v1/tables`: declare and inspect tables.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, ErrorCode};
+use super::extract::TablePath;
 use crate::app::AppState;
-use crate::catalog::table_name;
 use crate::ingest::drift::DriftPolicy;
 use crate::ledger::{SchemaChange, TableRecord};
 use crate::schema::Column;
@@ -20,9 +21,73 @@ use crate::schema::Column;
 pub struct TableDeclaration {
     /// Columns; names are case-insensitive. On an existing table, missing ones are added (nullable only).
     #[serde(default)]
-    pub columns: Vec<Column>,
+    pub columns: Vec<ColumnDeclaration>,
     /// Drift policy for unknown fields (default: the configured default, `evolve`).
     pub drift: Option<DriftPolicy>,
+}
+
+/// One declared column.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ColumnDeclaration {
+    /// Column name, normalised as JSON keys are (see `Column`). Not blank.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
+    pub name: String,
+    /// A Snowflake type name (case-insensitive; synonyms such as `INT` or `STRING` are taken too).
+    #[serde(rename = "type")]
+    #[schema(schema_with = declared_type)]
+    pub ty: String,
+    #[serde(default = "nullable_by_default")]
+    pub nullable: bool,
+}
+
+fn nullable_by_default() -> bool {
+    true
+}
+
+/// The type names the spec promises: every parameterless name, `NUMBER(p,s)` with p in 10..=38
+/// and s in 0..=9 (so that s <= p always holds), and `VARCHAR(n)` up to 9,999,999. The gateway
+/// takes more (lower case, any valid precision, lengths up to 16,777,216).
+fn declared_type() -> ObjectBuilder {
+    const NAMES: &[&str] = &[
+        "NUMBER",
+        "DECIMAL",
+        "NUMERIC",
+        "INT",
+        "INTEGER",
+        "BIGINT",
+        "SMALLINT",
+        "TINYINT",
+        "BYTEINT",
+        "FLOAT",
+        "FLOAT4",
+        "FLOAT8",
+        "DOUBLE",
+        "REAL",
+        "VARCHAR",
+        "STRING",
+        "TEXT",
+        "BOOLEAN",
+        "DATE",
+        "TIME",
+        "TIMESTAMP",
+        "TIMESTAMP_NTZ",
+        "TIMESTAMP_LTZ",
+        "TIMESTAMP_TZ",
+        "DATETIME",
+        "VARIANT",
+        "JSON",
+        "OBJECT",
+        "ARRAY",
+        "BINARY",
+        "VARBINARY",
+    ];
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::String))
+        .pattern(Some(format!(
+            r"^({})$|^(NUMBER|DECIMAL|NUMERIC)\((1[0-9]|2[0-9]|3[0-8])(,[0-9])?\)$|^(VARCHAR|STRING|TEXT)\([1-9][0-9]{{0,6}}\)$",
+            NAMES.join("|")
+        )))
+        .examples(["NUMBER(12,2)", "VARCHAR(64)", "TIMESTAMP_TZ"])
 }
 
 /// Declare a table: create it in the warehouse, or check an existing one and store its policy.
@@ -30,26 +95,35 @@ pub struct TableDeclaration {
     put,
     path = "/v1/tables/{table}",
     tag = "tables",
-    params(("table" = String, Path, description = "Table name (case-insensitive)")),
+    params(("table" = String, Path, description = "Table name: an identifier, case-insensitive", pattern = r"^[A-Za-z_][A-Za-z0-9_$]{0,254}$")),
     request_body = TableDeclaration,
     responses(
         (status = 201, description = "Created", body = TableRecord),
         (status = 200, description = "Existing table checked and updated", body = TableRecord),
-        (status = 400, body = ErrorBody),
+        (status = 400, description = "Invalid table name or definition", body = ErrorBody),
         (status = 409, description = "Incompatible with the warehouse table", body = ErrorBody),
+        (status = 413, description = "Body larger than limits.max_body_bytes", body = ErrorBody),
+        (status = 415, description = "Body is not application/json", body = ErrorBody),
+        (status = 503, description = "Ledger or warehouse unavailable", body = ErrorBody),
     )
 )]
 pub async fn put_table(
     State(app): State<AppState>,
-    Path(table): Path<String>,
+    TablePath(name): TablePath,
     body: Result<Json<TableDeclaration>, JsonRejection>,
 ) -> Result<(StatusCode, Json<TableRecord>), ApiError> {
     let Json(declaration) = body.map_err(|e| match e {
-        JsonRejection::JsonDataError(e) => ApiError::bad_request("invalid_definition", e.body_text()),
+        JsonRejection::JsonDataError(e) => ApiError::new(ErrorCode::InvalidDefinition, e.body_text()),
         other => other.into(),
     })?;
-    let name = table_name(&table)?;
-    let (record, created) = app.catalog.declare(&name, declaration.columns, declaration.drift).await?;
+    let mut columns = Vec::with_capacity(declaration.columns.len());
+    for (at, column) in declaration.columns.into_iter().enumerate() {
+        let ty = column.ty.parse().map_err(|e| {
+            ApiError::new(ErrorCode::InvalidDefinition, format!("invalid table definition: columns[{at}].type: {e}"))
+        })?;
+        columns.push(Column { name: column.name, ty, nullable: column.nullable });
+    }
+    let (record, created) = app.catalog.declare(&name, columns, declaration.drift).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(record)))
 }
@@ -61,21 +135,32 @@ pub struct TableList {
 }
 
 /// List tables.
-#[utoipa::path(get, path = "/v1/tables", tag = "tables", responses((status = 200, body = TableList)))]
+#[utoipa::path(
+    get,
+    path = "/v1/tables",
+    tag = "tables",
+    responses((status = 200, body = TableList), (status = 503, description = "Ledger unavailable", body = ErrorBody))
+)]
 pub async fn list_tables(State(app): State<AppState>) -> Result<Json<TableList>, ApiError> {
     Ok(Json(TableList { tables: app.catalog.list().await? }))
 }
 
-/// One table: policy and current columns (discovered from the warehouse if needed).
+/// One table: policy and current columns (as the warehouse describes it, for a table the ledger
+/// does not know yet). Reading never changes the table.
 #[utoipa::path(
     get,
     path = "/v1/tables/{table}",
     tag = "tables",
-    params(("table" = String, Path, description = "Table name (case-insensitive)")),
-    responses((status = 200, body = TableRecord), (status = 404, body = ErrorBody))
+    params(("table" = String, Path, description = "Table name: an identifier, case-insensitive", pattern = r"^[A-Za-z_][A-Za-z0-9_$]{0,254}$")),
+    responses(
+        (status = 200, body = TableRecord),
+        (status = 400, description = "Invalid table name", body = ErrorBody),
+        (status = 404, description = "No such table", body = ErrorBody),
+        (status = 503, description = "Ledger or warehouse unavailable", body = ErrorBody),
+    )
 )]
-pub async fn get_table(State(app): State<AppState>, Path(table): Path<String>) -> Result<Json<TableRecord>, ApiError> {
-    Ok(Json(app.catalog.record(&table_name(&table)?).await?))
+pub async fn get_table(State(app): State<AppState>, TablePath(name): TablePath) -> Result<Json<TableRecord>, ApiError> {
+    Ok(Json(app.catalog.record(&name).await?))
 }
 
 /// The audit log of a table's schema changes.
@@ -89,14 +174,18 @@ pub struct SchemaChangeList {
     get,
     path = "/v1/tables/{table}/schema-changes",
     tag = "tables",
-    params(("table" = String, Path, description = "Table name (case-insensitive)")),
-    responses((status = 200, body = SchemaChangeList), (status = 404, body = ErrorBody))
+    params(("table" = String, Path, description = "Table name: an identifier, case-insensitive", pattern = r"^[A-Za-z_][A-Za-z0-9_$]{0,254}$")),
+    responses(
+        (status = 200, body = SchemaChangeList),
+        (status = 400, description = "Invalid table name", body = ErrorBody),
+        (status = 404, description = "No such table", body = ErrorBody),
+        (status = 503, description = "Ledger or warehouse unavailable", body = ErrorBody),
+    )
 )]
 pub async fn schema_changes(
     State(app): State<AppState>,
-    Path(table): Path<String>,
+    TablePath(name): TablePath,
 ) -> Result<Json<SchemaChangeList>, ApiError> {
-    let name = table_name(&table)?;
-    app.catalog.get(&name).await?;
+    app.catalog.record(&name).await?;
     Ok(Json(SchemaChangeList { changes: app.ledger.schema_changes(&name).await? }))
 }

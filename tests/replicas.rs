@@ -1,0 +1,52 @@
+//! Two gateways on one Postgres ledger, one stage and one warehouse: what one replica changes,
+//! the other uses.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::postgres::PgSchema;
+use common::{serve_app, test_config};
+use serde_json::{json, Value};
+use snowgate::config::StageConfig;
+use snowgate::stage::Stage;
+use snowgate::warehouse::duckdb::DuckDbWarehouse;
+use snowgate::warehouse::Warehouse;
+use snowgate::App;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_declared_through_one_replica_is_used_by_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = PgSchema::create().await;
+    let stage_url = format!("file://{}", dir.path().join("stage").display());
+    let stage = Arc::new(Stage::open(&stage_url, &StageConfig::default()).unwrap());
+    let warehouse: Arc<dyn Warehouse> =
+        Arc::new(DuckDbWarehouse::open(&dir.path().join("w.duckdb"), stage.clone()).unwrap());
+    let mut config = test_config(dir.path());
+    config.server.schema_refresh = Duration::from_millis(300);
+    config.loader.enabled = false;
+    // Each replica has its own pool to the one schema, as separate processes would.
+    let a = serve_app(App::from_parts(config.clone(), stage.clone(), pg.ledger().await, warehouse.clone())).await;
+    let b = serve_app(App::from_parts(config, stage.clone(), pg.ledger().await, warehouse.clone())).await;
+
+    let codes = json!({"columns": [{"name": "id", "type": "NUMBER", "nullable": false}]});
+    assert_eq!(a.put_table("codes", codes).await.status(), 201);
+    // B learns the table by ingesting into it, and caches it.
+    let first: Value = b.post_json("codes", &json!([{"id": 1}])).await.json().await.unwrap();
+    assert_eq!(first["counts"]["accepted"], 1, "{first}");
+
+    // A adds a column with a length limit; B's cache does not have it yet.
+    let wider = json!({"columns": [{"name": "code", "type": "VARCHAR(2)"}]});
+    assert_eq!(a.put_table("codes", wider).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let response = b.post_json("codes", &json!([{"id": 2, "code": "ABC"}, {"id": 3, "code": "AB"}])).await;
+    let batch: Value = response.json().await.unwrap();
+    assert_eq!(batch["counts"]["accepted"], 1, "B validates against A's declaration: {batch}");
+    assert_eq!(batch["rejects_by_code"], json!({"too_long": 1}), "{batch}");
+    let (_, table) = b.get_json("/v1/tables/codes").await;
+    assert_eq!(table["columns"][1]["type"], "VARCHAR(2)", "{table}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
