@@ -22,8 +22,11 @@ TOOLS="${SNOWGATE_TOOLS:-$HOME/.cache/snowgate/tools}"
 VENV="${SNOWGATE_VENV:-$HOME/.cache/snowgate/venv}"
 S3S_FS="$TOOLS/bin/s3s-fs"
 FAKESNOW="$VENV/bin/fakesnow"
+CONTRACT_VENV="${SNOWGATE_CONTRACT_VENV:-$HOME/.cache/snowgate/contract-venv}"
+SCHEMATHESIS="$CONTRACT_VENV/bin/st"
 S3S_FS_VERSION="0.14.1"
 FAKESNOW_VERSION="0.12.1"
+SCHEMATHESIS_VERSION="4.32.5"
 PG_URL="postgres://postgres@127.0.0.1:5432/test"
 
 install_s3s_fs() {
@@ -59,6 +62,20 @@ install_fakesnow() {
     fakesnow_ready || { echo "peers: fakesnow in $VENV does not import after install" >&2; exit 1; }
 }
 
+# The contract test's property-based client, in a venv of its own (its dependencies need not
+# agree with fakesnow's).
+install_schemathesis() {
+    if [ -x "$SCHEMATHESIS" ] && "$SCHEMATHESIS" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+        return
+    fi
+    echo "peers: installing schemathesis $SCHEMATHESIS_VERSION into $CONTRACT_VENV" >&2
+    if [ ! -x "$CONTRACT_VENV/bin/python" ]; then
+        python3 -m venv "$CONTRACT_VENV"
+    fi
+    "$CONTRACT_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+    "$SCHEMATHESIS" --version >/dev/null || { echo "peers: schemathesis does not run after install" >&2; exit 1; }
+}
+
 ensure_postgres() {
     if pg_isready -q -h 127.0.0.1 -p 5432; then
         return
@@ -89,6 +106,7 @@ case "${1:-}" in
     install)
         install_s3s_fs
         install_fakesnow
+        install_schemathesis
         ensure_postgres
         ensure_test_database
         ;;
@@ -96,6 +114,7 @@ case "${1:-}" in
         printf 'export SGTEST_S3S_FS=%q\n' "$S3S_FS"
         printf 'export SGTEST_FAKESNOW=%q\n' "$FAKESNOW"
         printf 'export SGTEST_PG_URL=%q\n' "$PG_URL"
+        printf 'export SGTEST_SCHEMATHESIS=%q\n' "$SCHEMATHESIS"
         ;;
     *)
         echo "usage: $0 install|env" >&2

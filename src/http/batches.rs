@@ -4,18 +4,20 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::RefOr;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, ErrorCode};
+use super::extract::{table_name, BatchPath, TablePath};
 use crate::app::AppState;
-use crate::catalog::table_name;
 use crate::ingest::reject::Reject;
 use crate::ledger::{BatchFilter, BatchRecord};
 use crate::pipeline::{self, IngestOutcome, IngestRequest};
@@ -38,10 +40,54 @@ pub enum WaitFor {
 pub struct IngestParams {
     /// `staged` (default) or `loaded`.
     pub wait: Option<WaitFor>,
-    /// Seconds to wait with `wait=loaded` (default 30, capped by `limits.max_wait_secs`).
+    /// Seconds to wait with `wait=loaded`: 0 to 3600 (default 30), capped by `limits.max_wait_secs`.
+    #[param(minimum = 0, maximum = 3600)]
     pub timeout: Option<u64>,
     /// Validate only; nothing is stored and no column is added.
     pub dry_run: Option<bool>,
+}
+
+/// The JSON body of an ingest: a non-empty array of records, or the same under `records`. A record
+/// that is not an object is rejected on its own (`not_an_object`), never the whole batch, so the
+/// items may be any JSON value. (The body is read as bytes; this type only describes it.)
+pub struct JsonRecords;
+
+impl utoipa::PartialSchema for JsonRecords {
+    fn schema() -> RefOr<Schema> {
+        let records =
+            || ArrayBuilder::new().items(ObjectBuilder::new().schema_type(SchemaType::AnyValue)).min_items(Some(1));
+        let envelope = ObjectBuilder::new().property("records", records()).required("records");
+        OneOfBuilder::new()
+            .item(records())
+            .item(envelope)
+            .description(Some("A non-empty JSON array of records, or `{\"records\": [...]}`"))
+            .into()
+    }
+}
+
+impl ToSchema for JsonRecords {}
+
+/// The NDJSON body of an ingest: one record per line, at least one line that is not blank.
+pub struct NdjsonRecords;
+
+impl utoipa::PartialSchema for NdjsonRecords {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::Type(Type::String))
+            .pattern(Some(r"\S"))
+            .description(Some("One JSON record per line"))
+            .into()
+    }
+}
+
+impl ToSchema for NdjsonRecords {}
+
+/// What a 200 from ingest holds: a final batch, or with `dry_run=true` a dry-run report.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum IngestResult {
+    Batch(BatchRecord),
+    DryRun(crate::pipeline::DryRunReport),
 }
 
 /// Ingest a batch of records.
@@ -52,30 +98,39 @@ pub struct IngestParams {
     post,
     path = "/v1/tables/{table}/batches",
     tag = "batches",
-    params(("table" = String, Path, description = "Table name (case-insensitive)"), IngestParams),
-    request_body(content = Vec<Object>, description = "Records", content_type = "application/json"),
+    params(("table" = String, Path, description = "Table name: an identifier, case-insensitive", pattern = r"^[A-Za-z_][A-Za-z0-9_$]{0,254}$"), IngestParams),
+    request_body(
+        description = "Records: a JSON array of objects, `{\"records\": [...]}`, or NDJSON",
+        content(
+            (JsonRecords = "application/json"),
+            (NdjsonRecords = "application/x-ndjson"),
+        )
+    ),
     responses(
         (status = 202, description = "Durably staged", body = BatchRecord),
-        (status = 200, description = "Final: loaded (wait=loaded) or rejected (no record accepted); with dry_run=true a DryRunReport", body = BatchRecord),
-        (status = 400, description = "Unparseable body", body = ErrorBody),
+        (status = 200, description = "Final: loaded (wait=loaded) or rejected (no record accepted); with dry_run=true a DryRunReport", body = IngestResult),
+        (status = 400, description = "Unparseable body, invalid table name or query", body = ErrorBody),
         (status = 404, description = "Unknown table", body = ErrorBody),
         (status = 413, description = "Too large", body = ErrorBody),
         (status = 415, description = "Unsupported content type or encoding", body = ErrorBody),
-        (status = 503, description = "Not ready or over the memory budget", body = ErrorBody),
+        (status = 500, description = "Internal fault, or the stage refused the gateway's credentials (`stage_misconfigured`); nothing was stored", body = ErrorBody),
+        (status = 503, description = "Not ready, over the memory budget, or a backend unavailable; nothing was stored", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
 pub async fn ingest(
     State(app): State<AppState>,
-    Path(table): Path<String>,
+    TablePath(table): TablePath,
     params: Result<Query<IngestParams>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Query(params) = params?;
+    at_most("timeout", params.timeout, MAX_TIMEOUT_SECS)?;
     let body = body?;
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let request = IngestRequest {
-        table: table_name(&table)?,
+        table,
         partner: ANONYMOUS_PARTNER.to_string(),
         content_type: header(header::CONTENT_TYPE),
         content_encoding: header(header::CONTENT_ENCODING),
@@ -83,21 +138,42 @@ pub async fn ingest(
         dry_run: params.dry_run.unwrap_or(false),
     };
     let batch = match pipeline::ingest(&app, request).await? {
-        IngestOutcome::DryRun(report) => return Ok((StatusCode::OK, Json(report)).into_response()),
+        IngestOutcome::DryRun(report) => {
+            return Ok((StatusCode::OK, Json(IngestResult::DryRun(report))).into_response())
+        }
         IngestOutcome::Stored(batch) => batch,
     };
     let batch = if params.wait.unwrap_or_default() == WaitFor::Loaded && !batch.status.is_final() {
-        let timeout = Duration::from_secs(params.timeout.unwrap_or(30).min(app.config.limits.max_wait_secs));
+        let timeout = Duration::from_secs(params.timeout.unwrap_or(30)).min(app.config.limits.max_wait);
         pipeline::wait_until_final(&app, batch.id, timeout).await?.map(Box::new).unwrap_or(batch)
     } else {
         batch
     };
-    let status = if batch.status.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
-    Ok((status, Json(batch)).into_response())
+    if batch.status.is_final() {
+        return Ok((StatusCode::OK, Json(IngestResult::Batch(*batch))).into_response());
+    }
+    Ok((StatusCode::ACCEPTED, Json(batch)).into_response())
 }
 
-fn parse_batch_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::not_found("batch_not_found", format!("no batch {raw:?}")))
+/// Longest `timeout` a request may ask for; `limits.max_wait_secs` caps it further.
+const MAX_TIMEOUT_SECS: u64 = 3600;
+
+/// A query parameter within its documented maximum, or 400 `invalid_query`.
+fn at_most(name: &str, value: Option<u64>, max: u64) -> Result<(), ApiError> {
+    match value {
+        Some(v) if v > max => {
+            Err(ApiError::new(ErrorCode::InvalidQuery, format!("{name} must be at most {max}, not {v}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A page size as documented: 1 to 1000, 100 when absent.
+fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit.unwrap_or(100) {
+        limit @ 1..=1000 => Ok(limit),
+        other => Err(ApiError::new(ErrorCode::InvalidQuery, format!("limit must be 1 to 1000, not {other}"))),
+    }
 }
 
 /// Status of one batch.
@@ -105,21 +181,26 @@ fn parse_batch_id(raw: &str) -> Result<Uuid, ApiError> {
     get,
     path = "/v1/batches/{id}",
     tag = "batches",
-    params(("id" = String, Path, description = "Batch id")),
-    responses((status = 200, body = BatchRecord), (status = 404, body = ErrorBody))
+    params(("id" = String, Path, description = "Batch id (a UUID); anything else names no batch")),
+    responses(
+        (status = 200, body = BatchRecord),
+        (status = 404, description = "No such batch", body = ErrorBody),
+        (status = 503, description = "Ledger unavailable", body = ErrorBody),
+    )
 )]
-pub async fn get_batch(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<BatchRecord>, ApiError> {
-    let id = parse_batch_id(&id)?;
+pub async fn get_batch(State(app): State<AppState>, BatchPath(id): BatchPath) -> Result<Json<BatchRecord>, ApiError> {
     let batch = app.ledger.get_batch(id).await?;
-    batch.map(Json).ok_or_else(|| ApiError::not_found("batch_not_found", format!("no batch {id}")))
+    batch.map(Json).ok_or_else(|| ApiError::new(ErrorCode::BatchNotFound, format!("no batch {id}")))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct RejectParams {
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
-    /// Cursor from the previous page's `next`.
+    /// Cursor from the previous page's `next` (a record index).
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     pub after: Option<u64>,
 }
 
@@ -136,30 +217,32 @@ pub struct RejectPage {
     get,
     path = "/v1/batches/{id}/rejects",
     tag = "batches",
-    params(("id" = String, Path, description = "Batch id"), RejectParams),
+    params(("id" = String, Path, description = "Batch id (a UUID); anything else names no batch"), RejectParams),
     responses(
-        (status = 200, body = RejectPage, content_type = "application/json"),
-        (status = 200, description = "Every reject, one per line", body = Reject, content_type = "application/x-ndjson"),
-        (status = 404, body = ErrorBody)
+        (status = 200, description = "A page of rejects; with `Accept: application/x-ndjson`, every reject, one JSON object per line",
+            content((RejectPage = "application/json"), (Reject = "application/x-ndjson"))),
+        (status = 400, description = "Invalid query", body = ErrorBody),
+        (status = 404, description = "No such batch", body = ErrorBody),
+        (status = 503, description = "Ledger unavailable", body = ErrorBody),
     )
 )]
 pub async fn list_rejects(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    BatchPath(id): BatchPath,
     params: Result<Query<RejectParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Query(params) = params?;
-    let id = parse_batch_id(&id)?;
+    at_most("after", params.after, i64::MAX as u64)?;
     if app.ledger.get_batch(id).await?.is_none() {
-        return Err(ApiError::not_found("batch_not_found", format!("no batch {id}")));
+        return Err(ApiError::new(ErrorCode::BatchNotFound, format!("no batch {id}")));
     }
     let wants_ndjson =
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/x-ndjson"));
     if wants_ndjson {
         return Ok(stream_rejects(app, id, params.after));
     }
-    let limit = params.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = page_limit(params.limit)?;
     let rejects = app.ledger.list_rejects(id, params.after, limit).await?;
     let next = (rejects.len() == limit as usize).then(|| rejects.last().map(|r| r.index.to_string())).flatten();
     Ok(Json(RejectPage { rejects, next }).into_response())
@@ -204,7 +287,11 @@ pub struct BatchPage {
     path = "/v1/batches",
     tag = "batches",
     params(BatchFilter),
-    responses((status = 200, body = BatchPage), (status = 400, body = ErrorBody))
+    responses(
+        (status = 200, body = BatchPage),
+        (status = 400, description = "Invalid query", body = ErrorBody),
+        (status = 503, description = "Ledger unavailable", body = ErrorBody),
+    )
 )]
 pub async fn list_batches(
     State(app): State<AppState>,
@@ -212,9 +299,9 @@ pub async fn list_batches(
 ) -> Result<Json<BatchPage>, ApiError> {
     let Query(mut filter) = filter?;
     if let Some(table) = &filter.table {
-        filter.table = Some(table_name(table)?);
+        filter.table = Some(table_name(table)?.to_string());
     }
-    let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = page_limit(filter.limit)?;
     filter.limit = Some(limit);
     let batches = app.ledger.list_batches(&filter).await?;
     let next = (batches.len() == limit as usize).then(|| batches.last().map(|b| b.id)).flatten();

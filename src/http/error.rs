@@ -13,7 +13,88 @@ use crate::catalog::CatalogError;
 use crate::ingest::decode::DecodeError;
 use crate::ledger::LedgerError;
 use crate::pipeline::IngestError;
-use crate::warehouse::WarehouseError;
+use crate::warehouse::{ErrorKind, WarehouseError};
+
+/// Every error code the API answers with; each has exactly one HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: the body is not valid JSON (`details.offset` is the byte offset).
+    InvalidJson,
+    /// 400: the body is not a JSON array, `{"records": [...]}` or NDJSON, or is corrupt.
+    InvalidBody,
+    /// 400: the body holds no records.
+    EmptyBatch,
+    /// 400: a query parameter is missing, malformed or out of its documented range.
+    InvalidQuery,
+    /// 400: a table name in the path is not an identifier.
+    InvalidTableName,
+    /// 400: a table declaration is malformed.
+    InvalidDefinition,
+    /// 404: no such table.
+    TableNotFound,
+    /// 404: no such batch.
+    BatchNotFound,
+    /// 404: no such route.
+    NotFound,
+    /// 405: the route exists but not with this method.
+    MethodNotAllowed,
+    /// 409: a declaration conflicts with the table in the warehouse.
+    TableConflict,
+    /// 413: a size or count limit was exceeded.
+    PayloadTooLarge,
+    /// 415: a `Content-Encoding` other than gzip or zstd.
+    UnsupportedEncoding,
+    /// 415: a `Content-Type` the endpoint does not take.
+    UnsupportedMediaType,
+    /// 500: an internal fault; the gateway log has the cause.
+    Internal,
+    /// 500: the stage refused the gateway's credentials or permissions; nothing was stored.
+    StageMisconfigured,
+    /// 503: the gateway or one of its backends is not ready.
+    NotReady,
+    /// 503: the gateway is over its memory budget; retry after `Retry-After`.
+    OverBudget,
+    /// 503: the gateway is shutting down; retry.
+    ShuttingDown,
+    /// 503: the stage is unavailable; nothing was stored.
+    StageUnavailable,
+    /// 503: the ledger is unavailable.
+    LedgerUnavailable,
+    /// 503: the warehouse is unavailable.
+    WarehouseUnavailable,
+}
+
+impl ErrorCode {
+    /// The one HTTP status of a code.
+    pub fn status(self) -> StatusCode {
+        use ErrorCode::*;
+        match self {
+            InvalidJson | InvalidBody | EmptyBatch | InvalidQuery | InvalidTableName | InvalidDefinition => {
+                StatusCode::BAD_REQUEST
+            }
+            TableNotFound | BatchNotFound | NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            TableConflict => StatusCode::CONFLICT,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedEncoding | UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Internal | StageMisconfigured => StatusCode::INTERNAL_SERVER_ERROR,
+            NotReady | OverBudget | ShuttingDown | StageUnavailable | LedgerUnavailable | WarehouseUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for the codes that invite a retry.
+    fn retry_after_secs(self) -> Option<u32> {
+        use ErrorCode::*;
+        match self {
+            OverBudget | ShuttingDown => Some(1),
+            NotReady | StageUnavailable | LedgerUnavailable | WarehouseUnavailable => Some(5),
+            _ => None,
+        }
+    }
+}
 
 /// Body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
@@ -23,42 +104,26 @@ pub struct ErrorBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable machine-readable code, e.g. `table_not_found`.
-    pub code: String,
+    /// Stable machine-readable code; it alone decides the HTTP status.
+    pub code: ErrorCode,
     pub message: String,
+    /// Code-specific facts (a byte offset, failing checks); an empty object when there are none.
     #[schema(value_type = Object)]
-    pub details: Option<Value>,
+    pub details: Value,
 }
 
 /// An error on its way to becoming a response.
 #[derive(Debug)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     /// Boxed: keeps `Result<_, ApiError>` small on the happy path.
     pub details: Option<Box<Value>>,
-    pub retry_after_secs: Option<u32>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), details: None, retry_after_secs: None }
-    }
-
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, code, message)
-    }
-
-    pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after_secs: u32) -> Self {
-        ApiError {
-            retry_after_secs: Some(retry_after_secs),
-            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
-        }
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError { code, message: message.into(), details: None }
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
@@ -69,7 +134,7 @@ impl ApiError {
     /// A 500 that logs the cause and tells the client nothing about internals.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the gateway logs")
+        ApiError::new(ErrorCode::Internal, "internal error; see the gateway logs")
     }
 }
 
@@ -77,13 +142,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
             error: ErrorDetail {
-                code: self.code.to_string(),
+                code: self.code,
                 message: self.message,
-                details: self.details.map(|d| *d),
+                details: self.details.map_or_else(|| json!({}), |d| *d),
             },
         };
-        let mut response = (self.status, Json(body)).into_response();
-        if let Some(secs) = self.retry_after_secs {
+        let mut response = (self.code.status(), Json(body)).into_response();
+        if let Some(secs) = self.code.retry_after_secs() {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
@@ -94,44 +159,39 @@ impl From<DecodeError> for ApiError {
     fn from(e: DecodeError) -> Self {
         let message = e.to_string();
         match e {
-            DecodeError::UnsupportedEncoding(_) => {
-                ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding", message)
-            }
-            DecodeError::UnsupportedMediaType(_) => {
-                ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message)
-            }
+            DecodeError::UnsupportedEncoding(_) => ApiError::new(ErrorCode::UnsupportedEncoding, message),
+            DecodeError::UnsupportedMediaType(_) => ApiError::new(ErrorCode::UnsupportedMediaType, message),
             DecodeError::TooLarge(_) | DecodeError::TooManyRecords(_) => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+                ApiError::new(ErrorCode::PayloadTooLarge, message)
             }
             DecodeError::Syntax { offset, .. } => {
-                ApiError::bad_request("invalid_json", message).with_details(json!({ "offset": offset }))
+                ApiError::new(ErrorCode::InvalidJson, message).with_details(json!({ "offset": offset }))
             }
-            DecodeError::Corrupt { .. } | DecodeError::Shape => ApiError::bad_request("invalid_body", message),
-            DecodeError::Empty => ApiError::bad_request("empty_batch", message),
+            DecodeError::Corrupt { .. } | DecodeError::Shape => ApiError::new(ErrorCode::InvalidBody, message),
+            DecodeError::Empty => ApiError::new(ErrorCode::EmptyBatch, message),
         }
     }
 }
 
 impl From<LedgerError> for ApiError {
     fn from(e: LedgerError) -> Self {
-        match e {
-            LedgerError::Unavailable(_) => {
-                tracing::warn!(error = %e, "ledger unavailable");
-                ApiError::unavailable("ledger_unavailable", "the ledger is unavailable; retry later", 5)
-            }
-            other => ApiError::internal(other),
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "ledger unavailable");
+            ApiError::new(ErrorCode::LedgerUnavailable, "the ledger is unavailable; retry later")
+        } else {
+            ApiError::internal(e)
         }
     }
 }
 
 impl From<WarehouseError> for ApiError {
     fn from(e: WarehouseError) -> Self {
-        match e {
-            WarehouseError::Unavailable(_) => {
+        match e.kind {
+            ErrorKind::Transient => {
                 tracing::warn!(error = %e, "warehouse unavailable");
-                ApiError::unavailable("warehouse_unavailable", "the warehouse is unavailable; retry later", 5)
+                ApiError::new(ErrorCode::WarehouseUnavailable, "the warehouse is unavailable; retry later")
             }
-            other => ApiError::internal(other),
+            _ => ApiError::internal(e),
         }
     }
 }
@@ -140,10 +200,9 @@ impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> Self {
         let message = e.to_string();
         match e {
-            CatalogError::InvalidName { .. } => ApiError::bad_request("invalid_table_name", message),
-            CatalogError::NotFound(_) => ApiError::not_found("table_not_found", message),
-            CatalogError::InvalidDefinition(_) => ApiError::bad_request("invalid_definition", message),
-            CatalogError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "table_conflict", message),
+            CatalogError::NotFound(_) => ApiError::new(ErrorCode::TableNotFound, message),
+            CatalogError::InvalidDefinition(_) => ApiError::new(ErrorCode::InvalidDefinition, message),
+            CatalogError::Conflict { .. } => ApiError::new(ErrorCode::TableConflict, message),
             CatalogError::Ledger(e) => e.into(),
             CatalogError::Warehouse(e) => e.into(),
         }
@@ -154,25 +213,25 @@ impl From<BufferError> for ApiError {
     fn from(e: BufferError) -> Self {
         match e {
             BufferError::OverBudget => {
-                ApiError::unavailable("over_budget", "the gateway is over its memory budget; retry shortly", 1)
+                ApiError::new(ErrorCode::OverBudget, "the gateway is over its memory budget; retry shortly")
             }
-            BufferError::ShuttingDown => {
-                ApiError::unavailable("shutting_down", "the gateway is shutting down; retry", 1)
-            }
+            BufferError::ShuttingDown => ApiError::new(ErrorCode::ShuttingDown, "the gateway is shutting down; retry"),
             BufferError::StageUnavailable(cause) => {
                 tracing::warn!(error = %cause, "stage unavailable");
-                ApiError::unavailable(
-                    "stage_unavailable",
-                    "the stage is unavailable; nothing was stored; retry later",
-                    5,
-                )
+                ApiError::new(ErrorCode::StageUnavailable, "the stage is unavailable; nothing was stored; retry later")
             }
             BufferError::LedgerUnavailable(cause) => {
                 tracing::warn!(error = %cause, "ledger unavailable");
-                ApiError::unavailable(
-                    "ledger_unavailable",
+                ApiError::new(
+                    ErrorCode::LedgerUnavailable,
                     "the ledger is unavailable; nothing was acknowledged; retry later",
-                    5,
+                )
+            }
+            BufferError::StageDenied(cause) => {
+                tracing::error!(error = %cause, "stage refused the gateway's credentials or permissions");
+                ApiError::new(
+                    ErrorCode::StageMisconfigured,
+                    "the stage refused the gateway's credentials; nothing was stored; an operator must fix the stage configuration",
                 )
             }
             BufferError::Internal(cause) => ApiError::internal(cause),
@@ -195,33 +254,25 @@ impl From<IngestError> for ApiError {
 impl From<BytesRejection> for ApiError {
     fn from(e: BytesRejection) -> Self {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "request body is larger than limits.max_body_bytes",
-            )
+            ApiError::new(ErrorCode::PayloadTooLarge, "request body is larger than limits.max_body_bytes")
         } else {
-            ApiError::bad_request("invalid_body", e.body_text())
+            ApiError::new(ErrorCode::InvalidBody, e.body_text())
         }
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(e: QueryRejection) -> Self {
-        ApiError::bad_request("invalid_query", e.body_text())
+        ApiError::new(ErrorCode::InvalidQuery, e.body_text())
     }
 }
 
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
         match e.status() {
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", e.body_text())
-            }
-            StatusCode::PAYLOAD_TOO_LARGE => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.body_text())
-            }
-            _ => ApiError::bad_request("invalid_json", e.body_text()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(ErrorCode::UnsupportedMediaType, e.body_text()),
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(ErrorCode::PayloadTooLarge, e.body_text()),
+            _ => ApiError::new(ErrorCode::InvalidJson, e.body_text()),
         }
     }
 }

@@ -2,11 +2,11 @@
 
 pub mod batches;
 pub mod error;
+mod extract;
 pub mod health;
 pub mod tables;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::Router;
@@ -16,7 +16,7 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::app::AppState;
-use error::ApiError;
+use error::{ApiError, ErrorCode};
 
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(OpenApi)]
@@ -34,7 +34,7 @@ use error::ApiError;
         health::healthz,
         health::readyz,
     ),
-    components(schemas(crate::pipeline::DryRunReport)),
+    components(schemas(crate::pipeline::DryRunReport, batches::WaitFor)),
     tags(
         (name = "batches", description = "Ingest records and follow their batches"),
         (name = "tables", description = "Declare and inspect target tables"),
@@ -51,11 +51,11 @@ pub fn openapi_json() -> String {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::not_found("not_found", "no such route; see /docs")
+    ApiError::new(ErrorCode::NotFound, "no such route; see /docs")
 }
 
 async fn method_not_allowed() -> impl IntoResponse {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+    ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {

@@ -14,6 +14,8 @@ pub struct DecodeLimits {
     pub max_decompressed_bytes: usize,
     pub max_record_bytes: usize,
     pub max_records: usize,
+    /// Nesting of semi-structured values; a record is one level more.
+    pub max_depth: usize,
 }
 
 /// How the records are laid out in the body.
@@ -173,6 +175,15 @@ fn decode_one(text: &str, limits: &DecodeLimits) -> Decoded {
             format!("record is {} bytes; the limit is {}", text.len(), limits.max_record_bytes),
         );
     }
+    // Checked on the bytes, before parsing: a deep record is too large, never "invalid JSON"
+    // (the parser's own recursion limit), and never costs a deep parse.
+    if nests_deeper_than(text.as_bytes(), limits.max_depth + 1) {
+        return rejected(
+            Value::String(truncate_lossy(text.as_bytes(), 1024)),
+            RejectCode::RecordTooLarge,
+            format!("record nests deeper than limits.max_depth = {} levels", limits.max_depth),
+        );
+    }
     match serde_json::from_str::<Value>(text) {
         Ok(value) => Decoded::Value(value),
         Err(e) => rejected(
@@ -181,6 +192,35 @@ fn decode_one(text: &str, limits: &DecodeLimits) -> Decoded {
             format!("invalid JSON at column {}: {}", e.column(), strip_position(&e)),
         ),
     }
+}
+
+/// True when arrays and objects in `json` nest more than `limit` levels (brackets inside strings
+/// do not count). Malformed text is left for the parser to report.
+fn nests_deeper_than(json: &[u8], limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in json {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn rejected(record: Value, code: RejectCode, message: String) -> Decoded {
@@ -218,7 +258,7 @@ mod tests {
     use super::*;
 
     const LIMITS: DecodeLimits =
-        DecodeLimits { max_decompressed_bytes: 1 << 20, max_record_bytes: 64, max_records: 10 };
+        DecodeLimits { max_decompressed_bytes: 1 << 20, max_record_bytes: 64, max_records: 10, max_depth: 3 };
 
     fn values(decoded: &[Decoded]) -> Vec<Option<&Value>> {
         decoded
@@ -245,6 +285,25 @@ mod tests {
             }
             other => panic!("expected a reject, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn deep_records_are_too_large_not_invalid() {
+        let limits = DecodeLimits { max_record_bytes: 1 << 20, ..LIMITS };
+        let ok = br#"{"a":{"b":[{"c":"[[[[["}]}}"#;
+        assert_eq!(values(&parse_records(ok, BodyFormat::Ndjson, &limits).unwrap()).len(), 1);
+        assert!(values(&parse_records(ok, BodyFormat::Ndjson, &limits).unwrap())[0].is_some(), "brackets in strings");
+        let deep = format!("{}{}", "[".repeat(500), "]".repeat(500));
+        let line = format!("{{\"a\":{deep}}}");
+        let decoded = parse_records(line.as_bytes(), BodyFormat::Ndjson, &limits).unwrap();
+        match &decoded[0] {
+            Decoded::Rejected { error, .. } => assert_eq!(error.code, RejectCode::RecordTooLarge, "{}", error.message),
+            other => panic!("expected a reject, got {other:?}"),
+        }
+        let shallow = br#"{"a":{"b":{"c":1}}}"#;
+        assert!(values(&parse_records(shallow, BodyFormat::Ndjson, &limits).unwrap())[0].is_some());
+        let deeper = br#"{"a":{"b":{"c":{"d":{"e":1}}}}}"#;
+        assert!(values(&parse_records(deeper, BodyFormat::Ndjson, &limits).unwrap())[0].is_none());
     }
 
     #[test]

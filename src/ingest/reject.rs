@@ -73,7 +73,7 @@ pub struct Reject {
     /// Position of the record in the request (0-based).
     pub index: u64,
     /// The record as received (a JSON value, or a string holding an unparseable line).
-    #[schema(value_type = Object)]
+    #[schema(value_type = serde_json::Value)]
     pub record: serde_json::Value,
     pub errors: Vec<FieldError>,
     pub stage: RejectStage,

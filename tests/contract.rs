@@ -1,0 +1,60 @@
+//! The OpenAPI spec says exactly what the server does: schemathesis (installed by
+//! `scripts/peers.sh install`) generates requests from the served spec, valid and invalid, and
+//! checks every answer's status, headers, content type and body against it.
+
+mod common;
+
+use std::process::Command;
+
+use serde_json::json;
+
+fn schemathesis() -> String {
+    std::env::var("SGTEST_SCHEMATHESIS").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").expect("HOME");
+        format!("{home}/.cache/snowgate/contract-venv/bin/st")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_matches_the_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let (command, base) = common::gateway_command(dir.path());
+    let mut gateway = common::start_gateway(command, &base).await;
+    // One real table, so that generated requests reach past "no such table" now and then.
+    let declared = reqwest::Client::new()
+        .put(format!("{base}/v1/tables/loans"))
+        .json(&json!({"columns": [{"name": "id", "type": "NUMBER", "nullable": false}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(declared.status(), 201);
+
+    let report = dir.path().join("report");
+    let run = tokio::task::spawn_blocking({
+        let (base, report) = (base.clone(), report.clone());
+        move || {
+            // Written out at run time: a compile-time path would point into whichever checkout
+            // built this binary (the target folder is shared).
+            let config = report.with_extension("toml");
+            std::fs::write(&config, include_str!("contract/schemathesis.toml")).unwrap();
+            Command::new(schemathesis())
+                .current_dir(report.parent().unwrap())
+                .arg("--config-file")
+                .arg(&config)
+                .args(["run", &format!("{base}/openapi.json"), "--checks", "all", "--max-examples", "30"])
+                .args(["--seed", "20261125", "--workers", "2", "--generation-database", "none", "--no-color"])
+                .arg("--report-dir")
+                .arg(&report)
+                .output()
+                .expect("schemathesis runs (scripts/peers.sh install puts it in place)")
+        }
+    })
+    .await
+    .unwrap();
+    let _ = Command::new("kill").args(["-TERM", &gateway.id().to_string()]).status();
+    let _ = gateway.wait();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "schemathesis found contract failures:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("passed"), "no test cases ran:\n{stdout}");
+}
