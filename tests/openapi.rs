@@ -5,7 +5,7 @@ fn checked_in_spec_is_current() {
     // include_str! tracks the file's content; a path from env!("CARGO_MANIFEST_DIR") would be the
     // one of whichever clone first built this binary in the shared target dir.
     let file = include_str!("../openapi/openapi.json");
-    let generated = snowgate::http::openapi_json();
+    let generated = snowgate::openapi_json();
     assert!(
         file == generated,
         "openapi/openapi.json is stale; regenerate it with `cargo run -- openapi > openapi/openapi.json`"
