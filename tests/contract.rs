@@ -6,8 +6,6 @@ mod common;
 
 use std::process::Command;
 
-use serde_json::json;
-
 fn schemathesis() -> String {
     std::env::var("SGTEST_SCHEMATHESIS").unwrap_or_else(|_| {
         let home = std::env::var("HOME").expect("HOME");
@@ -21,13 +19,7 @@ async fn every_answer_matches_the_spec() {
     let (command, base) = common::gateway_command(dir.path());
     let mut gateway = common::start_gateway(command, &base).await;
     // One real table, so that generated requests reach past "no such table" now and then.
-    let declared = reqwest::Client::new()
-        .put(format!("{base}/v1/tables/loans"))
-        .json(&json!({"columns": [{"name": "id", "type": "NUMBER", "nullable": false}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(declared.status(), 201);
+    common::declare_ids(&base, "loans").await;
 
     let report = dir.path().join("report");
     let run = tokio::task::spawn_blocking({

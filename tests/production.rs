@@ -55,6 +55,20 @@ impl Peers {
         config
     }
 
+    /// Points a gateway process at the S3 stage: `[stage]` and the AWS_* credentials, by env.
+    fn s3_env(&self, command: &mut Command) {
+        let s3 = self.s3.stage_config();
+        command
+            .env("SNOWGATE_STAGE__URL", s3.url.unwrap())
+            .env("SNOWGATE_STAGE__ENDPOINT", s3.endpoint.unwrap())
+            .env("SNOWGATE_STAGE__REGION", "us-east-1")
+            .env("SNOWGATE_STAGE__ALLOW_HTTP", "true")
+            .env("SNOWGATE_STAGE__PATH_STYLE", "true");
+        for (key, value) in self.s3.credentials_env() {
+            command.env(key, value);
+        }
+    }
+
     /// A separate client for checking what landed in the warehouse.
     fn warehouse(&self) -> SnowflakeWarehouse {
         SnowflakeWarehouse::connect(&self.snowflake).unwrap()
@@ -138,14 +152,9 @@ struct Gateway {
 impl Gateway {
     async fn start(peers: &Peers, data_dir: &Path) -> Gateway {
         let sf = &peers.snowflake;
-        let s3 = peers.s3.stage_config();
         let (mut command, base) = common::gateway_command(data_dir);
+        peers.s3_env(&mut command);
         command
-            .env("SNOWGATE_STAGE__URL", s3.url.unwrap())
-            .env("SNOWGATE_STAGE__ENDPOINT", s3.endpoint.unwrap())
-            .env("SNOWGATE_STAGE__REGION", "us-east-1")
-            .env("SNOWGATE_STAGE__ALLOW_HTTP", "true")
-            .env("SNOWGATE_STAGE__PATH_STYLE", "true")
             .env("SNOWGATE_LEDGER__URL", &peers.pg.url)
             .env("SNOWGATE_WAREHOUSE__KIND", "snowflake")
             .env("SNOWGATE_WAREHOUSE__SNOWFLAKE__ACCOUNT", &sf.account)
@@ -156,9 +165,6 @@ impl Gateway {
             .env("SNOWGATE_WAREHOUSE__SNOWFLAKE__BASE_URL", sf.base_url.as_ref().unwrap())
             .env("SNOWFLAKE_PASSWORD", "not-checked")
             .env("SNOWGATE_LOADER__MAX_FILES_PER_COPY", "4");
-        for (key, value) in peers.s3.credentials_env() {
-            command.env(key, value);
-        }
         let child = common::start_gateway(command, &base).await;
         Gateway { child, base }
     }
@@ -266,27 +272,11 @@ async fn a_missing_snowflake_stage_holds_files_back_until_it_exists() {
 async fn a_stage_that_refuses_the_credentials_is_not_a_503() {
     let peers = Peers::start().await;
     let (mut command, base) = common::gateway_command(&peers.dir.path().join("gateway"));
-    let s3 = peers.s3.stage_config();
-    command
-        .env("SNOWGATE_STAGE__URL", s3.url.unwrap())
-        .env("SNOWGATE_STAGE__ENDPOINT", s3.endpoint.unwrap())
-        .env("SNOWGATE_STAGE__REGION", "us-east-1")
-        .env("SNOWGATE_STAGE__ALLOW_HTTP", "true")
-        .env("SNOWGATE_STAGE__PATH_STYLE", "true")
-        .env("SNOWGATE_LOADER__ENABLED", "false");
-    for (key, value) in peers.s3.credentials_env() {
-        command.env(key, value);
-    }
-    command.env("AWS_SECRET_ACCESS_KEY", "not-the-secret");
+    peers.s3_env(&mut command);
+    command.env("SNOWGATE_LOADER__ENABLED", "false").env("AWS_SECRET_ACCESS_KEY", "not-the-secret");
     let mut child = common::start_gateway(command, &base).await;
+    common::declare_ids(&base, "loans").await;
     let client = reqwest::Client::new();
-    let declared = client
-        .put(format!("{base}/v1/tables/loans"))
-        .json(&json!({"columns": [{"name": "id", "type": "NUMBER", "nullable": false}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(declared.status(), 201);
     let response =
         client.post(format!("{base}/v1/tables/loans/batches")).json(&json!([{"id": 1}])).send().await.unwrap();
     let status = response.status().as_u16();

@@ -130,6 +130,17 @@ impl TestApp {
     }
 }
 
+/// Declares `table` with one NOT NULL `id NUMBER` column through the API of the gateway at `base`.
+pub async fn declare_ids(base: &str, table: &str) {
+    let declared = reqwest::Client::new()
+        .put(format!("{base}/v1/tables/{table}"))
+        .json(&json!({"columns": [{"name": "id", "type": "NUMBER", "nullable": false}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(declared.status(), 201, "{}", declared.text().await.unwrap());
+}
+
 /// Polls a batch on the gateway at `base` until its status is final; panics after `timeout`.
 pub async fn wait_final(client: &reqwest::Client, base: &str, id: &str, timeout: Duration) -> Value {
     let deadline = tokio::time::Instant::now() + timeout;
