@@ -91,6 +91,8 @@ pub async fn ingest(app: &App, request: IngestRequest) -> Result<IngestOutcome, 
     let mut schema = table.schema();
     let planned = match table.drift() {
         DriftPolicy::Evolve => plan_new_columns(&mut KeyResolver::new(&schema), &records),
+        // Nothing is added: the validator rejects every record with an unknown field.
+        DriftPolicy::DiscardRow => Vec::new(),
     };
     let max_depth = app.config.limits.max_depth;
     if request.dry_run {

@@ -261,20 +261,24 @@ impl<'de> Deserialize<'de> for TableName {
 
 /// Per-table policy for fields the table does not have yet.
 ///
-/// Only `evolve` exists so far; the other policies of the design (rescue, discard_value,
-/// discard_row, freeze) arrive with their own issue.
+/// `evolve` and `discard_row` exist so far; the other policies of the design (rescue,
+/// discard_value, freeze) arrive with their own issue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DriftPolicy {
     /// Add a nullable column for every new field, typed from the batch.
     #[default]
     Evolve,
+    /// Reject each record that carries a field the table does not have (`unknown_field`); the
+    /// table never changes.
+    DiscardRow,
 }
 
 impl DriftPolicy {
     pub fn as_str(self) -> &'static str {
         match self {
             DriftPolicy::Evolve => "evolve",
+            DriftPolicy::DiscardRow => "discard_row",
         }
     }
 }
@@ -291,7 +295,8 @@ impl FromStr for DriftPolicy {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "evolve" => Ok(DriftPolicy::Evolve),
-            other => Err(format!("unsupported drift policy {other:?}; supported: evolve")),
+            "discard_row" => Ok(DriftPolicy::DiscardRow),
+            other => Err(format!("unsupported drift policy {other:?}; supported: evolve, discard_row")),
         }
     }
 }

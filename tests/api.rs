@@ -396,3 +396,39 @@ async fn health_docs_and_spec() {
     assert!(served["paths"]["/v1/tables/{table}/batches"]["post"].is_object());
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_drift_override_from_the_config_file_takes_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("snowgate.toml");
+    std::fs::write(&file, "[defaults]\ndrift = \"evolve\"\n\n[tables.Strict]\ndrift = \"discard_row\"\n").unwrap();
+    let mut config = snowgate::Config::load(Some(&file)).unwrap();
+    let defaults = common::test_config(dir.path());
+    (config.server, config.loader, config.defaults.linger) =
+        (defaults.server, defaults.loader, defaults.defaults.linger);
+    let app = common::spawn_app_with(config).await;
+    let declaration = json!({"columns": [{"name": "id", "type": "NUMBER", "nullable": false}]});
+    for table in ["strict", "loose"] {
+        assert_eq!(app.put_table(table, declaration.clone()).await.status(), 201);
+    }
+    let (_, strict) = app.get_json("/v1/tables/STRICT").await;
+    assert_eq!(strict["drift"], "discard_row", "declared without a policy: the config's [tables.Strict]");
+    let (_, loose) = app.get_json("/v1/tables/loose").await;
+    assert_eq!(loose["drift"], "evolve");
+
+    let records = json!([{"id": 1, "extra": "x"}, {"id": 2}]);
+    let strict: Value = app.post_json("strict", &records).await.json().await.unwrap();
+    assert_eq!(strict["counts"]["accepted"], 1, "{strict}");
+    assert_eq!(strict["rejects_by_code"], json!({"unknown_field": 1}), "{strict}");
+    assert_eq!(strict["schema_changes"], json!([]));
+    let loose: Value = app.post_json("loose", &records).await.json().await.unwrap();
+    assert_eq!(loose["counts"]["accepted"], 2, "{loose}");
+    assert_eq!(loose["schema_changes"][0]["column"], "EXTRA", "{loose}");
+
+    // A policy given in a PUT wins over the config.
+    let evolve = json!({"columns": [], "drift": "evolve"});
+    assert_eq!(app.put_table("strict", evolve).await.status(), 200);
+    let (_, strict) = app.get_json("/v1/tables/strict").await;
+    assert_eq!(strict["drift"], "evolve");
+    app.shutdown().await;
+}

@@ -16,7 +16,7 @@ use snowgate::warehouse::Warehouse;
 use snowgate::App;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_table_declared_through_one_replica_is_used_by_the_other() {
+async fn a_declaration_or_policy_change_through_one_replica_is_used_by_the_other() {
     let dir = tempfile::tempdir().unwrap();
     let pg = PgSchema::create().await;
     let stage_url = format!("file://{}", dir.path().join("stage").display());
@@ -47,6 +47,14 @@ async fn a_table_declared_through_one_replica_is_used_by_the_other() {
     assert_eq!(batch["rejects_by_code"], json!({"too_long": 1}), "{batch}");
     let (_, table) = b.get_json("/v1/tables/codes").await;
     assert_eq!(table["columns"][1]["type"], "VARCHAR(2)", "{table}");
+
+    // A changes the table's drift policy; B follows it.
+    let strict = json!({"columns": [], "drift": "discard_row"});
+    assert_eq!(a.put_table("codes", strict).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let batch: Value = b.post_json("codes", &json!([{"id": 4, "colour": "red"}])).await.json().await.unwrap();
+    assert_eq!(batch["rejects_by_code"], json!({"unknown_field": 1}), "B uses A's policy: {batch}");
+    assert_eq!(batch["schema_changes"], json!([]), "{batch}");
     a.shutdown().await;
     b.shutdown().await;
 }

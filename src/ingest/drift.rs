@@ -94,6 +94,7 @@ mod tests {
     #[test]
     fn parses_policy_names() {
         assert_eq!("Evolve".parse::<DriftPolicy>().unwrap(), DriftPolicy::Evolve);
+        assert_eq!("discard_row".parse::<DriftPolicy>().unwrap(), DriftPolicy::DiscardRow);
         assert!("freeze".parse::<DriftPolicy>().is_err());
     }
 }
