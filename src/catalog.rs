@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use uuid::Uuid;
 
 use crate::buffer::encode::arrow_type;
@@ -34,8 +34,8 @@ pub struct TableEntry {
     pub name: TableName,
     schema: RwLock<Arc<TableSchema>>,
     drift: RwLock<DriftPolicy>,
-    /// The ledger's `updated_at` the entry reflects, and when that was last compared.
-    version: Mutex<(DateTime<Utc>, Instant)>,
+    /// The ledger's version of the table the entry reflects, and when that was last compared.
+    version: Mutex<(u64, Instant)>,
 }
 
 impl TableEntry {
@@ -44,7 +44,7 @@ impl TableEntry {
             name: name.clone(),
             schema: RwLock::new(Arc::new(TableSchema { name: name.to_string(), columns: record.columns.clone() })),
             drift: RwLock::new(record.drift),
-            version: Mutex::new((record.updated_at, Instant::now())),
+            version: Mutex::new((record.version, Instant::now())),
         }
     }
 
@@ -61,15 +61,17 @@ impl TableEntry {
         self.version.lock().unwrap_or_else(|p| p.into_inner()).1.elapsed() < max_age
     }
 
-    /// Takes another replica's changes (a re-declaration, a new column, a new policy).
+    /// Takes another replica's changes (a re-declaration, a new column, a new policy). Only a
+    /// newer record is applied: a read that raced this replica's own change never undoes it.
     fn refresh(&self, record: &TableRecord) {
         let mut version = self.version.lock().unwrap_or_else(|p| p.into_inner());
-        if version.0 != record.updated_at {
+        if record.version > version.0 {
+            version.0 = record.version;
             let schema = TableSchema { name: self.name.to_string(), columns: record.columns.clone() };
             *self.schema.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(schema);
             *self.drift.write().unwrap_or_else(|p| p.into_inner()) = record.drift;
         }
-        *version = (record.updated_at, Instant::now());
+        version.1 = Instant::now();
     }
 }
 
@@ -187,6 +189,7 @@ impl Catalog {
                     columns: merge(&desc.columns, &known_columns),
                     created_at,
                     updated_at: now,
+                    version: 0,
                 };
                 self.ledger.put_table(&record).await?;
                 record
@@ -224,7 +227,14 @@ impl Catalog {
                 return Err(CatalogError::InvalidDefinition("a new table needs at least one column".into()));
             }
             self.warehouse.create_table(name, &declared).await?;
-            let record = TableRecord { name: name.to_string(), drift, columns: declared, created_at, updated_at: now };
+            let record = TableRecord {
+                name: name.to_string(),
+                drift,
+                columns: declared,
+                created_at,
+                updated_at: now,
+                version: 0,
+            };
             self.ledger.put_table(&record).await?;
             self.cache(name, &record);
             return Ok((record, true));
@@ -265,7 +275,7 @@ impl Catalog {
                 column.nullable = column.nullable && d.nullable;
             }
         }
-        let record = TableRecord { name: name.to_string(), drift, columns, created_at, updated_at: now };
+        let record = TableRecord { name: name.to_string(), drift, columns, created_at, updated_at: now, version: 0 };
         self.ledger.put_table(&record).await?;
         if !missing.is_empty() {
             self.ledger.add_columns(name, &missing, None).await?;
@@ -312,6 +322,11 @@ impl Catalog {
         }
         let schema = Arc::new(TableSchema { name: entry.name.to_string(), columns });
         *entry.schema.write().unwrap_or_else(|p| p.into_inner()) = schema.clone();
+        // Take the ledger's own version of the change, so that a later refresh sees nothing
+        // newer than what this entry already holds.
+        if let Some(record) = self.ledger.get_table(&entry.name).await? {
+            entry.refresh(&record);
+        }
         Ok(schema)
     }
 
@@ -334,6 +349,7 @@ impl Catalog {
             columns: desc.columns,
             created_at: now,
             updated_at: now,
+            version: 0,
         })
     }
 }

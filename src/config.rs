@@ -310,6 +310,8 @@ impl Config {
         check(l.max_records_per_request >= 1, "limits.max_records_per_request", "must be at least 1")?;
         check(l.memory_budget_bytes >= 1 << 20, "limits.memory_budget_bytes", "must be at least 1048576")?;
         check(self.loader.interval >= Duration::from_millis(10), "loader.interval_ms", "must be at least 10")?;
+        // Zero would put a released file straight back into the next claim: a hot loop.
+        check(self.loader.retry_base >= Duration::from_millis(10), "loader.retry_base_ms", "must be at least 10")?;
         check(self.loader.lease >= Duration::from_secs(5), "loader.lease_secs", "must be at least 5")?;
         check((1..=1000).contains(&self.loader.max_files_per_copy), "loader.max_files_per_copy", "must be 1..=1000")?;
         check(

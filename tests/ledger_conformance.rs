@@ -60,12 +60,19 @@ const LEASE: Duration = Duration::from_secs(60);
 pub async fn tables_and_schema_changes(ledger: Arc<dyn Ledger>) {
     let now = Utc::now();
     let columns = vec![Column { name: "ID".into(), ty: ColumnType::INTEGER, nullable: false }];
-    let record =
-        TableRecord { name: "LOANS".into(), drift: DriftPolicy::Evolve, columns, created_at: now, updated_at: now };
+    let record = TableRecord {
+        name: "LOANS".into(),
+        drift: DriftPolicy::Evolve,
+        columns,
+        created_at: now,
+        updated_at: now,
+        version: 0,
+    };
     ledger.put_table(&record).await.unwrap();
     let got = ledger.get_table("LOANS").await.unwrap().unwrap();
     assert_eq!(got.columns, record.columns);
     assert_eq!(got.created_at.timestamp_micros(), now.timestamp_micros());
+    assert_eq!(got.version, 1, "the ledger numbers versions");
     assert!(ledger.get_table("OTHER").await.unwrap().is_none());
 
     let batch = Uuid::now_v7();
@@ -78,6 +85,10 @@ pub async fn tables_and_schema_changes(ledger: Arc<dyn Ledger>) {
     let names: Vec<_> = got.columns.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["ID", "NOTE"], "existing columns are not added twice");
     assert_eq!(got.columns[1].ty, ColumnType::Varchar { max_len: 20 });
+    assert_eq!(got.version, 2, "every change adds one");
+    ledger.put_table(&record).await.unwrap();
+    assert_eq!(ledger.get_table("LOANS").await.unwrap().unwrap().version, 3);
+    ledger.put_table(&got).await.unwrap();
     let changes = ledger.schema_changes("LOANS").await.unwrap();
     assert_eq!(changes.len(), 1);
     assert_eq!(

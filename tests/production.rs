@@ -243,14 +243,14 @@ async fn a_missing_snowflake_stage_holds_files_back_until_it_exists() {
     for _ in 0..100 {
         let (status, ready) = app.get_json("/readyz").await;
         assert_eq!(status, 200, "a configuration error does not make the gateway unready: {ready}");
-        if let Some(error) = ready["loader"]["configuration_error"].as_str() {
+        if let Some(error) = ready["loader"]["configuration_errors"]["LOANS"].as_str() {
             seen = Some(error.to_string());
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let error = seen.expect("the configuration error shows in /readyz");
-    assert!(error.contains("LOANS") && error.contains("002003"), "{error}");
+    assert!(error.contains("002003") && error.contains("configuration"), "{error}");
     let (_, batch) = app.get_json(&format!("/v1/batches/{id}")).await;
     assert_ne!(batch["status"], "failed", "{batch}");
     assert_eq!(batch["files"][0]["status"], "staged", "released, not failed: {batch}");
@@ -262,7 +262,7 @@ async fn a_missing_snowflake_stage_holds_files_back_until_it_exists() {
     assert_eq!(done["status"], "loaded", "{done}");
     assert_eq!(done["counts"]["loaded"], 10);
     let (_, ready) = app.get_json("/readyz").await;
-    assert_eq!(ready["loader"]["configuration_error"], Value::Null, "cleared by the load: {ready}");
+    assert_eq!(ready["loader"]["configuration_errors"], json!({}), "cleared by the load: {ready}");
     assert_eq!(one_number(&peers.warehouse(), "SELECT COUNT(*) FROM LOANS").await, "10");
     app.shutdown().await;
 }

@@ -9,5 +9,7 @@ ALTER TABLE files ADD CONSTRAINT files_status_known
     CHECK (status IN ('pending', 'staged', 'loading', 'loaded', 'failed', 'abandoned'));
 ALTER TABLE rejects ADD CONSTRAINT rejects_stage_known
     CHECK (stage IN ('gateway', 'warehouse'));
+-- Every change to a table's record adds one, so replicas can tell a stale cache without clocks.
+ALTER TABLE tables ADD COLUMN version bigint NOT NULL DEFAULT 1;
 ALTER TABLE tables ADD CONSTRAINT tables_drift_known
     CHECK (drift IN ('evolve', 'rescue', 'discard_value', 'discard_row', 'freeze'));

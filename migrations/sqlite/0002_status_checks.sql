@@ -7,9 +7,11 @@ CREATE TABLE tables_new (
     drift       TEXT NOT NULL CHECK (drift IN ('evolve', 'rescue', 'discard_value', 'discard_row', 'freeze')),
     columns     TEXT NOT NULL,
     created_at  TEXT NOT NULL,
-    updated_at  TEXT NOT NULL
+    updated_at  TEXT NOT NULL,
+    version     INTEGER NOT NULL DEFAULT 1    -- one more with every change; replicas compare it
 );
-INSERT INTO tables_new SELECT name, drift, columns, created_at, updated_at FROM tables;
+INSERT INTO tables_new (name, drift, columns, created_at, updated_at)
+    SELECT name, drift, columns, created_at, updated_at FROM tables;
 DROP TABLE tables;
 ALTER TABLE tables_new RENAME TO tables;
 

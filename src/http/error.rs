@@ -175,11 +175,15 @@ impl From<DecodeError> for ApiError {
 
 impl From<LedgerError> for ApiError {
     fn from(e: LedgerError) -> Self {
-        if e.is_unavailable() {
-            tracing::warn!(error = %e, "ledger unavailable");
-            ApiError::new(ErrorCode::LedgerUnavailable, "the ledger is unavailable; retry later")
-        } else {
-            ApiError::internal(e)
+        match e {
+            LedgerError::Unavailable(_) => {
+                tracing::warn!(error = %e, "ledger unavailable");
+                ApiError::new(ErrorCode::LedgerUnavailable, "the ledger is unavailable; retry later")
+            }
+            LedgerError::Invalid(_) => {
+                ApiError::new(ErrorCode::InvalidQuery, "a value in the request cannot be stored or compared")
+            }
+            other => ApiError::internal(other),
         }
     }
 }

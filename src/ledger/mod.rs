@@ -25,6 +25,10 @@ pub enum LedgerError {
     /// A unique key already holds this value.
     #[error("ledger conflict: {0}")]
     Conflict(#[source] sqlx::Error),
+    /// The database refused a value it was given (Postgres SQLSTATE class 22: a NUL character,
+    /// a time out of its range): the caller's input, not the ledger, is at fault.
+    #[error("ledger refused a value: {0}")]
+    Invalid(#[source] sqlx::Error),
     /// Any other failed statement: a bug or a schema out of step with the code.
     #[error("ledger query failed: {0}")]
     Query(#[source] sqlx::Error),
@@ -51,6 +55,12 @@ impl From<sqlx::Error> for LedgerError {
             _ if unavailable(&e) => LedgerError::Unavailable(e),
             sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation => {
                 LedgerError::Conflict(e)
+            }
+            sqlx::Error::Database(db)
+                if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some()
+                    && db.code().is_some_and(|code| code.starts_with("22")) =>
+            {
+                LedgerError::Invalid(e)
             }
             sqlx::Error::ColumnDecode { .. } | sqlx::Error::ColumnNotFound(_) | sqlx::Error::Decode(_) => {
                 LedgerError::Corrupt(e.to_string())

@@ -186,6 +186,10 @@ pub struct TableRecord {
     pub columns: Vec<Column>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Grows by one with every change the ledger records; replicas compare it to know when their
+    /// cached definition is stale (clocks are not compared). The ledger assigns it: a record about
+    /// to be written carries 0.
+    pub version: u64,
 }
 
 /// A file as seen from one batch.

@@ -148,6 +148,7 @@ where
         columns: from_json(&get::<D, String>(row, "columns")?)?,
         created_at: D::datetime(get::<D, D::Time>(row, "created_at")?)?,
         updated_at: D::datetime(get::<D, D::Time>(row, "updated_at")?)?,
+        version: count::<D, u64>(row, "version")?,
     })
 }
 
@@ -238,9 +239,9 @@ where
 
     async fn put_table(&self, table: &TableRecord) -> Result<()> {
         sqlx::query::<D>(
-            "INSERT INTO tables (name, drift, columns, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO tables (name, drift, columns, created_at, updated_at, version) VALUES ($1, $2, $3, $4, $5, 1)
              ON CONFLICT (name) DO UPDATE SET drift = excluded.drift, columns = excluded.columns,
-                 updated_at = excluded.updated_at",
+                 updated_at = excluded.updated_at, version = tables.version + 1",
         )
         .bind(table.name.as_str())
         .bind(table.drift.as_str())
@@ -290,7 +291,8 @@ where
                 .execute(&mut *tx)
                 .await?;
         }
-        let sql = format!("UPDATE tables SET columns = $1, updated_at = {} WHERE name = $2", D::NOW);
+        let sql =
+            format!("UPDATE tables SET columns = $1, updated_at = {}, version = version + 1 WHERE name = $2", D::NOW);
         sqlx::query::<D>(&sql).bind(to_json(&known)?).bind(table).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())

@@ -155,7 +155,7 @@ impl Loader {
                     })
                     .collect();
                 tracing::info!(table, files = files.len(), "loaded files");
-                self.health.clear_configuration_error();
+                self.health.clear_configuration_error(table);
                 return self.ledger.complete_files(&outcomes).await;
             }
             Err(error) => error,

@@ -1,6 +1,7 @@
 //! Keeps the loader running: a panic is logged and the loader restarted with backoff, and what it
 //! is doing is shared with `/readyz`.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,9 +40,9 @@ pub struct LoaderStatus {
     pub last_round_at: Option<DateTime<Utc>>,
     /// The last error of a round, if the last round failed.
     pub last_error: Option<String>,
-    /// A warehouse configuration error (a missing privilege, stage or table) holding files back,
-    /// naming the table; cleared by the next successful load.
-    pub configuration_error: Option<String>,
+    /// Warehouse configuration errors (a missing privilege, stage or table) holding files back,
+    /// by table; a table's entry goes with its next successful load.
+    pub configuration_errors: BTreeMap<String, String>,
 }
 
 /// Shared between the loader, its supervisor and `/readyz`.
@@ -77,11 +78,11 @@ impl LoaderHealth {
     }
 
     pub(crate) fn configuration_error(&self, table: &str, error: &WarehouseError) {
-        self.update(|s| s.configuration_error = Some(format!("table {table}: {error}")));
+        self.update(|s| s.configuration_errors.insert(table.to_string(), error.to_string()));
     }
 
-    pub(crate) fn clear_configuration_error(&self) {
-        self.update(|s| s.configuration_error = None);
+    pub(crate) fn clear_configuration_error(&self, table: &str) {
+        self.update(|s| s.configuration_errors.remove(table));
     }
 }
 

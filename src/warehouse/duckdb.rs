@@ -23,7 +23,7 @@ use super::{CopyResult, CopyStatus, ErrorKind, TableDescription, Warehouse, Ware
 use crate::schema::{
     quote_ident, Column, ColumnType, META_BATCH_ID, META_COLUMNS, META_INGESTED_AT, META_RECORD_INDEX,
 };
-use crate::stage::Stage;
+use crate::stage::{Stage, StageError};
 
 const HISTORY: &str = "\"_SNOWGATE_LOAD_HISTORY\"";
 
@@ -91,11 +91,17 @@ async fn run<T: Send + 'static>(
 ) -> Result<T, WarehouseError> {
     let conn = conn.clone();
     tokio::task::spawn_blocking(move || {
-        let mut guard = conn.lock().map_err(|_| WarehouseError::statement("connection lock poisoned"))?;
+        // A panic while the lock was held unwound through the work's transaction, which rolled
+        // back on drop: the connection is usable, so the poison is cleared rather than kept.
+        let mut guard = conn.lock().unwrap_or_else(|poisoned| {
+            conn.clear_poison();
+            poisoned.into_inner()
+        });
         work(&mut guard)
     })
     .await
-    .map_err(|e| WarehouseError::statement(format!("warehouse task: {e}")).with_source(e))?
+    // The work panicked: a fault of this process, never of the data; retried like an outage.
+    .map_err(|e| WarehouseError::transient(format!("warehouse task: {e}")).with_source(e))?
 }
 
 /// DuckDB's error types (its `ExceptionType` names), by what the loader should do about them.
@@ -110,7 +116,9 @@ fn kind_of(error_type: &str) -> ErrorKind {
         "TransactionContext" | "IO" | "Out of Memory" | "INTERRUPT" | "Connection" | "Network" | "HTTP" => {
             ErrorKind::Transient
         }
-        "Catalog" | "Binder" | "Permission" | "Dependency" => ErrorKind::Configuration,
+        // FATAL and INTERNAL invalidate the database until the process restarts: an operator's
+        // problem, and never a reason to fail the data.
+        "Catalog" | "Binder" | "Permission" | "Dependency" | "FATAL" | "INTERNAL" => ErrorKind::Configuration,
         _ => ErrorKind::Statement,
     }
 }
@@ -276,8 +284,13 @@ impl Warehouse for DuckDbWarehouse {
         let mut files = Vec::with_capacity(paths.len());
         for path in paths {
             let data = self.stage.get(path).await.map_err(|e| match e {
-                crate::stage::StageError::NotFound(p) => {
-                    WarehouseError::data(format!("stage file {p} is missing")).in_file(p)
+                // The ledger says the file was staged: if it is not there, the stage is not the
+                // one the gateway wrote to (a changed stage.url, a wrong data folder).
+                StageError::NotFound(p) => {
+                    WarehouseError::configuration(format!("stage file {p} is missing from the stage")).in_file(p)
+                }
+                StageError::Denied(_) | StageError::Config(_) => {
+                    WarehouseError::configuration(e.to_string()).with_source(e)
                 }
                 other => WarehouseError::transient(other.to_string()).with_source(other),
             })?;

@@ -121,11 +121,13 @@ impl SnowflakeWarehouse {
 mod codes {
     /// Object does not exist or not authorized; object does not exist or operation cannot be
     /// performed; insufficient privileges; no active warehouse; warehouse does not exist or not
-    /// authorized; bad credentials, locked or disabled user; invalid JWT; role not granted.
+    /// authorized; failure using the stage area (the storage refused Snowflake's access); bad
+    /// credentials, locked or disabled user; invalid JWT; role not granted.
     pub const CONFIGURATION: &[&str] =
-        &["002003", "002043", "003001", "000606", "390201", "390100", "390101", "390102", "390144", "390189"];
-    /// Session expired or gone; statement timeout or cancelled; warehouse resuming or queue full.
-    pub const TRANSIENT: &[&str] = &["390111", "390112", "390114", "000604", "000625", "000630", "000629"];
+        &["002003", "002043", "003001", "000606", "390201", "091003", "390100", "390101", "390102", "390144", "390189"];
+    /// Session expired or gone; internal error; statement timeout or cancelled; warehouse
+    /// resuming or queue full.
+    pub const TRANSIENT: &[&str] = &["390111", "390112", "390114", "000603", "000604", "000625", "000630", "000629"];
     /// "Does not exist" answers to DESC TABLE.
     pub const NOT_FOUND: &str = "002003";
 }
@@ -147,8 +149,12 @@ fn classify(error: SnowflakeApiError) -> WarehouseError {
             };
             (kind, Some(code.clone()))
         }
-        // The login failed: bad credentials, key or role, unless it never reached Snowflake.
-        SnowflakeApiError::AuthError(auth) if !is_network(auth) => (ErrorKind::Configuration, None),
+        // A login Snowflake refused (its own code) or that lacked credentials carries no cause of
+        // its own; one that never got an answer carries the transport's error (its variants are
+        // transparent wrappers, so the chain starts below them).
+        SnowflakeApiError::AuthError(auth) if std::error::Error::source(auth).is_none() => {
+            (ErrorKind::Configuration, None)
+        }
         _ => (ErrorKind::Transient, None),
     };
     let message = match &error {
@@ -160,18 +166,6 @@ fn classify(error: SnowflakeApiError) -> WarehouseError {
         Some(code) => classified.with_code(code),
         None => classified,
     }
-}
-
-/// True when a network or HTTP client error is somewhere in the chain.
-fn is_network(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if e.is::<reqwest::Error>() || e.is::<reqwest_middleware::Error>() || e.is::<std::io::Error>() {
-            return true;
-        }
-        current = e.source();
-    }
-    false
 }
 
 fn snowflake_type(ty: ColumnType) -> String {
@@ -374,6 +368,7 @@ mod tests {
         assert_eq!(kind("003001"), ErrorKind::Configuration, "missing privilege");
         assert_eq!(kind("000606"), ErrorKind::Configuration, "no warehouse");
         assert_eq!(kind("001003"), ErrorKind::Statement, "syntax error");
+        assert_eq!(kind("091003"), ErrorKind::Configuration, "the stage's storage refused access");
         let error = classify(SnowflakeApiError::ApiError("002003".into(), "x".into()));
         assert_eq!(error.code(), Some("002003"));
         assert!(std::error::Error::source(&error).is_some(), "the client's error is kept as the source");
