@@ -1,0 +1,52 @@
+//! `/readyz` answers within its timeout while the loader's COPY is running.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{serve_app, test_config};
+use snowgate::buffer::encode::{parquet_bytes, record_batch, RowGroup};
+use snowgate::ingest::coerce::Cell;
+use snowgate::ingest::Row;
+use snowgate::schema::{Column, TableSchema};
+use snowgate::warehouse::duckdb::DuckDbWarehouse;
+use snowgate::warehouse::Warehouse;
+use snowgate::App;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readyz_stays_ready_during_a_long_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let built = App::build(test_config(dir.path())).await.unwrap();
+    // The gateway's own warehouse, opened on the same file, runs the long COPY beside it.
+    let (config, stage, ledger) = (built.config.clone(), built.stage.clone(), built.ledger.clone());
+    drop(built);
+    let duck = Arc::new(DuckDbWarehouse::open(&dir.path().join("warehouse.duckdb"), stage.clone()).unwrap());
+    let warehouse: Arc<dyn Warehouse> = duck.clone();
+    let app = serve_app(App::from_parts(config, stage.clone(), ledger, warehouse.clone())).await;
+
+    let columns = vec![Column { name: "N".into(), ty: "NUMBER".parse().unwrap(), nullable: false }];
+    warehouse.create_table("BIG", &columns).await.unwrap();
+    let schema = TableSchema { name: "BIG".into(), columns };
+    let rows: Vec<Row> = (0..1_000_000u64).map(|i| Row { index: i, cells: vec![Cell::Decimal(i as i128)] }).collect();
+    let batch_id = uuid::Uuid::now_v7().to_string();
+    let group = RowGroup { batch_id: &batch_id, ingested_at: 1_700_000_000_000_000, rows: &rows };
+    stage.put_new("BIG/big.parquet", parquet_bytes(&record_batch(&schema, &[group]).unwrap()).unwrap()).await.unwrap();
+
+    let copy = tokio::spawn(async move { warehouse.copy_files("BIG", &["BIG/big.parquet".to_string()]).await });
+    let (mut during, mut slowest) = (0, Duration::ZERO);
+    while !copy.is_finished() {
+        let started = Instant::now();
+        let (status, body) = app.get_json("/readyz").await;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(status, 200, "{body}");
+        if !copy.is_finished() {
+            during += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(copy.await.unwrap().unwrap()[0].rows_loaded, 1_000_000);
+    assert!(during > 0, "the COPY finished before a probe could overlap it");
+    assert!(slowest < Duration::from_secs(1), "/readyz took {slowest:?} during the COPY (its probes time out at 3 s)");
+    app.shutdown().await;
+}
