@@ -47,6 +47,7 @@ async fn readyz_stays_ready_during_a_long_copy() {
     }
     assert_eq!(copy.await.unwrap().unwrap()[0].rows_loaded, 1_000_000);
     assert!(during > 0, "the COPY finished before a probe could overlap it");
-    assert!(slowest < Duration::from_secs(1), "/readyz took {slowest:?} during the COPY (its probes time out at 3 s)");
+    // Behind the COPY, the warehouse probe would have timed out (3 s) and /readyz answered 503.
+    assert!(slowest < Duration::from_millis(2500), "/readyz took {slowest:?} during the COPY");
     app.shutdown().await;
 }

@@ -302,5 +302,5 @@ async fn duckdb_probes_and_describes_never_wait_behind_a_copy() {
     let results = copy.await.unwrap().unwrap();
     assert_eq!(results[0].rows_loaded, 1_000_000);
     assert!(answered_during_copy > 0, "the COPY finished before a probe could overlap it");
-    assert!(slowest < std::time::Duration::from_secs(1), "a probe waited {slowest:?} behind the COPY");
+    assert!(slowest < std::time::Duration::from_secs(2), "a probe waited {slowest:?} behind the COPY");
 }
