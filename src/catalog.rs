@@ -236,8 +236,7 @@ impl Catalog {
                 version: 0,
             };
             self.ledger.put_table(&record).await?;
-            self.cache(name, &record);
-            return Ok((record, true));
+            return Ok((self.recorded(name, record).await, true));
         };
         if !desc.has_metadata {
             self.warehouse.add_metadata_columns(name).await?;
@@ -280,8 +279,22 @@ impl Catalog {
         if !missing.is_empty() {
             self.ledger.add_columns(name, &missing, None).await?;
         }
+        Ok((self.recorded(name, record).await, false))
+    }
+
+    /// Caches and returns the ledger's copy of a record just written (with the version the
+    /// ledger gave it), or the written record itself if it cannot be read back now.
+    async fn recorded(&self, name: &TableName, written: TableRecord) -> TableRecord {
+        let record = match self.ledger.get_table(name).await {
+            Ok(Some(record)) => record,
+            Ok(None) => written,
+            Err(e) => {
+                tracing::warn!(table = %name, error = %e, "could not re-read a declared table");
+                written
+            }
+        };
         self.cache(name, &record);
-        Ok((record, false))
+        record
     }
 
     /// Adds nullable columns for new fields (the `evolve` policy) and returns the schema to
@@ -323,9 +336,12 @@ impl Catalog {
         let schema = Arc::new(TableSchema { name: entry.name.to_string(), columns });
         *entry.schema.write().unwrap_or_else(|p| p.into_inner()) = schema.clone();
         // Take the ledger's own version of the change, so that a later refresh sees nothing
-        // newer than what this entry already holds.
-        if let Some(record) = self.ledger.get_table(&entry.name).await? {
-            entry.refresh(&record);
+        // newer than what this entry already holds. The change is made either way: a failed
+        // read only leaves the entry to its next refresh.
+        match self.ledger.get_table(&entry.name).await {
+            Ok(Some(record)) => entry.refresh(&record),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(table = %entry.name, error = %e, "could not re-read a table after ALTER"),
         }
         Ok(schema)
     }

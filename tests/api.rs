@@ -413,6 +413,7 @@ async fn a_drift_override_from_the_config_file_takes_effect() {
     }
     let (_, strict) = app.get_json("/v1/tables/STRICT").await;
     assert_eq!(strict["drift"], "discard_row", "declared without a policy: the config's [tables.Strict]");
+    assert_eq!(strict["version"], 1, "{strict}");
     let (_, loose) = app.get_json("/v1/tables/loose").await;
     assert_eq!(loose["drift"], "evolve");
 
@@ -427,7 +428,9 @@ async fn a_drift_override_from_the_config_file_takes_effect() {
 
     // A policy given in a PUT wins over the config.
     let evolve = json!({"columns": [], "drift": "evolve"});
-    assert_eq!(app.put_table("strict", evolve).await.status(), 200);
+    let response = app.put_table("strict", evolve).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap()["version"], 2, "a PUT answers with the ledger's version");
     let (_, strict) = app.get_json("/v1/tables/strict").await;
     assert_eq!(strict["drift"], "evolve");
     app.shutdown().await;

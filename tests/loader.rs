@@ -79,3 +79,64 @@ async fn copy_committed_but_not_recorded_is_skipped_on_retry() {
     assert_eq!(rows, 50, "loaded once, not twice");
     assert_eq!(loader.round().await.unwrap(), 0);
 }
+
+/// A file missing from the stage is a configuration problem (the stage is not the one the
+/// gateway wrote to): it is held back, never failed, and the file beside it still loads.
+#[tokio::test]
+async fn a_file_missing_from_the_stage_holds_back_only_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = Arc::new(
+        Stage::open(&format!("file://{}", dir.path().join("stage").display()), &StageConfig::default()).unwrap(),
+    );
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::connect(&url).await.unwrap());
+    let warehouse: Arc<dyn Warehouse> =
+        Arc::new(DuckDbWarehouse::open(&dir.path().join("w.duckdb"), stage.clone()).unwrap());
+    let columns = vec![Column { name: "ID".into(), ty: ColumnType::INTEGER, nullable: false }];
+    warehouse.create_table("T", &columns).await.unwrap();
+    let schema = Arc::new(TableSchema { name: "T".into(), columns });
+    let buffers = Buffers::new(stage.clone(), ledger.clone(), 1 << 30, Arc::new(Notify::new()));
+    let policy = FlushPolicy { max_rows: 1000, max_bytes: 1 << 20, linger: Duration::from_millis(10) };
+    let mut ids = Vec::new();
+    for n in 0..2u64 {
+        let id = Uuid::now_v7();
+        let rows: Vec<Row> = (0..10).map(|i| Row { index: i, cells: vec![Cell::Decimal(i as i128)] }).collect();
+        let batch = NewBatch {
+            id,
+            table: "T".into(),
+            partner: "acme".into(),
+            counts: Counts { received: 10, accepted: 10, rejected: 0, loaded: 0 },
+            rejects_by_code: BTreeMap::new(),
+            received_at: Utc::now(),
+            rejects: vec![],
+        };
+        let submission = Submission { batch, schema: schema.clone(), rows, bytes: 1000 };
+        buffers.submit(submission, policy).await.unwrap();
+        ids.push(id);
+        if n == 0 {
+            // The first file disappears from the stage after it was acknowledged.
+            let path = ledger.get_batch(id).await.unwrap().unwrap().files[0].path.clone();
+            std::fs::remove_file(dir.path().join("stage").join(&path)).unwrap();
+        }
+    }
+    let settings = LoaderSettings {
+        interval: Duration::from_millis(50),
+        lease: Duration::from_secs(60),
+        max_files_per_copy: 100,
+        retry_base: Duration::from_millis(50),
+        configuration_retry: Duration::from_secs(60),
+    };
+    let health = Arc::new(snowgate::loader::LoaderHealth::default());
+    let loader =
+        Loader::new(ledger.clone(), warehouse, settings, "me".into(), Arc::new(Notify::new()), Arc::new(Notify::new()))
+            .with_health(health.clone());
+    assert_eq!(loader.round().await.unwrap(), 2, "both files claimed in one round");
+    let missing = ledger.get_batch(ids[0]).await.unwrap().unwrap();
+    assert_eq!(missing.status, BatchStatus::Loading, "held back, not failed: {missing:?}");
+    assert_eq!(missing.files[0].status, snowgate::ledger::FileStatus::Staged);
+    assert!(missing.files[0].error.as_deref().unwrap().contains("configuration"), "{missing:?}");
+    let present = ledger.get_batch(ids[1]).await.unwrap().unwrap();
+    assert_eq!(present.status, BatchStatus::Loaded, "the good file beside it loaded: {present:?}");
+    let held = &health.status().configuration_errors["T"];
+    assert_eq!(held.file.as_deref(), Some(missing.files[0].path.as_str()), "the good file's load did not hide it");
+}

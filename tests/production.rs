@@ -243,7 +243,7 @@ async fn a_missing_snowflake_stage_holds_files_back_until_it_exists() {
     for _ in 0..100 {
         let (status, ready) = app.get_json("/readyz").await;
         assert_eq!(status, 200, "a configuration error does not make the gateway unready: {ready}");
-        if let Some(error) = ready["loader"]["configuration_errors"]["LOANS"].as_str() {
+        if let Some(error) = ready["loader"]["configuration_errors"]["LOANS"]["error"].as_str() {
             seen = Some(error.to_string());
             break;
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use supervisor::{supervise, LoaderHealth, LoaderState, LoaderStatus};
+pub use supervisor::{supervise, ConfigurationError, LoaderHealth, LoaderState, LoaderStatus};
 
 use crate::ledger::{ClaimedFile, FileOutcome, Ledger, LedgerError};
 use crate::warehouse::{ErrorKind, Warehouse, WarehouseError};
@@ -155,12 +155,23 @@ impl Loader {
                     })
                     .collect();
                 tracing::info!(table, files = files.len(), "loaded files");
-                self.health.clear_configuration_error(table);
+                let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+                self.health.clear_configuration_error(table, &paths);
                 return self.ledger.complete_files(&outcomes).await;
             }
             Err(error) => error,
         };
+        // An error that names one file of several (a file missing from the stage, a bad row)
+        // must not hold the others back: they are tried one by one.
+        let one_of_several = files.len() > 1 && error.file().is_some();
         match error.kind {
+            ErrorKind::Configuration | ErrorKind::Data | ErrorKind::Statement if one_of_several => {
+                tracing::warn!(table, error = %error, "COPY failed on one file; loading files one by one");
+                for file in files {
+                    Box::pin(self.load(table, vec![file])).await?;
+                }
+                Ok(())
+            }
             ErrorKind::Transient => {
                 let attempts = files.iter().map(|f| f.attempts).max().unwrap_or(1);
                 let delay = jittered(backoff(self.settings.retry_base, attempts));
@@ -184,6 +195,8 @@ impl Loader {
             }
             ErrorKind::Data | ErrorKind::Statement => {
                 tracing::error!(table, path = %files[0].path, error = %error, "file failed to load");
+                // The warehouse reached the data, so no configuration problem stands in the way.
+                self.health.clear_configuration_error(table, &[files[0].path.as_str()]);
                 let outcome = FileOutcome::Failed { id: files[0].id, error: error.to_string(), query_id: None };
                 self.ledger.complete_files(&[outcome]).await
             }

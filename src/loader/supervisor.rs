@@ -41,8 +41,18 @@ pub struct LoaderStatus {
     /// The last error of a round, if the last round failed.
     pub last_error: Option<String>,
     /// Warehouse configuration errors (a missing privilege, stage or table) holding files back,
-    /// by table; a table's entry goes with its next successful load.
-    pub configuration_errors: BTreeMap<String, String>,
+    /// by table; a table's entry goes when this replica next reaches its data.
+    pub configuration_errors: BTreeMap<String, ConfigurationError>,
+}
+
+/// A configuration error and when this replica last met it (another replica may have loaded the
+/// files since, which an old `at` suggests).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ConfigurationError {
+    pub error: String,
+    /// The stage file the error is about, when it is about one file (say, missing from the stage).
+    pub file: Option<String>,
+    pub at: DateTime<Utc>,
 }
 
 /// Shared between the loader, its supervisor and `/readyz`.
@@ -78,11 +88,23 @@ impl LoaderHealth {
     }
 
     pub(crate) fn configuration_error(&self, table: &str, error: &WarehouseError) {
-        self.update(|s| s.configuration_errors.insert(table.to_string(), error.to_string()));
+        let entry =
+            ConfigurationError { error: error.to_string(), file: error.file().map(str::to_string), at: Utc::now() };
+        self.update(|s| s.configuration_errors.insert(table.to_string(), entry));
     }
 
-    pub(crate) fn clear_configuration_error(&self, table: &str) {
-        self.update(|s| s.configuration_errors.remove(table));
+    /// The warehouse reached `table`'s data in `files`: a table-wide configuration error is
+    /// gone, and so is one about one of those files.
+    pub(crate) fn clear_configuration_error(&self, table: &str, files: &[&str]) {
+        self.update(|s| {
+            let resolved = s
+                .configuration_errors
+                .get(table)
+                .is_some_and(|e| e.file.as_deref().is_none_or(|file| files.contains(&file)));
+            if resolved {
+                s.configuration_errors.remove(table);
+            }
+        });
     }
 }
 

@@ -100,8 +100,9 @@ async fn run<T: Send + 'static>(
         work(&mut guard)
     })
     .await
-    // The work panicked: a fault of this process, never of the data; retried like an outage.
-    .map_err(|e| WarehouseError::transient(format!("warehouse task: {e}")).with_source(e))?
+    // The work panicked (a corrupt file can make a decoder panic): a failed statement, so a
+    // group is split and the one file that panics fails instead of being retried forever.
+    .map_err(|e| WarehouseError::statement(format!("warehouse task: {e}")).with_source(e))?
 }
 
 /// DuckDB's error types (its `ExceptionType` names), by what the loader should do about them.
@@ -286,8 +287,8 @@ impl Warehouse for DuckDbWarehouse {
             let data = self.stage.get(path).await.map_err(|e| match e {
                 // The ledger says the file was staged: if it is not there, the stage is not the
                 // one the gateway wrote to (a changed stage.url, a wrong data folder).
-                StageError::NotFound(p) => {
-                    WarehouseError::configuration(format!("stage file {p} is missing from the stage")).in_file(p)
+                StageError::NotFound(_) => {
+                    WarehouseError::configuration("the file is missing from the stage").in_file(path.as_str())
                 }
                 StageError::Denied(_) | StageError::Config(_) => {
                     WarehouseError::configuration(e.to_string()).with_source(e)
