@@ -11,7 +11,7 @@ use crate::buffer::encode::arrow_type;
 use crate::config::Config;
 use crate::ingest::drift::DriftPolicy;
 use crate::ledger::{Ledger, LedgerError, TableRecord};
-use crate::schema::{normalize_column_name, Column, TableName, TableSchema};
+use crate::schema::{Column, TableName, TableSchema};
 use crate::warehouse::{Warehouse, WarehouseError};
 
 /// Catalog failures.
@@ -208,12 +208,10 @@ impl Catalog {
     ) -> Result<(TableRecord, bool), CatalogError> {
         let mut declared: Vec<Column> = Vec::with_capacity(columns.len());
         for column in columns {
-            let normalized = normalize_column_name(&column.name)
-                .map_err(|e| CatalogError::InvalidDefinition(format!("column {:?}: {e}", column.name)))?;
-            if declared.iter().any(|c| c.name == normalized) {
-                return Err(CatalogError::InvalidDefinition(format!("column {normalized} is declared twice")));
+            if declared.iter().any(|c| c.name == column.name) {
+                return Err(CatalogError::InvalidDefinition(format!("column {} is declared twice", column.name)));
             }
-            declared.push(Column { name: normalized, ..column });
+            declared.push(column);
         }
         let lock = self.ddl_lock(name);
         let _guard = lock.lock().await;
@@ -373,16 +371,22 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::ColumnName;
     use crate::schema::ColumnType;
 
     #[test]
     fn ledger_refines_but_never_contradicts_the_warehouse() {
-        let warehouse = Column { name: "NOTE".into(), ty: ColumnType::VARCHAR, nullable: true };
-        let known = Column { name: "NOTE".into(), ty: ColumnType::Varchar { max_len: 10 }, nullable: true };
+        let warehouse =
+            Column { name: ColumnName::normalize("NOTE").unwrap(), ty: ColumnType::VARCHAR, nullable: true };
+        let known = Column {
+            name: ColumnName::normalize("NOTE").unwrap(),
+            ty: ColumnType::Varchar { max_len: 10 },
+            nullable: true,
+        };
         assert_eq!(refine(&warehouse, Some(&known)).ty, ColumnType::Varchar { max_len: 10 });
-        let variant = Column { name: "NOTE".into(), ty: ColumnType::Variant, nullable: true };
+        let variant = Column { name: ColumnName::normalize("NOTE").unwrap(), ty: ColumnType::Variant, nullable: true };
         assert_eq!(refine(&warehouse, Some(&variant)).ty, ColumnType::Variant);
-        let number = Column { name: "NOTE".into(), ty: ColumnType::INTEGER, nullable: true };
+        let number = Column { name: ColumnName::normalize("NOTE").unwrap(), ty: ColumnType::INTEGER, nullable: true };
         assert_eq!(refine(&warehouse, Some(&number)).ty, ColumnType::VARCHAR);
     }
 }

@@ -155,8 +155,8 @@ pub struct Column {
     /// Column name, normalised as JSON keys are (ASCII letters upper-cased; characters other than
     /// letters, digits, `_` and `$` become `_`; a leading digit gets a `_`). Not blank; the
     /// metadata names `_BATCH_ID`, `_RECORD_INDEX` and `_INGESTED_AT` are reserved.
-    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
-    pub name: String,
+    #[schema(value_type = String, min_length = 1, max_length = 255, pattern = r"\S")]
+    pub name: ColumnName,
     /// Snowflake type name, e.g. `NUMBER(12,2)`, `VARCHAR(64)`, `TIMESTAMP_TZ`.
     #[serde(rename = "type")]
     #[schema(value_type = String, example = "NUMBER(12,2)")]
@@ -180,7 +180,7 @@ pub struct TableSchema {
 impl TableSchema {
     /// Position of a column by its normalised name.
     pub fn position(&self, normalized: &str) -> Option<usize> {
-        self.columns.iter().position(|c| c.name == normalized)
+        self.columns.iter().position(|c| c.name.as_str() == normalized)
     }
 }
 
@@ -328,13 +328,57 @@ pub fn normalize_identifier(name: &str) -> Result<String, IdentifierError> {
     Ok(out)
 }
 
-/// Like [`normalize_identifier`], and refuses the metadata column names.
-pub fn normalize_column_name(name: &str) -> Result<String, IdentifierError> {
-    let normalized = normalize_identifier(name)?;
-    if META_COLUMNS.contains(&normalized.as_str()) {
-        return Err(IdentifierError::Reserved(normalized));
+/// A column name, made once where it enters: a partner's JSON key or declaration, normalised by
+/// [`normalize_identifier`] and never a metadata name; or a name the warehouse reports, taken
+/// as it is (upper-cased). The ledger stores and returns names made these ways, so reading one
+/// back does not make it again.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ColumnName(String);
+
+impl ColumnName {
+    pub fn normalize(raw: &str) -> Result<Self, IdentifierError> {
+        let normalized = normalize_identifier(raw)?;
+        if META_COLUMNS.contains(&normalized.as_str()) {
+            return Err(IdentifierError::Reserved(normalized));
+        }
+        Ok(ColumnName(normalized))
     }
-    Ok(normalized)
+
+    /// A column as the warehouse describes it; unquoted names fold to upper case there.
+    pub fn from_warehouse(raw: &str) -> Self {
+        ColumnName(raw.to_ascii_uppercase())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for ColumnName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ColumnName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for ColumnName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for ColumnName {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
 }
 
 /// Quotes an identifier for SQL: wraps it in double quotes and doubles any inner quote.
@@ -394,7 +438,9 @@ mod tests {
         assert_eq!(normalize_identifier("a\"; DROP TABLE x; --").unwrap(), "A___DROP_TABLE_X____");
         assert_eq!(normalize_identifier(" "), Err(IdentifierError::Empty));
         assert_eq!(normalize_identifier(&"x".repeat(256)), Err(IdentifierError::TooLong));
-        assert!(matches!(normalize_column_name("_batch_id"), Err(IdentifierError::Reserved(_))));
+        assert!(matches!(ColumnName::normalize("_batch_id"), Err(IdentifierError::Reserved(_))));
+        assert_eq!(ColumnName::normalize("first-name").unwrap().as_str(), "FIRST_NAME");
+        assert_eq!(ColumnName::from_warehouse("my col").as_str(), "MY COL", "the warehouse's own name, kept");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde_json::json;
 use snowgate::ingest::drift::DriftPolicy;
 use snowgate::ingest::reject::{FieldError, Reject, RejectCode, RejectStage};
 use snowgate::ledger::*;
-use snowgate::schema::{Column, ColumnType};
+use snowgate::schema::{Column, ColumnName, ColumnType};
 use uuid::Uuid;
 
 fn new_batch(table: &str, accepted: u64, rejects: Vec<Reject>) -> NewBatch {
@@ -59,7 +59,7 @@ const LEASE: Duration = Duration::from_secs(60);
 
 pub async fn tables_and_schema_changes(ledger: Arc<dyn Ledger>) {
     let now = Utc::now();
-    let columns = vec![Column { name: "ID".into(), ty: ColumnType::INTEGER, nullable: false }];
+    let columns = vec![Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: false }];
     let record = TableRecord {
         name: "LOANS".into(),
         drift: DriftPolicy::Evolve,
@@ -77,8 +77,12 @@ pub async fn tables_and_schema_changes(ledger: Arc<dyn Ledger>) {
 
     let batch = Uuid::now_v7();
     let added = vec![
-        Column { name: "NOTE".into(), ty: ColumnType::Varchar { max_len: 20 }, nullable: true },
-        Column { name: "ID".into(), ty: ColumnType::INTEGER, nullable: true },
+        Column {
+            name: ColumnName::normalize("NOTE").unwrap(),
+            ty: ColumnType::Varchar { max_len: 20 },
+            nullable: true,
+        },
+        Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: true },
     ];
     ledger.add_columns("LOANS", &added, Some(batch)).await.unwrap();
     let got = ledger.get_table("LOANS").await.unwrap().unwrap();

@@ -12,7 +12,7 @@ use snowgate::ingest::Row;
 use snowgate::ledger::sqlite::SqliteLedger;
 use snowgate::ledger::{BatchStatus, Counts, Ledger, NewBatch};
 use snowgate::loader::{Loader, LoaderSettings};
-use snowgate::schema::{Column, ColumnType, TableSchema};
+use snowgate::schema::{Column, ColumnName, ColumnType, TableSchema};
 use snowgate::stage::Stage;
 use snowgate::warehouse::duckdb::DuckDbWarehouse;
 use snowgate::warehouse::Warehouse;
@@ -29,7 +29,7 @@ async fn copy_committed_but_not_recorded_is_skipped_on_retry() {
     let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::connect(&url).await.unwrap());
     let duck = Arc::new(DuckDbWarehouse::open(&dir.path().join("w.duckdb"), stage.clone()).unwrap());
     let warehouse: Arc<dyn Warehouse> = duck.clone();
-    let columns = vec![Column { name: "ID".into(), ty: ColumnType::INTEGER, nullable: false }];
+    let columns = vec![Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: false }];
     warehouse.create_table("T", &columns).await.unwrap();
 
     let buffers = Buffers::new(stage.clone(), ledger.clone(), 1 << 30, Arc::new(Notify::new()));
@@ -92,7 +92,7 @@ async fn a_file_missing_from_the_stage_holds_back_only_itself() {
     let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::connect(&url).await.unwrap());
     let warehouse: Arc<dyn Warehouse> =
         Arc::new(DuckDbWarehouse::open(&dir.path().join("w.duckdb"), stage.clone()).unwrap());
-    let columns = vec![Column { name: "ID".into(), ty: ColumnType::INTEGER, nullable: false }];
+    let columns = vec![Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: false }];
     warehouse.create_table("T", &columns).await.unwrap();
     let schema = Arc::new(TableSchema { name: "T".into(), columns });
     let buffers = Buffers::new(stage.clone(), ledger.clone(), 1 << 30, Arc::new(Notify::new()));

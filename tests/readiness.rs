@@ -9,7 +9,7 @@ use common::{serve_app, test_config};
 use snowgate::buffer::encode::{parquet_bytes, record_batch, RowGroup};
 use snowgate::ingest::coerce::Cell;
 use snowgate::ingest::Row;
-use snowgate::schema::{Column, TableSchema};
+use snowgate::schema::{Column, ColumnName, TableSchema};
 use snowgate::warehouse::duckdb::DuckDbWarehouse;
 use snowgate::warehouse::Warehouse;
 use snowgate::App;
@@ -25,7 +25,8 @@ async fn readyz_stays_ready_during_a_long_copy() {
     let warehouse: Arc<dyn Warehouse> = duck.clone();
     let app = serve_app(App::from_parts(config, stage.clone(), ledger, warehouse.clone())).await;
 
-    let columns = vec![Column { name: "N".into(), ty: "NUMBER".parse().unwrap(), nullable: false }];
+    let columns =
+        vec![Column { name: ColumnName::normalize("N").unwrap(), ty: "NUMBER".parse().unwrap(), nullable: false }];
     warehouse.create_table("BIG", &columns).await.unwrap();
     let schema = TableSchema { name: "BIG".into(), columns };
     let rows: Vec<Row> = (0..1_000_000u64).map(|i| Row { index: i, cells: vec![Cell::Decimal(i as i128)] }).collect();

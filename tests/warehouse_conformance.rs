@@ -10,7 +10,7 @@ use snowgate::buffer::encode::{arrow_type, parquet_bytes, record_batch, RowGroup
 use snowgate::config::StageConfig;
 use snowgate::ingest::coerce::Cell;
 use snowgate::ingest::Row;
-use snowgate::schema::{Column, TableSchema};
+use snowgate::schema::{Column, ColumnName, TableSchema};
 use snowgate::stage::Stage;
 use snowgate::warehouse::{CopyStatus, ErrorKind, Warehouse};
 
@@ -34,7 +34,7 @@ struct Harness {
 }
 
 fn col(name: &str, ty: &str, nullable: bool) -> Column {
-    Column { name: name.into(), ty: ty.parse().unwrap(), nullable }
+    Column { name: ColumnName::normalize(name).unwrap(), ty: ty.parse().unwrap(), nullable }
 }
 
 fn all_types() -> Vec<Column> {

@@ -49,7 +49,8 @@ pub fn arrow_type(ty: ColumnType) -> DataType {
 
 /// Arrow schema of a stage file: the table's columns, then the metadata columns.
 pub fn file_schema(schema: &TableSchema) -> SchemaRef {
-    let mut fields: Vec<Field> = schema.columns.iter().map(|c| Field::new(&c.name, arrow_type(c.ty), true)).collect();
+    let mut fields: Vec<Field> =
+        schema.columns.iter().map(|c| Field::new(c.name.as_str(), arrow_type(c.ty), true)).collect();
     fields.push(Field::new(META_BATCH_ID, DataType::Utf8, false));
     fields.push(Field::new(META_RECORD_INDEX, DataType::Int64, false));
     fields.push(Field::new(META_INGESTED_AT, DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into())), false));
@@ -150,6 +151,7 @@ pub fn parquet_bytes(batch: &RecordBatch) -> Result<Bytes, EncodeError> {
 mod tests {
     use super::*;
     use crate::schema::Column;
+    use crate::schema::ColumnName;
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::Decimal128Type;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -159,13 +161,17 @@ mod tests {
         let old = TableSchema {
             name: "T".into(),
             columns: vec![Column {
-                name: "AMOUNT".into(),
+                name: ColumnName::normalize("AMOUNT").unwrap(),
                 ty: ColumnType::Number { precision: 12, scale: 2 },
                 nullable: false,
             }],
         };
         let mut new = old.clone();
-        new.columns.push(Column { name: "NOTE".into(), ty: ColumnType::VARCHAR, nullable: true });
+        new.columns.push(Column {
+            name: ColumnName::normalize("NOTE").unwrap(),
+            ty: ColumnType::VARCHAR,
+            nullable: true,
+        });
         let first = vec![Row { index: 0, cells: vec![Cell::Decimal(1250)] }];
         let second = vec![Row { index: 3, cells: vec![Cell::Decimal(-5), Cell::Str("hi".into())] }];
         let groups = [
@@ -195,7 +201,11 @@ mod tests {
     fn mismatched_cells_are_an_error_not_a_panic() {
         let schema = TableSchema {
             name: "T".into(),
-            columns: vec![Column { name: "B".into(), ty: ColumnType::Boolean, nullable: true }],
+            columns: vec![Column {
+                name: ColumnName::normalize("B").unwrap(),
+                ty: ColumnType::Boolean,
+                nullable: true,
+            }],
         };
         let rows = vec![Row { index: 0, cells: vec![Cell::Str("x".into())] }];
         let err = record_batch(&schema, &[RowGroup { batch_id: "a", ingested_at: 0, rows: &rows }]).unwrap_err();

@@ -13,7 +13,7 @@ use super::extract::TablePath;
 use crate::app::AppState;
 use crate::ingest::drift::DriftPolicy;
 use crate::ledger::{SchemaChange, TableRecord};
-use crate::schema::Column;
+use crate::schema::{Column, ColumnName};
 
 /// A table declaration.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -121,7 +121,13 @@ pub async fn put_table(
         let ty = column.ty.parse().map_err(|e| {
             ApiError::new(ErrorCode::InvalidDefinition, format!("invalid table definition: columns[{at}].type: {e}"))
         })?;
-        columns.push(Column { name: column.name, ty, nullable: column.nullable });
+        let name = ColumnName::normalize(&column.name).map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidDefinition,
+                format!("invalid table definition: column {:?}: {e}", column.name),
+            )
+        })?;
+        columns.push(Column { name, ty, nullable: column.nullable });
     }
     let (record, created) = app.catalog.declare(&name, columns, declaration.drift).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };

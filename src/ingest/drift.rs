@@ -51,6 +51,7 @@ pub fn plan_new_columns(keys: &mut KeyResolver<'_>, records: &[Decoded]) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::ColumnName;
     use crate::schema::TableSchema;
     use serde_json::json;
 
@@ -67,7 +68,11 @@ mod tests {
     fn plans_typed_nullable_columns_from_a_batch() {
         let schema = TableSchema {
             name: "T".into(),
-            columns: vec![Column { name: "ID".into(), ty: ColumnType::INTEGER, nullable: false }],
+            columns: vec![Column {
+                name: ColumnName::normalize("ID").unwrap(),
+                ty: ColumnType::INTEGER,
+                nullable: false,
+            }],
         };
         let mut keys = KeyResolver::new(&schema);
         let records: Vec<Decoded> = [

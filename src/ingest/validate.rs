@@ -6,14 +6,14 @@ use serde_json::{Map, Value};
 
 use super::coerce::{coerce, Cell};
 use super::reject::{pointer, FieldError, RejectCode};
-use crate::schema::{normalize_column_name, IdentifierError, TableSchema};
+use crate::schema::{ColumnName, IdentifierError, TableSchema};
 
 /// Where a JSON key of a record goes.
 #[derive(Debug, Clone)]
 pub enum KeyTarget {
     Column(usize),
     /// A key that names no column yet; `Ok` holds the column it would become.
-    Unknown(Result<String, IdentifierError>),
+    Unknown(Result<ColumnName, IdentifierError>),
 }
 
 /// Maps JSON keys to columns, caching the normalisation of each distinct key seen in a batch.
@@ -36,7 +36,7 @@ impl<'s> KeyResolver<'s> {
     /// The column (or would-be column) a key names; case-insensitive.
     pub fn resolve(&mut self, key: &str) -> &KeyTarget {
         if !self.cache.contains_key(key) {
-            let target = match normalize_column_name(key) {
+            let target = match ColumnName::normalize(key) {
                 Ok(name) => match self.by_name.get(name.as_str()) {
                     Some(&i) => KeyTarget::Column(i),
                     None => KeyTarget::Unknown(Ok(name)),
@@ -86,7 +86,7 @@ impl<'s> Validator<'s> {
                         let other = object.keys().nth(first).map(String::as_str).unwrap_or_default();
                         errors.push(FieldError {
                             path: pointer(key),
-                            column: Some(schema.columns[i].name.clone()),
+                            column: Some(schema.columns[i].name.to_string()),
                             code: RejectCode::UnknownField,
                             message: format!("keys {other:?} and {key:?} both name column {}", schema.columns[i].name),
                         });
@@ -98,7 +98,7 @@ impl<'s> Validator<'s> {
                         if !column.nullable {
                             errors.push(FieldError {
                                 path: pointer(key),
-                                column: Some(column.name.clone()),
+                                column: Some(column.name.to_string()),
                                 code: RejectCode::NullInNotNull,
                                 message: format!("column {} is NOT NULL", column.name),
                             });
@@ -109,7 +109,7 @@ impl<'s> Validator<'s> {
                         Ok(cell) => cells[i] = cell,
                         Err(e) => errors.push(FieldError {
                             path: pointer(key),
-                            column: Some(column.name.clone()),
+                            column: Some(column.name.to_string()),
                             code: e.code,
                             message: e.message,
                         }),
@@ -118,7 +118,7 @@ impl<'s> Validator<'s> {
                 KeyTarget::Unknown(_) if value.is_null() => {}
                 KeyTarget::Unknown(target) => errors.push(FieldError {
                     path: pointer(key),
-                    column: target.as_ref().ok().cloned(),
+                    column: target.as_ref().ok().map(ColumnName::to_string),
                     code: RejectCode::UnknownField,
                     message: match target {
                         Ok(name) => format!("no column {name} in table {}", schema.name),
@@ -131,7 +131,7 @@ impl<'s> Validator<'s> {
             if self.seen[i].is_none() && !column.nullable {
                 errors.push(FieldError {
                     path: pointer(&column.name.to_ascii_lowercase()),
-                    column: Some(column.name.clone()),
+                    column: Some(column.name.to_string()),
                     code: RejectCode::MissingRequired,
                     message: format!("required column {} is missing", column.name),
                 });
@@ -151,7 +151,7 @@ impl<'s> Validator<'s> {
 }
 
 /// Unknown fields of one record: `(normalised name, value)`, nulls skipped.
-pub fn unknown_fields<'v>(keys: &mut KeyResolver<'_>, object: &'v Map<String, Value>) -> Vec<(String, &'v Value)> {
+pub fn unknown_fields<'v>(keys: &mut KeyResolver<'_>, object: &'v Map<String, Value>) -> Vec<(ColumnName, &'v Value)> {
     let mut out = Vec::new();
     for (key, value) in object {
         if value.is_null() {
@@ -179,6 +179,7 @@ pub fn kind_of(value: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::ColumnName;
     use crate::schema::{Column, ColumnType};
     use serde_json::json;
 
@@ -186,9 +187,17 @@ mod tests {
         TableSchema {
             name: "LOANS".into(),
             columns: vec![
-                Column { name: "ID".into(), ty: ColumnType::INTEGER, nullable: false },
-                Column { name: "AMOUNT".into(), ty: ColumnType::Number { precision: 12, scale: 2 }, nullable: true },
-                Column { name: "NOTE".into(), ty: ColumnType::Varchar { max_len: 5 }, nullable: true },
+                Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: false },
+                Column {
+                    name: ColumnName::normalize("AMOUNT").unwrap(),
+                    ty: ColumnType::Number { precision: 12, scale: 2 },
+                    nullable: true,
+                },
+                Column {
+                    name: ColumnName::normalize("NOTE").unwrap(),
+                    ty: ColumnType::Varchar { max_len: 5 },
+                    nullable: true,
+                },
             ],
         }
     }

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::{CopyResult, CopyStatus, ErrorKind, TableDescription, Warehouse, WarehouseError};
 use crate::schema::{
-    quote_ident, Column, ColumnType, META_BATCH_ID, META_COLUMNS, META_INGESTED_AT, META_RECORD_INDEX,
+    quote_ident, Column, ColumnName, ColumnType, META_BATCH_ID, META_COLUMNS, META_INGESTED_AT, META_RECORD_INDEX,
 };
 use crate::stage::{Stage, StageError};
 
@@ -257,7 +257,8 @@ impl Warehouse for DuckDbWarehouse {
                     meta_found += 1;
                     continue;
                 }
-                columns.push(Column { name: upper, ty: from_duckdb_type(&ty), nullable: nullable == "YES" });
+                let name = ColumnName::from_warehouse(&upper);
+                columns.push(Column { name, ty: from_duckdb_type(&ty), nullable: nullable == "YES" });
             }
             Ok(Some(TableDescription { columns, has_metadata: meta_found == META_COLUMNS.len() }))
         })

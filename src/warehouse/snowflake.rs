@@ -15,7 +15,8 @@ use super::snowflake_http::{result_rows, with_query_id, BaseUrl, QueryIdRecorder
 use super::{CopyResult, CopyStatus, ErrorKind, TableDescription, Warehouse, WarehouseError};
 use crate::config::SnowflakeConfig;
 use crate::schema::{
-    quote_ident, quote_literal, Column, ColumnType, META_BATCH_ID, META_COLUMNS, META_INGESTED_AT, META_RECORD_INDEX,
+    quote_ident, quote_literal, Column, ColumnName, ColumnType, META_BATCH_ID, META_COLUMNS, META_INGESTED_AT,
+    META_RECORD_INDEX,
 };
 
 /// A Snowflake database and schema, and the external stage that points at snowgate's stage.
@@ -208,7 +209,7 @@ impl Warehouse for SnowflakeWarehouse {
             let ty_text = row.get(type_at).cloned().flatten().unwrap_or_default();
             let ty = ty_text.parse().unwrap_or(ColumnType::Variant);
             let nullable = null_at.and_then(|i| row.get(i).cloned().flatten()).is_none_or(|v| v.starts_with('Y'));
-            columns.push(Column { name, ty, nullable });
+            columns.push(Column { name: ColumnName::from_warehouse(&name), ty, nullable });
         }
         Ok(Some(TableDescription { columns, has_metadata: meta_found == META_COLUMNS.len() }))
     }
