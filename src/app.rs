@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::budget::MemoryBudget;
 use crate::buffer::Buffers;
 use crate::catalog::Catalog;
 use crate::config::{Config, LedgerBackend, WarehouseBackend};
@@ -53,6 +54,8 @@ pub struct App {
     pub instance_id: String,
     /// What the loader is doing, for `/readyz`.
     pub loader_health: Arc<LoaderHealth>,
+    /// Memory every request holds, from its body to its buffered rows.
+    pub budget: Arc<MemoryBudget>,
 }
 
 /// Shared handle passed to handlers.
@@ -104,7 +107,8 @@ impl App {
         warehouse: Arc<dyn Warehouse>,
     ) -> App {
         let staged = Arc::new(Notify::new());
-        let buffers = Buffers::new(stage.clone(), ledger.clone(), config.limits.memory_budget_bytes, staged.clone());
+        let budget = MemoryBudget::new(config.limits.memory_budget_bytes);
+        let buffers = Buffers::new(stage.clone(), ledger.clone(), budget.clone(), staged.clone());
         let catalog = Catalog::new(ledger.clone(), warehouse.clone(), &config);
         App {
             config,
@@ -117,6 +121,7 @@ impl App {
             loaded: Arc::new(Notify::new()),
             instance_id: format!("{}-{}", hostname(), Uuid::now_v7()),
             loader_health: Arc::new(LoaderHealth::default()),
+            budget,
         }
     }
 

@@ -9,6 +9,7 @@
 //! `ingest`) stay public for the tests that drive them directly.
 
 mod app;
+pub mod budget;
 pub mod buffer;
 mod catalog;
 pub mod config;

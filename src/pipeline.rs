@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::app::App;
+use crate::budget::Grant;
 use crate::buffer::{BufferError, FlushPolicy, Submission};
 use crate::catalog::CatalogError;
 use crate::ingest::decode::{self, DecodeError, DecodeLimits, Decoded};
@@ -23,6 +24,8 @@ use crate::schema::{Column, TableName, TableSchema};
 /// A batch as received over HTTP.
 pub struct IngestRequest {
     pub table: TableName,
+    /// The request's hold on the memory budget, covering its body so far.
+    pub grant: Grant,
     pub partner: String,
     pub content_type: Option<String>,
     pub content_encoding: Option<String>,
@@ -68,6 +71,9 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     tokio::task::spawn_blocking(work).await.map_err(|e| IngestError::Task(e.to_string()))
 }
 
+/// Memory of parsed JSON values per byte of their text, roughly (maps, strings, numbers).
+const PARSE_FACTOR: usize = 3;
+
 /// Validates and stores one batch; returns once it is durably staged (or rejected as a whole).
 pub async fn ingest(app: &App, request: IngestRequest) -> Result<IngestOutcome, IngestError> {
     let received_at = Utc::now();
@@ -82,9 +88,17 @@ pub async fn ingest(app: &App, request: IngestRequest) -> Result<IngestOutcome, 
     };
     let encoding = request.content_encoding.clone();
     let body = request.body;
-    let records: Vec<Decoded> = blocking(move || {
-        let plain = decode::decompress(&body, encoding.as_deref(), limits.max_decompressed_bytes)?;
-        decode::parse_records(&plain, format, &limits)
+    let mut grant = request.grant;
+    let (records, grant): (Vec<Decoded>, Grant) = blocking(move || {
+        let held = body.len();
+        let plain = decode::decompress(&body, encoding.as_deref(), limits.max_decompressed_bytes, &mut |n| {
+            grant.grow_to(held + n).is_ok()
+        })?;
+        // Parsed records take about PARSE_FACTOR times their text; reserved before parsing.
+        if grant.grow_to(held + plain.len() * (1 + PARSE_FACTOR)).is_err() {
+            return Err(DecodeError::OverBudget);
+        }
+        Ok((decode::parse_records(&plain, format, &limits)?, grant))
     })
     .await??;
 
@@ -121,7 +135,7 @@ pub async fn ingest(app: &App, request: IngestRequest) -> Result<IngestOutcome, 
         received_at,
         rejects: checked.rejects,
     };
-    let submission = Submission { batch, schema, rows: checked.rows, bytes: checked.bytes };
+    let submission = Submission { batch, schema, rows: checked.rows, bytes: checked.bytes, grant: Some(grant) };
     app.buffers.submit(submission, FlushPolicy::from_settings(&app.config.table_settings(&table.name))).await?;
     tracing::info!(batch_id = %batch_id, table = %table.name, received = counts.received,
         accepted = counts.accepted, rejected = counts.rejected, "batch staged");

@@ -3,7 +3,9 @@
 mod common;
 
 use std::io::Write;
+
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::{duckdb_count, duckdb_query, loan, spawn_app};
 use serde_json::{json, Value};
@@ -433,5 +435,55 @@ async fn a_drift_override_from_the_config_file_takes_effect() {
     assert_eq!(response.json::<Value>().await.unwrap()["version"], 2, "a PUT answers with the ledger's version");
     let (_, strict) = app.get_json("/v1/tables/strict").await;
     assert_eq!(strict["drift"], "evolve");
+    app.shutdown().await;
+}
+
+/// One memory budget covers a body as it arrives and as it inflates: while one request holds
+/// most of it, another large or compressed body is refused with 503 and `Retry-After`, before
+/// it is read or inflated, and the first still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_and_inflation_are_reserved_against_the_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path());
+    config.limits.memory_budget_bytes = 1 << 20;
+    let app = common::spawn_app_with(config).await;
+    app.declare_loans().await;
+
+    // A partner that declares a 900 KB body, sends most of it and stalls holds 900 KB of the
+    // budget from the moment its headers arrive.
+    let body = format!("{}\n{}\n{}\n", loan(0), " ".repeat(900 * 1024), loan(1));
+    let (head, tail) = body.as_bytes().split_at(body.len() - 200);
+    let address = app.base.trim_start_matches("http://").to_string();
+    let mut stalled = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let request = format!(
+        "POST /v1/tables/loans/batches HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/x-ndjson\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    stalled.write_all(head).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let expect_over_budget = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "1");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "over_budget", "{body}");
+    };
+    let big = format!("[{}]", " ".repeat(300 * 1024));
+    expect_over_budget(app.client.post(app.url("/v1/tables/loans/batches")).body(big).send().await.unwrap()).await;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![b' '; 4 << 20]).unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 16 * 1024);
+    let bomb = app.client.post(app.url("/v1/tables/loans/batches")).header("content-encoding", "gzip").body(bomb);
+    expect_over_budget(bomb.send().await.unwrap()).await;
+
+    // The stalled partner finishes; its batch is staged as usual.
+    stalled.write_all(tail).await.unwrap();
+    let mut answer = String::new();
+    stalled.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    assert!(answer.contains("\"accepted\":2"), "{answer}");
     app.shutdown().await;
 }

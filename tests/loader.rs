@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use snowgate::budget::MemoryBudget;
 use snowgate::buffer::{Buffers, FlushPolicy, Submission};
 use snowgate::config::StageConfig;
 use snowgate::ingest::coerce::Cell;
@@ -32,7 +33,7 @@ async fn copy_committed_but_not_recorded_is_skipped_on_retry() {
     let columns = vec![Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: false }];
     warehouse.create_table("T", &columns).await.unwrap();
 
-    let buffers = Buffers::new(stage.clone(), ledger.clone(), 1 << 30, Arc::new(Notify::new()));
+    let buffers = Buffers::new(stage.clone(), ledger.clone(), MemoryBudget::new(1 << 30), Arc::new(Notify::new()));
     let id = Uuid::now_v7();
     let rows: Vec<Row> = (0..50).map(|i| Row { index: i, cells: vec![Cell::Decimal(i as i128)] }).collect();
     let batch = NewBatch {
@@ -46,7 +47,7 @@ async fn copy_committed_but_not_recorded_is_skipped_on_retry() {
     };
     let schema = Arc::new(TableSchema { name: "T".into(), columns });
     let policy = FlushPolicy { max_rows: 1000, max_bytes: 1 << 20, linger: Duration::from_millis(10) };
-    buffers.submit(Submission { batch, schema, rows, bytes: 5000 }, policy).await.unwrap();
+    buffers.submit(Submission { batch, schema, rows, bytes: 5000, grant: None }, policy).await.unwrap();
 
     // A loader claims the file, COPYs it, and dies before telling the ledger.
     let claimed = ledger.claim_files("crashed", Duration::from_millis(200), 10).await.unwrap();
@@ -95,7 +96,7 @@ async fn a_file_missing_from_the_stage_holds_back_only_itself() {
     let columns = vec![Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: false }];
     warehouse.create_table("T", &columns).await.unwrap();
     let schema = Arc::new(TableSchema { name: "T".into(), columns });
-    let buffers = Buffers::new(stage.clone(), ledger.clone(), 1 << 30, Arc::new(Notify::new()));
+    let buffers = Buffers::new(stage.clone(), ledger.clone(), MemoryBudget::new(1 << 30), Arc::new(Notify::new()));
     let policy = FlushPolicy { max_rows: 1000, max_bytes: 1 << 20, linger: Duration::from_millis(10) };
     let mut ids = Vec::new();
     for n in 0..2u64 {
@@ -110,7 +111,7 @@ async fn a_file_missing_from_the_stage_holds_back_only_itself() {
             received_at: Utc::now(),
             rejects: vec![],
         };
-        let submission = Submission { batch, schema: schema.clone(), rows, bytes: 1000 };
+        let submission = Submission { batch, schema: schema.clone(), rows, bytes: 1000, grant: None };
         buffers.submit(submission, policy).await.unwrap();
         ids.push(id);
         if n == 0 {

@@ -9,7 +9,7 @@
 pub mod encode;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use crate::budget::{Grant, MemoryBudget};
 use crate::ingest::Row;
 use crate::ledger::{Ledger, LedgerError, NewBatch, NewFile, StageCommit};
 use crate::schema::TableSchema;
@@ -134,8 +135,7 @@ struct Inner {
     tables: Mutex<HashMap<String, Arc<Mutex<TableBuffer>>>>,
     flushes: TaskTracker,
     closing: AtomicBool,
-    used_bytes: AtomicUsize,
-    max_bytes: usize,
+    budget: Arc<MemoryBudget>,
     /// Wakes the loader when a file is committed.
     staged: Arc<Notify>,
 }
@@ -152,10 +152,13 @@ pub struct Submission {
     pub schema: Arc<TableSchema>,
     pub rows: Vec<Row>,
     pub bytes: usize,
+    /// The request's hold on the memory budget, kept until the rows are staged; without one,
+    /// the rows' `bytes` are reserved here.
+    pub grant: Option<Grant>,
 }
 
 impl Buffers {
-    pub fn new(stage: Arc<Stage>, ledger: Arc<dyn Ledger>, memory_budget: usize, staged: Arc<Notify>) -> Self {
+    pub fn new(stage: Arc<Stage>, ledger: Arc<dyn Ledger>, budget: Arc<MemoryBudget>, staged: Arc<Notify>) -> Self {
         Buffers {
             inner: Arc::new(Inner {
                 stage,
@@ -163,20 +166,14 @@ impl Buffers {
                 tables: Mutex::new(HashMap::new()),
                 flushes: TaskTracker::new(),
                 closing: AtomicBool::new(false),
-                used_bytes: AtomicUsize::new(0),
-                max_bytes: memory_budget,
+                budget,
                 staged,
             }),
         }
     }
 
-    /// Bytes of rows buffered or being flushed.
-    pub fn used_bytes(&self) -> usize {
-        self.inner.used_bytes.load(Ordering::Relaxed)
-    }
-
     /// Buffers a request's rows and returns once they are in the stage and the ledger.
-    pub async fn submit(&self, submission: Submission, policy: FlushPolicy) -> Result<(), BufferError> {
+    pub async fn submit(&self, mut submission: Submission, policy: FlushPolicy) -> Result<(), BufferError> {
         if self.inner.closing.load(Ordering::Acquire) {
             return Err(BufferError::ShuttingDown);
         }
@@ -185,7 +182,12 @@ impl Buffers {
                 StageCommit { file: None, parts: Vec::new(), completed: vec![submission.batch], pending: false };
             return Ok(self.inner.ledger.commit_stage(&commit).await?);
         }
-        let _reservation = Reservation::take(&self.inner, submission.bytes)?;
+        // Held until the rows are staged: the request's own grant when it has one.
+        let mut grant = match submission.grant.take() {
+            Some(grant) => grant,
+            None => self.inner.budget.reserve(0).map_err(|_| BufferError::OverBudget)?,
+        };
+        grant.grow_to(submission.bytes).map_err(|_| BufferError::OverBudget)?;
         let pieces = submission.rows.len().div_ceil(policy.max_rows).max(submission.bytes.div_ceil(policy.max_bytes));
         if pieces > 1 {
             return self.submit_large(submission, pieces).await;
@@ -224,7 +226,7 @@ impl Buffers {
 
     /// Splits a request into files of its own; the last one completes the batch.
     async fn submit_large(&self, submission: Submission, pieces: usize) -> Result<(), BufferError> {
-        let Submission { batch, schema, mut rows, bytes } = submission;
+        let Submission { batch, schema, mut rows, bytes, .. } = submission;
         let per_piece = rows.len().div_ceil(pieces);
         let bytes_per_row = bytes / rows.len().max(1);
         let last_rows = rows.split_off(per_piece * (pieces - 1));
@@ -355,33 +357,4 @@ async fn flush(
     inner.ledger.commit_stage(&commit).await?;
     tracing::debug!(table = %schema.name, file_id = %id, rows, bytes, "staged file");
     Ok(())
-}
-
-/// Bytes counted against the memory budget while a request's rows are in flight.
-struct Reservation<'a> {
-    inner: &'a Inner,
-    bytes: usize,
-}
-
-impl<'a> Reservation<'a> {
-    fn take(inner: &'a Inner, bytes: usize) -> Result<Self, BufferError> {
-        let mut used = inner.used_bytes.load(Ordering::Relaxed);
-        loop {
-            let next = used.saturating_add(bytes);
-            // A single request larger than the whole budget still goes through when nothing else is held.
-            if next > inner.max_bytes && used > 0 {
-                return Err(BufferError::OverBudget);
-            }
-            match inner.used_bytes.compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return Ok(Reservation { inner, bytes }),
-                Err(actual) => used = actual,
-            }
-        }
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        self.inner.used_bytes.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
 }

@@ -3,12 +3,13 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::RefOr;
@@ -18,6 +19,7 @@ use uuid::Uuid;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::{table_name, BatchPath, TablePath};
 use crate::app::AppState;
+use crate::budget::Grant;
 use crate::ingest::reject::Reject;
 use crate::ledger::{BatchFilter, BatchRecord};
 use crate::pipeline::{self, IngestOutcome, IngestRequest};
@@ -123,14 +125,15 @@ pub async fn ingest(
     TablePath(table): TablePath,
     params: Result<Query<IngestParams>, QueryRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let Query(params) = params?;
     at_most("timeout", params.timeout, MAX_TIMEOUT_SECS)?;
-    let body = body?;
+    let (body, grant) = read_body(&app, &headers, body).await?;
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let request = IngestRequest {
         table,
+        grant,
         partner: ANONYMOUS_PARTNER.to_string(),
         content_type: header(header::CONTENT_TYPE),
         content_encoding: header(header::CONTENT_ENCODING),
@@ -153,6 +156,32 @@ pub async fn ingest(
         return Ok((StatusCode::OK, Json(IngestResult::Batch(*batch))).into_response());
     }
     Ok((StatusCode::ACCEPTED, Json(batch)).into_response())
+}
+
+/// Reads a request body under `limits.max_body_bytes` and the memory budget: the declared
+/// `Content-Length` is checked and reserved before a byte is read, and the grant grows with
+/// every chunk that arrives, so a flood of large bodies is refused (503) instead of held.
+async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<(Bytes, Grant), ApiError> {
+    let limit = app.config.limits.max_body_bytes;
+    let too_large = || ApiError::new(ErrorCode::PayloadTooLarge, "request body is larger than limits.max_body_bytes");
+    let over_budget = |_| ApiError::new(ErrorCode::OverBudget, "the gateway is over its memory budget; retry shortly");
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    if declared.is_some_and(|n: usize| n > limit) {
+        return Err(too_large());
+    }
+    let mut grant = app.budget.reserve(declared.unwrap_or(0)).map_err(over_budget)?;
+    let mut received = BytesMut::with_capacity(declared.unwrap_or(0));
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| ApiError::new(ErrorCode::InvalidBody, format!("cannot read the body: {e}")))?;
+        let total = received.len() + chunk.len();
+        if total > limit {
+            return Err(too_large());
+        }
+        grant.grow_to(total).map_err(over_budget)?;
+        received.extend_from_slice(&chunk);
+    }
+    Ok((received.freeze(), grant))
 }
 
 /// Longest `timeout` a request may ask for; `limits.max_wait_secs` caps it further.

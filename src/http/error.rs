@@ -1,6 +1,6 @@
 //! One error shape and one table from error kind to HTTP status.
 
-use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -169,6 +169,9 @@ impl From<DecodeError> for ApiError {
             }
             DecodeError::Corrupt { .. } | DecodeError::Shape => ApiError::new(ErrorCode::InvalidBody, message),
             DecodeError::Empty => ApiError::new(ErrorCode::EmptyBatch, message),
+            DecodeError::OverBudget => {
+                ApiError::new(ErrorCode::OverBudget, "the gateway is over its memory budget; retry shortly")
+            }
         }
     }
 }
@@ -251,16 +254,6 @@ impl From<IngestError> for ApiError {
             IngestError::Buffer(e) => e.into(),
             IngestError::Ledger(e) => e.into(),
             IngestError::Task(cause) => ApiError::internal(cause),
-        }
-    }
-}
-
-impl From<BytesRejection> for ApiError {
-    fn from(e: BytesRejection) -> Self {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(ErrorCode::PayloadTooLarge, "request body is larger than limits.max_body_bytes")
-        } else {
-            ApiError::new(ErrorCode::InvalidBody, e.body_text())
         }
     }
 }

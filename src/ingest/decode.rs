@@ -46,6 +46,8 @@ pub enum DecodeError {
     Shape,
     #[error("batch holds no records")]
     Empty,
+    #[error("the gateway is over its memory budget")]
+    OverBudget,
 }
 
 /// A record as decoded: a JSON value, or a reject found before validation.
@@ -73,36 +75,63 @@ pub fn body_format(content_type: Option<&str>) -> Result<BodyFormat, DecodeError
     }
 }
 
-/// Undoes `Content-Encoding`, refusing to inflate past `limit` bytes.
-pub fn decompress(body: &[u8], encoding: Option<&str>, limit: usize) -> Result<Vec<u8>, DecodeError> {
+/// Undoes `Content-Encoding`, refusing to inflate past `limit` bytes. `admit(n)` is asked before
+/// the output may grow to `n` bytes (the memory budget's say); a `false` stops with `OverBudget`.
+pub fn decompress(
+    body: &[u8],
+    encoding: Option<&str>,
+    limit: usize,
+    admit: &mut dyn FnMut(usize) -> bool,
+) -> Result<Vec<u8>, DecodeError> {
     let encoding = encoding.map(|e| e.trim().to_ascii_lowercase());
     match encoding.as_deref() {
         None | Some("") | Some("identity") => {
             if body.len() > limit {
                 return Err(DecodeError::TooLarge(limit));
             }
+            if !admit(body.len()) {
+                return Err(DecodeError::OverBudget);
+            }
             Ok(body.to_vec())
         }
-        Some("gzip") | Some("x-gzip") => read_limited(flate2::read::MultiGzDecoder::new(body), limit, "gzip"),
+        Some("gzip") | Some("x-gzip") => read_limited(flate2::read::MultiGzDecoder::new(body), limit, "gzip", admit),
         Some("zstd") => {
             let decoder = zstd::stream::read::Decoder::new(body)
                 .map_err(|e| DecodeError::Corrupt { encoding: "zstd", message: e.to_string() })?;
-            read_limited(decoder, limit, "zstd")
+            read_limited(decoder, limit, "zstd", admit)
         }
         Some(other) => Err(DecodeError::UnsupportedEncoding(other.to_string())),
     }
 }
 
-fn read_limited(reader: impl Read, limit: usize, encoding: &'static str) -> Result<Vec<u8>, DecodeError> {
+/// Bytes inflated between two questions to the budget.
+const INFLATE_STEP: usize = 1 << 20;
+
+fn read_limited(
+    mut reader: impl Read,
+    limit: usize,
+    encoding: &'static str,
+    admit: &mut dyn FnMut(usize) -> bool,
+) -> Result<Vec<u8>, DecodeError> {
     let mut out = Vec::new();
-    reader
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| DecodeError::Corrupt { encoding, message: e.to_string() })?;
-    if out.len() > limit {
-        return Err(DecodeError::TooLarge(limit));
+    loop {
+        // The budget is asked before each step is inflated, never after.
+        let step = INFLATE_STEP.min(limit + 1 - out.len());
+        if !admit(out.len() + step) {
+            return Err(DecodeError::OverBudget);
+        }
+        out.reserve_exact(step);
+        let read = (&mut reader)
+            .take(step as u64)
+            .read_to_end(&mut out)
+            .map_err(|e| DecodeError::Corrupt { encoding, message: e.to_string() })?;
+        if out.len() > limit {
+            return Err(DecodeError::TooLarge(limit));
+        }
+        if read < step {
+            return Ok(out);
+        }
     }
-    Ok(out)
 }
 
 #[derive(Deserialize)]
@@ -337,12 +366,32 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(&plain).unwrap();
         let gz = gz.finish().unwrap();
-        assert_eq!(decompress(&gz, Some("gzip"), 10_000).unwrap().len(), 10_000);
-        assert!(matches!(decompress(&gz, Some("gzip"), 9_999), Err(DecodeError::TooLarge(_))));
+        let all = &mut |_| true;
+        assert_eq!(decompress(&gz, Some("gzip"), 10_000, all).unwrap().len(), 10_000);
+        assert!(matches!(decompress(&gz, Some("gzip"), 9_999, all), Err(DecodeError::TooLarge(_))));
         let zs = zstd::encode_all(&plain[..], 3).unwrap();
-        assert_eq!(decompress(&zs, Some("ZSTD"), 20_000).unwrap().len(), 10_000);
-        assert!(matches!(decompress(b"junk", Some("gzip"), 100), Err(DecodeError::Corrupt { .. })));
-        assert!(matches!(decompress(b"x", Some("br"), 100), Err(DecodeError::UnsupportedEncoding(_))));
+        assert_eq!(decompress(&zs, Some("ZSTD"), 20_000, all).unwrap().len(), 10_000);
+        assert!(matches!(decompress(b"junk", Some("gzip"), 100, all), Err(DecodeError::Corrupt { .. })));
+        assert!(matches!(decompress(b"x", Some("br"), 100, all), Err(DecodeError::UnsupportedEncoding(_))));
+    }
+
+    #[test]
+    fn the_budget_is_asked_before_inflating() {
+        use std::io::Write;
+        let plain = vec![b' '; 3 * INFLATE_STEP];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&plain).unwrap();
+        let gz = gz.finish().unwrap();
+        let mut asked = Vec::new();
+        let mut admit = |n: usize| {
+            asked.push(n);
+            n <= 2 * INFLATE_STEP
+        };
+        let refused = decompress(&gz, Some("gzip"), 10 * INFLATE_STEP, &mut admit);
+        assert!(matches!(refused, Err(DecodeError::OverBudget)), "{refused:?}");
+        assert_eq!(asked, [INFLATE_STEP, 2 * INFLATE_STEP, 3 * INFLATE_STEP], "asked step by step, before each step");
+        let mut refuse = |_| false;
+        assert!(matches!(decompress(b"[{}]", None, 100, &mut refuse), Err(DecodeError::OverBudget)));
     }
 
     #[test]
