@@ -211,6 +211,13 @@ pub struct Limits {
     /// Longest `wait=loaded` long-poll (key `max_wait_secs`).
     #[serde(rename = "max_wait_secs", with = "secs")]
     pub max_wait: Duration,
+    /// Longest pause between two pieces of a request body (key `body_idle_secs`); a client that
+    /// stalls longer gets 408 and lets go of the memory it held.
+    #[serde(rename = "body_idle_secs", with = "secs")]
+    pub body_idle: Duration,
+    /// Longest time to receive a whole request body (key `body_secs`).
+    #[serde(rename = "body_secs", with = "secs")]
+    pub body_total: Duration,
 }
 
 impl Default for Limits {
@@ -223,6 +230,8 @@ impl Default for Limits {
             max_records_per_request: 1_000_000,
             memory_budget_bytes: 1 << 30,
             max_wait: Duration::from_secs(60),
+            body_idle: Duration::from_secs(15),
+            body_total: Duration::from_secs(120),
         }
     }
 }
@@ -309,6 +318,8 @@ impl Config {
         check((1..=100).contains(&l.max_depth), "limits.max_depth", "must be 1..=100")?;
         check(l.max_records_per_request >= 1, "limits.max_records_per_request", "must be at least 1")?;
         check(l.memory_budget_bytes >= 1 << 20, "limits.memory_budget_bytes", "must be at least 1048576")?;
+        check(l.body_idle >= Duration::from_secs(1), "limits.body_idle_secs", "must be at least 1")?;
+        check(l.body_total >= l.body_idle, "limits.body_secs", "must be >= limits.body_idle_secs")?;
         check(self.loader.interval >= Duration::from_millis(10), "loader.interval_ms", "must be at least 10")?;
         // Zero would put a released file straight back into the next claim: a hot loop.
         check(self.loader.retry_base >= Duration::from_millis(10), "loader.retry_base_ms", "must be at least 10")?;

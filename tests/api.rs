@@ -487,3 +487,38 @@ async fn bodies_and_inflation_are_reserved_against_the_memory_budget() {
     assert!(answer.contains("\"accepted\":2"), "{answer}");
     app.shutdown().await;
 }
+
+/// A client that stalls in the middle of its body is answered 408 after `limits.body_idle_secs`
+/// and lets go of the memory it held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_cut_off_and_lets_go_of_its_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path());
+    config.limits.memory_budget_bytes = 1 << 20;
+    config.limits.body_idle = Duration::from_secs(1);
+    let app = common::spawn_app_with(config).await;
+    app.declare_loans().await;
+
+    let address = app.base.trim_start_matches("http://").to_string();
+    let mut stalled = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /v1/tables/loans/batches HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/x-ndjson\r\n\
+         content-length: {}\r\n\r\n",
+        900 * 1024
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled.write_all(format!("{}\n", loan(0)).as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(10), stalled.read(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5), "cut off after {:?}", started.elapsed());
+
+    // Its 900 KB are free again: a 300 KB body fits the 1 MiB budget.
+    let lines: Vec<String> = (0..1000).map(|i| loan(i).to_string()).collect();
+    let response = app.post_ndjson("loans", "", lines.join("\n")).await;
+    assert_eq!(response.status(), 202);
+    app.shutdown().await;
+}

@@ -114,6 +114,7 @@ pub enum IngestResult {
         (status = 400, description = "Unparseable body, invalid table name or query", body = ErrorBody),
         (status = 404, description = "Unknown table", body = ErrorBody),
         (status = 413, description = "Too large", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
         (status = 415, description = "Unsupported content type or encoding", body = ErrorBody),
         (status = 500, description = "Internal fault, or the stage refused the gateway's credentials (`stage_misconfigured`); nothing was stored", body = ErrorBody),
         (status = 503, description = "Not ready, over the memory budget, or a backend unavailable; nothing was stored", body = ErrorBody,
@@ -172,7 +173,19 @@ async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<(B
     let mut grant = app.budget.reserve(declared.unwrap_or(0)).map_err(over_budget)?;
     let mut received = BytesMut::with_capacity(declared.unwrap_or(0));
     let mut chunks = body.into_data_stream();
-    while let Some(chunk) = chunks.next().await {
+    let deadline = tokio::time::Instant::now() + app.config.limits.body_total;
+    let idle = app.config.limits.body_idle;
+    loop {
+        let wait = tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + idle), chunks.next());
+        let Ok(next) = wait.await else {
+            let message = format!(
+                "the request body did not arrive within limits.body_idle_secs ({}s) or limits.body_secs ({}s)",
+                idle.as_secs(),
+                app.config.limits.body_total.as_secs()
+            );
+            return Err(ApiError::new(ErrorCode::RequestTimeout, message));
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| ApiError::new(ErrorCode::InvalidBody, format!("cannot read the body: {e}")))?;
         let total = received.len() + chunk.len();
         if total > limit {

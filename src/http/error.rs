@@ -39,6 +39,8 @@ pub enum ErrorCode {
     NotFound,
     /// 405: the route exists but not with this method.
     MethodNotAllowed,
+    /// 408: the request body did not arrive in time (`limits.body_idle_secs`, `limits.body_secs`).
+    RequestTimeout,
     /// 409: a declaration conflicts with the table in the warehouse.
     TableConflict,
     /// 413: a size or count limit was exceeded.
@@ -75,6 +77,7 @@ impl ErrorCode {
             }
             TableNotFound | BatchNotFound | NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             TableConflict => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedEncoding | UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
