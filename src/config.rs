@@ -262,7 +262,7 @@ impl Default for LoaderConfig {
         LoaderConfig {
             enabled: true,
             interval: Duration::from_millis(1000),
-            lease: Duration::from_secs(300),
+            lease: Duration::from_secs(30),
             max_files_per_copy: 1000,
             retry_base: Duration::from_millis(1000),
             configuration_retry: Duration::from_secs(60),

@@ -233,6 +233,20 @@ pub async fn rejects_and_batch_lists(ledger: Arc<dyn Ledger>) {
     ledger.ping().await.unwrap();
 }
 
+pub async fn renewed_claims_outlast_their_first_lease(ledger: Arc<dyn Ledger>) {
+    let batch = new_batch("T", 1, vec![]);
+    let id = batch.id;
+    ledger.commit_stage(&commit(file("T", 1), vec![(id, 1)], vec![batch], false)).await.unwrap();
+    let claimed = ledger.claim_files("live", Duration::from_millis(300), 10).await.unwrap();
+    let ids = [claimed[0].id];
+    assert_eq!(ledger.renew_claims("someone else", &ids, LEASE).await.unwrap(), 0, "only the owner renews");
+    assert_eq!(ledger.renew_claims("live", &ids, LEASE).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(ledger.claim_files("other", LEASE, 10).await.unwrap().is_empty(), "the renewed lease still holds");
+    ledger.complete_files(&[FileOutcome::Loaded { id: ids[0], rows: 1, query_id: None }]).await.unwrap();
+    assert_eq!(ledger.renew_claims("live", &ids, LEASE).await.unwrap(), 0, "a finished file is no longer held");
+}
+
 pub async fn unique_keys_are_conflicts_and_roll_back(ledger: Arc<dyn Ledger>) {
     let first = new_batch("T", 1, vec![]);
     let staged = file("T", 1);
@@ -276,6 +290,12 @@ macro_rules! ledger_suite {
             async fn leases_expire_and_releases_delay() {
                 let (_guard, ledger) = $make.await;
                 super::leases_expire_and_releases_delay(ledger).await;
+            }
+
+            #[tokio::test]
+            async fn renewed_claims_outlast_their_first_lease() {
+                let (_guard, ledger) = $make.await;
+                super::renewed_claims_outlast_their_first_lease(ledger).await;
             }
 
             #[tokio::test]

@@ -141,3 +141,77 @@ async fn a_file_missing_from_the_stage_holds_back_only_itself() {
     let held = &health.status().configuration_errors["T"];
     assert_eq!(held.file.as_deref(), Some(missing.files[0].path.as_str()), "the good file's load did not hide it");
 }
+
+/// A COPY that outlasts its lease keeps its claims (they are renewed while it runs), so no other
+/// loader takes the files meanwhile; they still expire within one lease if the loader dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_copy_renews_its_claims() {
+    use snowgate::buffer::encode::{parquet_bytes, record_batch, RowGroup};
+    use snowgate::ledger::{NewFile, StageCommit};
+
+    let dir = tempfile::tempdir().unwrap();
+    let stage = Arc::new(
+        Stage::open(&format!("file://{}", dir.path().join("stage").display()), &StageConfig::default()).unwrap(),
+    );
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::connect(&url).await.unwrap());
+    let warehouse: Arc<dyn Warehouse> =
+        Arc::new(DuckDbWarehouse::open(&dir.path().join("w.duckdb"), stage.clone()).unwrap());
+    let columns = vec![Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: false }];
+    warehouse.create_table("T", &columns).await.unwrap();
+    let schema = TableSchema { name: "T".into(), columns };
+    let batch_id = Uuid::now_v7();
+    let rows: Vec<Row> = (0..1_000_000u64).map(|i| Row { index: i, cells: vec![Cell::Decimal(i as i128)] }).collect();
+    let id = batch_id.to_string();
+    let bytes =
+        parquet_bytes(&record_batch(&schema, &[RowGroup { batch_id: &id, ingested_at: 0, rows: &rows }]).unwrap())
+            .unwrap();
+    let file =
+        NewFile { id: Uuid::now_v7(), table: "T".into(), path: "T/big.parquet".into(), rows: 1_000_000, bytes: 0 };
+    stage.put_new(&file.path, bytes).await.unwrap();
+    let batch = NewBatch {
+        id: batch_id,
+        table: "T".into(),
+        partner: "acme".into(),
+        counts: Counts { received: 1_000_000, accepted: 1_000_000, rejected: 0, loaded: 0 },
+        rejects_by_code: BTreeMap::new(),
+        received_at: Utc::now(),
+        rejects: vec![],
+    };
+    let commit =
+        StageCommit { file: Some(file), parts: vec![(batch_id, 1_000_000)], completed: vec![batch], pending: false };
+    ledger.commit_stage(&commit).await.unwrap();
+
+    let settings = LoaderSettings {
+        interval: Duration::from_millis(50),
+        lease: Duration::from_millis(600),
+        max_files_per_copy: 100,
+        retry_base: Duration::from_millis(50),
+        configuration_retry: Duration::from_secs(60),
+    };
+    let loader = Loader::new(
+        ledger.clone(),
+        warehouse,
+        settings,
+        "live".into(),
+        Arc::new(Notify::new()),
+        Arc::new(Notify::new()),
+    );
+    let round = tokio::spawn(async move { loader.round().await });
+    let started = std::time::Instant::now();
+    let mut checks_past_the_first_lease = 0;
+    while !round.is_finished() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if round.is_finished() {
+            break;
+        }
+        let stolen = ledger.claim_files("other", Duration::from_secs(60), 10).await.unwrap();
+        assert!(stolen.is_empty(), "a live COPY's file was claimed by another loader after {:?}", started.elapsed());
+        if started.elapsed() > Duration::from_millis(900) {
+            checks_past_the_first_lease += 1;
+        }
+    }
+    assert_eq!(round.await.unwrap().unwrap(), 1);
+    assert!(checks_past_the_first_lease > 0, "the COPY ended within its first lease; nothing was shown");
+    assert_eq!(ledger.get_batch(batch_id).await.unwrap().unwrap().status, BatchStatus::Loaded);
+}

@@ -151,6 +151,9 @@ pub trait Ledger: Send + Sync + 'static {
     /// Claims up to `limit` loadable files (staged, or loading with an expired lease).
     async fn claim_files(&self, owner: &str, lease: Duration, limit: usize) -> Result<Vec<ClaimedFile>>;
 
+    /// Extends the lease of files `owner` still holds; returns how many it still holds.
+    async fn renew_claims(&self, owner: &str, ids: &[Uuid], lease: Duration) -> Result<u64>;
+
     /// Records load outcomes and reconciles the batches those files belong to.
     async fn complete_files(&self, outcomes: &[FileOutcome]) -> Result<()>;
 

@@ -449,6 +449,24 @@ where
         Ok(claimed)
     }
 
+    async fn renew_claims(&self, owner: &str, ids: &[Uuid], lease: Duration) -> Result<u64> {
+        let mut held = 0;
+        for chunk in ids.chunks(IDS_PER_LIST) {
+            let sql = format!(
+                "UPDATE files SET lease_until = {} WHERE claimed_by = $1 AND status = $3 AND id IN {} RETURNING id",
+                D::now_plus("$2"),
+                params(4, chunk.len())
+            );
+            let query = sqlx::query::<D>(&sql)
+                .bind(owner)
+                .bind(seconds(lease, Duration::from_secs(30)))
+                .bind(FileStatus::Loading.as_str());
+            let renewed = chunk.iter().fold(query, |q, id| q.bind(D::id(*id))).fetch_all(&self.writer).await?;
+            held += renewed.len() as u64;
+        }
+        Ok(held)
+    }
+
     async fn complete_files(&self, outcomes: &[FileOutcome]) -> Result<()> {
         let sql = format!(
             "UPDATE files SET status = $1, rows_loaded = $2, query_id = $3, error = $4, claimed_by = NULL,

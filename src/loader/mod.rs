@@ -139,7 +139,7 @@ impl Loader {
     /// bad file cannot hold back the good ones.
     async fn load(&self, table: &str, files: Vec<ClaimedFile>) -> Result<(), LedgerError> {
         let paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
-        let error = match self.warehouse.copy_files(table, &paths).await {
+        let error = match self.copy_holding_claims(table, &files, &paths).await {
             Ok(results) => {
                 let outcomes: Vec<FileOutcome> = files
                     .iter()
@@ -199,6 +199,32 @@ impl Loader {
                 self.health.clear_configuration_error(table, &[files[0].path.as_str()]);
                 let outcome = FileOutcome::Failed { id: files[0].id, error: error.to_string(), query_id: None };
                 self.ledger.complete_files(&[outcome]).await
+            }
+        }
+    }
+
+    /// Runs the COPY while renewing the files' leases every third of a lease, so a live load
+    /// keeps its claims however long it takes, and a dead process's claims expire within one
+    /// lease (`loader.lease_secs`).
+    async fn copy_holding_claims(
+        &self,
+        table: &str,
+        files: &[ClaimedFile],
+        paths: &[String],
+    ) -> Result<Vec<crate::warehouse::CopyResult>, WarehouseError> {
+        let ids: Vec<_> = files.iter().map(|f| f.id).collect();
+        let copy = self.warehouse.copy_files(table, paths);
+        tokio::pin!(copy);
+        let mut renew = tokio::time::interval(self.settings.lease / 3);
+        renew.tick().await;
+        loop {
+            tokio::select! {
+                copied = &mut copy => return copied,
+                _ = renew.tick() => {
+                    if let Err(e) = self.ledger.renew_claims(&self.owner, &ids, self.settings.lease).await {
+                        tracing::warn!(table, error = %e, "could not renew file claims");
+                    }
+                }
             }
         }
     }
