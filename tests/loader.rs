@@ -20,15 +20,31 @@ use snowgate::warehouse::Warehouse;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+/// The embedded backends in `dir`: a local stage, a SQLite ledger and a DuckDB warehouse.
+async fn backends(dir: &std::path::Path) -> (Arc<Stage>, Arc<dyn Ledger>, Arc<DuckDbWarehouse>) {
+    let stage =
+        Arc::new(Stage::open(&format!("file://{}", dir.join("stage").display()), &StageConfig::default()).unwrap());
+    let url = format!("sqlite://{}", dir.join("ledger.db").display());
+    let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::connect(&url).await.unwrap());
+    let warehouse = Arc::new(DuckDbWarehouse::open(&dir.join("w.duckdb"), stage.clone()).unwrap());
+    (stage, ledger, warehouse)
+}
+
+/// Loader settings for tests: quick polls and retries, the given lease.
+fn settings(lease: Duration) -> LoaderSettings {
+    LoaderSettings {
+        interval: Duration::from_millis(50),
+        lease,
+        max_files_per_copy: 100,
+        retry_base: Duration::from_millis(50),
+        configuration_retry: Duration::from_secs(60),
+    }
+}
+
 #[tokio::test]
 async fn copy_committed_but_not_recorded_is_skipped_on_retry() {
     let dir = tempfile::tempdir().unwrap();
-    let stage = Arc::new(
-        Stage::open(&format!("file://{}", dir.path().join("stage").display()), &StageConfig::default()).unwrap(),
-    );
-    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
-    let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::connect(&url).await.unwrap());
-    let duck = Arc::new(DuckDbWarehouse::open(&dir.path().join("w.duckdb"), stage.clone()).unwrap());
+    let (stage, ledger, duck) = backends(dir.path()).await;
     let warehouse: Arc<dyn Warehouse> = duck.clone();
     let columns = vec![Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: false }];
     warehouse.create_table("T", &columns).await.unwrap();
@@ -56,13 +72,7 @@ async fn copy_committed_but_not_recorded_is_skipped_on_retry() {
     assert_eq!(ledger.get_batch(id).await.unwrap().unwrap().status, BatchStatus::Loading);
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let settings = LoaderSettings {
-        interval: Duration::from_millis(50),
-        lease: Duration::from_secs(60),
-        max_files_per_copy: 100,
-        retry_base: Duration::from_millis(50),
-        configuration_retry: Duration::from_secs(1),
-    };
+    let settings = settings(Duration::from_secs(60));
     let loader = Loader::new(
         ledger.clone(),
         warehouse.clone(),
@@ -86,13 +96,8 @@ async fn copy_committed_but_not_recorded_is_skipped_on_retry() {
 #[tokio::test]
 async fn a_file_missing_from_the_stage_holds_back_only_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let stage = Arc::new(
-        Stage::open(&format!("file://{}", dir.path().join("stage").display()), &StageConfig::default()).unwrap(),
-    );
-    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
-    let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::connect(&url).await.unwrap());
-    let warehouse: Arc<dyn Warehouse> =
-        Arc::new(DuckDbWarehouse::open(&dir.path().join("w.duckdb"), stage.clone()).unwrap());
+    let (stage, ledger, duck) = backends(dir.path()).await;
+    let warehouse: Arc<dyn Warehouse> = duck;
     let columns = vec![Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: false }];
     warehouse.create_table("T", &columns).await.unwrap();
     let schema = Arc::new(TableSchema { name: "T".into(), columns });
@@ -120,13 +125,7 @@ async fn a_file_missing_from_the_stage_holds_back_only_itself() {
             std::fs::remove_file(dir.path().join("stage").join(&path)).unwrap();
         }
     }
-    let settings = LoaderSettings {
-        interval: Duration::from_millis(50),
-        lease: Duration::from_secs(60),
-        max_files_per_copy: 100,
-        retry_base: Duration::from_millis(50),
-        configuration_retry: Duration::from_secs(60),
-    };
+    let settings = settings(Duration::from_secs(60));
     let health = Arc::new(snowgate::loader::LoaderHealth::default());
     let loader =
         Loader::new(ledger.clone(), warehouse, settings, "me".into(), Arc::new(Notify::new()), Arc::new(Notify::new()))
@@ -150,13 +149,8 @@ async fn a_long_copy_renews_its_claims() {
     use snowgate::ledger::{NewFile, StageCommit};
 
     let dir = tempfile::tempdir().unwrap();
-    let stage = Arc::new(
-        Stage::open(&format!("file://{}", dir.path().join("stage").display()), &StageConfig::default()).unwrap(),
-    );
-    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
-    let ledger: Arc<dyn Ledger> = Arc::new(SqliteLedger::connect(&url).await.unwrap());
-    let warehouse: Arc<dyn Warehouse> =
-        Arc::new(DuckDbWarehouse::open(&dir.path().join("w.duckdb"), stage.clone()).unwrap());
+    let (stage, ledger, duck) = backends(dir.path()).await;
+    let warehouse: Arc<dyn Warehouse> = duck;
     let columns = vec![Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: false }];
     warehouse.create_table("T", &columns).await.unwrap();
     let schema = TableSchema { name: "T".into(), columns };
@@ -182,13 +176,7 @@ async fn a_long_copy_renews_its_claims() {
         StageCommit { file: Some(file), parts: vec![(batch_id, 1_000_000)], completed: vec![batch], pending: false };
     ledger.commit_stage(&commit).await.unwrap();
 
-    let settings = LoaderSettings {
-        interval: Duration::from_millis(50),
-        lease: Duration::from_millis(600),
-        max_files_per_copy: 100,
-        retry_base: Duration::from_millis(50),
-        configuration_retry: Duration::from_secs(60),
-    };
+    let settings = settings(Duration::from_millis(600));
     let loader = Loader::new(
         ledger.clone(),
         warehouse,
