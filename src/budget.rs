@@ -71,6 +71,22 @@ impl Grant {
     }
 }
 
+impl Grant {
+    /// Gives back what the request no longer holds, keeping `total` bytes.
+    pub fn shrink_to(&mut self, total: usize) {
+        if total < self.bytes {
+            self.budget.used.fetch_sub(self.bytes - total, Ordering::AcqRel);
+            self.bytes = total;
+        }
+    }
+
+    /// Holds exactly `total` bytes from now on: shrinks freely, grows only within the budget.
+    pub fn resize(&mut self, total: usize) -> Result<(), OverBudget> {
+        self.shrink_to(total);
+        self.grow_to(total)
+    }
+}
+
 impl Drop for Grant {
     fn drop(&mut self) {
         self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
@@ -94,6 +110,8 @@ mod tests {
         drop(first);
         second.grow_to(500).expect("alone, one request may pass the whole budget");
         assert_eq!(budget.used(), 500);
+        second.resize(70).unwrap();
+        assert_eq!((second.bytes(), budget.used()), (70, 70), "what is no longer held goes back");
         drop(second);
         assert_eq!(budget.used(), 0);
     }

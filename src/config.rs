@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::schema::{DriftPolicy, TableName};
 
+/// Memory that parsed JSON records take per byte of their text, as the memory budget counts it
+/// (maps, keys, strings and numbers of `serde_json` values; an estimate).
+pub const PARSED_BYTES_PER_TEXT_BYTE: usize = 3;
+
 /// A configuration problem, naming the key.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -318,6 +322,17 @@ impl Config {
         check((1..=100).contains(&l.max_depth), "limits.max_depth", "must be 1..=100")?;
         check(l.max_records_per_request >= 1, "limits.max_records_per_request", "must be at least 1")?;
         check(l.memory_budget_bytes >= 1 << 20, "limits.memory_budget_bytes", "must be at least 1048576")?;
+        // The largest request must fit in the budget on its own: its text while it is parsed,
+        // and the records parsed from it.
+        let largest = l.max_decompressed_bytes.saturating_mul(1 + PARSED_BYTES_PER_TEXT_BYTE);
+        check(
+            largest <= l.memory_budget_bytes,
+            "limits.memory_budget_bytes",
+            &format!(
+                "must hold the largest request: {} x limits.max_decompressed_bytes = {largest}",
+                1 + PARSED_BYTES_PER_TEXT_BYTE
+            ),
+        )?;
         check(l.body_idle >= Duration::from_secs(1), "limits.body_idle_secs", "must be at least 1")?;
         check(l.body_total >= l.body_idle, "limits.body_secs", "must be >= limits.body_idle_secs")?;
         check(self.loader.interval >= Duration::from_millis(10), "loader.interval_ms", "must be at least 10")?;

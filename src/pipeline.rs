@@ -13,6 +13,7 @@ use crate::app::App;
 use crate::budget::Grant;
 use crate::buffer::{BufferError, FlushPolicy, Submission};
 use crate::catalog::CatalogError;
+use crate::config::PARSED_BYTES_PER_TEXT_BYTE;
 use crate::ingest::decode::{self, DecodeError, DecodeLimits, Decoded};
 use crate::ingest::drift::{plan_new_columns, DriftPolicy};
 use crate::ingest::reject::Reject;
@@ -71,9 +72,6 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     tokio::task::spawn_blocking(work).await.map_err(|e| IngestError::Task(e.to_string()))
 }
 
-/// Memory of parsed JSON values per byte of their text, roughly (maps, strings, numbers).
-const PARSE_FACTOR: usize = 3;
-
 /// Validates and stores one batch; returns once it is durably staged (or rejected as a whole).
 pub async fn ingest(app: &App, request: IngestRequest) -> Result<IngestOutcome, IngestError> {
     let received_at = Utc::now();
@@ -91,11 +89,12 @@ pub async fn ingest(app: &App, request: IngestRequest) -> Result<IngestOutcome, 
     let mut grant = request.grant;
     let (records, grant): (Vec<Decoded>, Grant) = blocking(move || {
         let held = body.len();
-        let plain = decode::decompress(&body, encoding.as_deref(), limits.max_decompressed_bytes, &mut |n| {
+        let plain = decode::decompress(body, encoding.as_deref(), limits.max_decompressed_bytes, &mut |n| {
             grant.grow_to(held + n).is_ok()
         })?;
-        // Parsed records take about PARSE_FACTOR times their text; reserved before parsing.
-        if grant.grow_to(held + plain.len() * (1 + PARSE_FACTOR)).is_err() {
+        // The compressed body is gone; the text stays while parsing, and the parsed records take
+        // about PARSED_BYTES_PER_TEXT_BYTE times as much again: reserved before parsing.
+        if grant.resize(plain.len() * (1 + PARSED_BYTES_PER_TEXT_BYTE)).is_err() {
             return Err(DecodeError::OverBudget);
         }
         Ok((decode::parse_records(&plain, format, &limits)?, grant))
@@ -120,6 +119,9 @@ pub async fn ingest(app: &App, request: IngestRequest) -> Result<IngestOutcome, 
     }
     let validate_schema: Arc<TableSchema> = schema.clone();
     let checked = blocking(move || check_records(&validate_schema, records, max_depth)).await?;
+    // The text and the parsed records are gone: from here on the request holds its rows.
+    let mut grant = grant;
+    grant.shrink_to(checked.bytes);
     let counts = Counts {
         received: checked.received,
         accepted: checked.rows.len() as u64,

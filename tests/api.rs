@@ -438,20 +438,20 @@ async fn a_drift_override_from_the_config_file_takes_effect() {
     app.shutdown().await;
 }
 
-/// One memory budget covers a body as it arrives and as it inflates: while one request holds
-/// most of it, another large or compressed body is refused with 503 and `Retry-After`, before
-/// it is read or inflated, and the first still completes.
+/// One memory budget covers a body as it arrives, as it inflates and as it is parsed: while one
+/// request holds part of it, a body whose parsing would not fit, even one that is tiny on the
+/// wire, is refused with 503 and `Retry-After` before it is parsed, and the first still completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_and_inflation_are_reserved_against_the_memory_budget() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::test_config(dir.path());
-    config.limits.memory_budget_bytes = 1 << 20;
+    (config.limits.memory_budget_bytes, config.limits.max_decompressed_bytes) = (4 << 20, 1 << 20);
+    config.limits.max_body_bytes = 1 << 20;
     let app = common::spawn_app_with(config).await;
     app.declare_loans().await;
 
-    // A partner that declares a 900 KB body, sends most of it and stalls holds 900 KB of the
-    // budget from the moment its headers arrive.
-    let body = format!("{}\n{}\n{}\n", loan(0), " ".repeat(900 * 1024), loan(1));
+    // A partner that declares a 1,000 KB body, sends most of it and stalls holds 1,000 KB.
+    let body = format!("{}\n{}\n{}\n", loan(0), " ".repeat(1000 * 1024 - 1024), loan(1));
     let (head, tail) = body.as_bytes().split_at(body.len() - 200);
     let address = app.base.trim_start_matches("http://").to_string();
     let mut stalled = tokio::net::TcpStream::connect(&address).await.unwrap();
@@ -462,7 +462,7 @@ async fn bodies_and_inflation_are_reserved_against_the_memory_budget() {
     );
     stalled.write_all(request.as_bytes()).await.unwrap();
     stalled.write_all(head).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
 
     let expect_over_budget = |response: reqwest::Response| async move {
         assert_eq!(response.status(), 503);
@@ -470,10 +470,12 @@ async fn bodies_and_inflation_are_reserved_against_the_memory_budget() {
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], "over_budget", "{body}");
     };
-    let big = format!("[{}]", " ".repeat(300 * 1024));
-    expect_over_budget(app.client.post(app.url("/v1/tables/loans/batches")).body(big).send().await.unwrap()).await;
+    // 900 KB of text would hold about 3.6 MB while parsed: more than the 3 MB left.
+    let big = format!("[{}{{}}]", " ".repeat(900 * 1024));
+    expect_over_budget(app.client.post(app.url("/v1/tables/loans/batches")).body(big.clone()).send().await.unwrap())
+        .await;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    gz.write_all(&vec![b' '; 4 << 20]).unwrap();
+    gz.write_all(big.as_bytes()).unwrap();
     let bomb = gz.finish().unwrap();
     assert!(bomb.len() < 16 * 1024);
     let bomb = app.client.post(app.url("/v1/tables/loans/batches")).header("content-encoding", "gzip").body(bomb);
@@ -494,7 +496,8 @@ async fn bodies_and_inflation_are_reserved_against_the_memory_budget() {
 async fn a_stalled_body_is_cut_off_and_lets_go_of_its_memory() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::test_config(dir.path());
-    config.limits.memory_budget_bytes = 1 << 20;
+    (config.limits.memory_budget_bytes, config.limits.max_decompressed_bytes) = (4 << 20, 1 << 20);
+    config.limits.max_body_bytes = 1 << 20;
     config.limits.body_idle = Duration::from_secs(1);
     let app = common::spawn_app_with(config).await;
     app.declare_loans().await;
@@ -504,7 +507,7 @@ async fn a_stalled_body_is_cut_off_and_lets_go_of_its_memory() {
     let head = format!(
         "POST /v1/tables/loans/batches HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/x-ndjson\r\n\
          content-length: {}\r\n\r\n",
-        900 * 1024
+        1000 * 1024
     );
     stalled.write_all(head.as_bytes()).await.unwrap();
     stalled.write_all(format!("{}\n", loan(0)).as_bytes()).await.unwrap();
@@ -516,9 +519,12 @@ async fn a_stalled_body_is_cut_off_and_lets_go_of_its_memory() {
     assert!(answer.contains("request_timeout"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(5), "cut off after {:?}", started.elapsed());
 
-    // Its 900 KB are free again: a 300 KB body fits the 1 MiB budget.
-    let lines: Vec<String> = (0..1000).map(|i| loan(i).to_string()).collect();
-    let response = app.post_ndjson("loans", "", lines.join("\n")).await;
+    // Its 1,000 KB are free again: a 900 KB body (3.6 MB while parsed) fits the 4 MiB budget,
+    // which it would not beside the stalled request.
+    let lines: Vec<String> = (0..5000).map(|i| loan(i).to_string()).collect();
+    let body = lines.join("\n");
+    assert!(body.len() > 850 * 1024 && body.len() < 1 << 20, "{}", body.len());
+    let response = app.post_ndjson("loans", "", body).await;
     assert_eq!(response.status(), 202);
     app.shutdown().await;
 }

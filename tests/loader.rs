@@ -141,7 +141,7 @@ async fn a_file_missing_from_the_stage_holds_back_only_itself() {
     assert_eq!(held.file.as_deref(), Some(missing.files[0].path.as_str()), "the good file's load did not hide it");
 }
 
-/// A COPY that outlasts its lease keeps its claims (they are renewed while it runs), so no other
+/// A COPY that outlasts its lease (twice over) keeps its claims (they are renewed while it runs), so no other
 /// loader takes the files meanwhile; they still expire within one lease if the loader dies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_long_copy_renews_its_claims() {
@@ -176,7 +176,7 @@ async fn a_long_copy_renews_its_claims() {
         StageCommit { file: Some(file), parts: vec![(batch_id, 1_000_000)], completed: vec![batch], pending: false };
     ledger.commit_stage(&commit).await.unwrap();
 
-    let settings = settings(Duration::from_millis(600));
+    let settings = settings(Duration::from_millis(300));
     let loader = Loader::new(
         ledger.clone(),
         warehouse,
@@ -195,7 +195,7 @@ async fn a_long_copy_renews_its_claims() {
         }
         let stolen = ledger.claim_files("other", Duration::from_secs(60), 10).await.unwrap();
         assert!(stolen.is_empty(), "a live COPY's file was claimed by another loader after {:?}", started.elapsed());
-        if started.elapsed() > Duration::from_millis(900) {
+        if started.elapsed() > Duration::from_millis(600) {
             checks_past_the_first_lease += 1;
         }
     }

@@ -159,9 +159,10 @@ pub async fn ingest(
     Ok((StatusCode::ACCEPTED, Json(batch)).into_response())
 }
 
-/// Reads a request body under `limits.max_body_bytes` and the memory budget: the declared
-/// `Content-Length` is checked and reserved before a byte is read, and the grant grows with
-/// every chunk that arrives, so a flood of large bodies is refused (503) instead of held.
+/// Reads a request body under `limits.max_body_bytes` and the memory budget: a declared
+/// `Content-Length` over the limit is refused before a byte is read, its first MiB is reserved
+/// up front, and the grant grows before every chunk is kept, so a flood of large bodies is
+/// refused (503) instead of held, and a slow client holds only what it has sent.
 async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<(Bytes, Grant), ApiError> {
     let limit = app.config.limits.max_body_bytes;
     let too_large = || ApiError::new(ErrorCode::PayloadTooLarge, "request body is larger than limits.max_body_bytes");
@@ -170,8 +171,9 @@ async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<(B
     if declared.is_some_and(|n: usize| n > limit) {
         return Err(too_large());
     }
-    let mut grant = app.budget.reserve(declared.unwrap_or(0)).map_err(over_budget)?;
-    let mut received = BytesMut::with_capacity(declared.unwrap_or(0));
+    let upfront = declared.unwrap_or(0).min(UPFRONT_BYTES);
+    let mut grant = app.budget.reserve(upfront).map_err(over_budget)?;
+    let mut received = BytesMut::with_capacity(upfront);
     let mut chunks = body.into_data_stream();
     let deadline = tokio::time::Instant::now() + app.config.limits.body_total;
     let idle = app.config.limits.body_idle;
@@ -196,6 +198,9 @@ async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<(B
     }
     Ok((received.freeze(), grant))
 }
+
+/// Most of a declared body reserved before it arrives.
+const UPFRONT_BYTES: usize = 1 << 20;
 
 /// Longest `timeout` a request may ask for; `limits.max_wait_secs` caps it further.
 const MAX_TIMEOUT_SECS: u64 = 3600;

@@ -2,6 +2,8 @@
 
 use std::io::Read;
 
+use bytes::Bytes;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -75,36 +77,38 @@ pub fn body_format(content_type: Option<&str>) -> Result<BodyFormat, DecodeError
     }
 }
 
-/// Undoes `Content-Encoding`, refusing to inflate past `limit` bytes. `admit(n)` is asked before
-/// the output may grow to `n` bytes (the memory budget's say); a `false` stops with `OverBudget`.
+/// Undoes `Content-Encoding`, refusing to inflate past `limit` bytes; an uncompressed body is
+/// returned as it is, not copied. `admit(n)` is asked before the output may grow to `n` bytes
+/// (the memory budget's say); a `false` stops with `OverBudget`.
 pub fn decompress(
-    body: &[u8],
+    body: Bytes,
     encoding: Option<&str>,
     limit: usize,
     admit: &mut dyn FnMut(usize) -> bool,
-) -> Result<Vec<u8>, DecodeError> {
+) -> Result<Bytes, DecodeError> {
     let encoding = encoding.map(|e| e.trim().to_ascii_lowercase());
-    match encoding.as_deref() {
+    let inflated = match encoding.as_deref() {
         None | Some("") | Some("identity") => {
             if body.len() > limit {
                 return Err(DecodeError::TooLarge(limit));
             }
-            if !admit(body.len()) {
-                return Err(DecodeError::OverBudget);
-            }
-            Ok(body.to_vec())
+            return Ok(body);
         }
-        Some("gzip") | Some("x-gzip") => read_limited(flate2::read::MultiGzDecoder::new(body), limit, "gzip", admit),
+        Some("gzip") | Some("x-gzip") => {
+            read_limited(flate2::read::MultiGzDecoder::new(&body[..]), limit, "gzip", admit)
+        }
         Some("zstd") => {
-            let decoder = zstd::stream::read::Decoder::new(body)
+            let decoder = zstd::stream::read::Decoder::new(&body[..])
                 .map_err(|e| DecodeError::Corrupt { encoding: "zstd", message: e.to_string() })?;
             read_limited(decoder, limit, "zstd", admit)
         }
         Some(other) => Err(DecodeError::UnsupportedEncoding(other.to_string())),
-    }
+    };
+    inflated.map(Bytes::from)
 }
 
-/// Bytes inflated between two questions to the budget.
+/// Most bytes inflated between two questions to the budget; steps start at a sixteenth of it
+/// and double with the output, so a small body never asks for much.
 const INFLATE_STEP: usize = 1 << 20;
 
 fn read_limited(
@@ -116,7 +120,8 @@ fn read_limited(
     let mut out = Vec::new();
     loop {
         // The budget is asked before each step is inflated, never after.
-        let step = INFLATE_STEP.min(limit + 1 - out.len());
+        let step =
+            out.len().clamp(INFLATE_STEP / 16, INFLATE_STEP).min(limit.saturating_add(1).saturating_sub(out.len()));
         if !admit(out.len() + step) {
             return Err(DecodeError::OverBudget);
         }
@@ -367,12 +372,15 @@ mod tests {
         gz.write_all(&plain).unwrap();
         let gz = gz.finish().unwrap();
         let all = &mut |_| true;
-        assert_eq!(decompress(&gz, Some("gzip"), 10_000, all).unwrap().len(), 10_000);
-        assert!(matches!(decompress(&gz, Some("gzip"), 9_999, all), Err(DecodeError::TooLarge(_))));
-        let zs = zstd::encode_all(&plain[..], 3).unwrap();
-        assert_eq!(decompress(&zs, Some("ZSTD"), 20_000, all).unwrap().len(), 10_000);
-        assert!(matches!(decompress(b"junk", Some("gzip"), 100, all), Err(DecodeError::Corrupt { .. })));
-        assert!(matches!(decompress(b"x", Some("br"), 100, all), Err(DecodeError::UnsupportedEncoding(_))));
+        let gz = Bytes::from(gz);
+        assert_eq!(decompress(gz.clone(), Some("gzip"), 10_000, all).unwrap().len(), 10_000);
+        assert!(matches!(decompress(gz, Some("gzip"), 9_999, all), Err(DecodeError::TooLarge(_))));
+        let zs = Bytes::from(zstd::encode_all(&plain[..], 3).unwrap());
+        assert_eq!(decompress(zs, Some("ZSTD"), 20_000, all).unwrap().len(), 10_000);
+        let junk = Bytes::from_static(b"junk");
+        assert!(matches!(decompress(junk, Some("gzip"), 100, all), Err(DecodeError::Corrupt { .. })));
+        let x = Bytes::from_static(b"x");
+        assert!(matches!(decompress(x, Some("br"), 100, all), Err(DecodeError::UnsupportedEncoding(_))));
     }
 
     #[test]
@@ -387,11 +395,15 @@ mod tests {
             asked.push(n);
             n <= 2 * INFLATE_STEP
         };
-        let refused = decompress(&gz, Some("gzip"), 10 * INFLATE_STEP, &mut admit);
+        let refused = decompress(Bytes::from(gz), Some("gzip"), 10 * INFLATE_STEP, &mut admit);
         assert!(matches!(refused, Err(DecodeError::OverBudget)), "{refused:?}");
-        assert_eq!(asked, [INFLATE_STEP, 2 * INFLATE_STEP, 3 * INFLATE_STEP], "asked step by step, before each step");
-        let mut refuse = |_| false;
-        assert!(matches!(decompress(b"[{}]", None, 100, &mut refuse), Err(DecodeError::OverBudget)));
+        let kib = 1024;
+        let steps = [64 * kib, 128 * kib, 256 * kib, 512 * kib, INFLATE_STEP, 2 * INFLATE_STEP, 3 * INFLATE_STEP];
+        assert_eq!(asked, steps, "asked before each step; small steps first, doubling up to 1 MiB");
+        // An uncompressed body is used as it came: no copy, nothing more to ask for.
+        let body = Bytes::from_static(b"[{}]");
+        let out = decompress(body.clone(), None, 100, &mut |_| false).unwrap();
+        assert_eq!(out.as_ptr(), body.as_ptr());
     }
 
     #[test]

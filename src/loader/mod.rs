@@ -113,18 +113,23 @@ impl Loader {
         let claimed =
             self.ledger.claim_files(&self.owner, self.settings.lease, self.settings.max_files_per_copy).await?;
         let count = claimed.len();
+        let ids: Vec<_> = claimed.iter().map(|f| f.id).collect();
         let mut by_table: BTreeMap<String, Vec<ClaimedFile>> = BTreeMap::new();
         for file in claimed {
             by_table.entry(file.table.clone()).or_default().push(file);
         }
-        let mut failed = None;
-        for (table, files) in by_table {
-            if let Err(e) = self.load(&table, files).await {
-                // The claims stay until their lease expires; the next claim retries them.
-                tracing::error!(table, error = %e, "could not record a load; files retried after the lease");
-                failed = Some(e);
+        let loads = async {
+            let mut failed = None;
+            for (table, files) in by_table {
+                if let Err(e) = self.load(&table, files).await {
+                    // The claims stay until their lease expires; the next claim retries them.
+                    tracing::error!(table, error = %e, "could not record a load; files retried after the lease");
+                    failed = Some(e);
+                }
             }
-        }
+            failed
+        };
+        let failed = self.holding_claims(&ids, loads).await;
         if count > 0 {
             self.loaded.notify_waiters();
         }
@@ -139,7 +144,7 @@ impl Loader {
     /// bad file cannot hold back the good ones.
     async fn load(&self, table: &str, files: Vec<ClaimedFile>) -> Result<(), LedgerError> {
         let paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
-        let error = match self.copy_holding_claims(table, &files, &paths).await {
+        let error = match self.warehouse.copy_files(table, &paths).await {
             Ok(results) => {
                 let outcomes: Vec<FileOutcome> = files
                     .iter()
@@ -203,28 +208,21 @@ impl Loader {
         }
     }
 
-    /// Runs the COPY while renewing the files' leases every third of a lease, so a live load
-    /// keeps its claims however long it takes, and a dead process's claims expire within one
-    /// lease (`loader.lease_secs`).
-    async fn copy_holding_claims(
-        &self,
-        table: &str,
-        files: &[ClaimedFile],
-        paths: &[String],
-    ) -> Result<Vec<crate::warehouse::CopyResult>, WarehouseError> {
-        let ids: Vec<_> = files.iter().map(|f| f.id).collect();
-        let copy = self.warehouse.copy_files(table, paths);
-        tokio::pin!(copy);
-        let mut renew = tokio::time::interval(self.settings.lease / 3);
+    /// Runs `work` while renewing the round's claims every third of a lease, so every file the
+    /// round holds (the one being copied and those waiting their turn) stays claimed however long
+    /// the round takes, and a dead process's claims expire within one lease (`loader.lease_secs`).
+    async fn holding_claims<T>(&self, ids: &[uuid::Uuid], work: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(work);
+        let mut renew = tokio::time::interval((self.settings.lease / 3).max(Duration::from_millis(10)));
         renew.tick().await;
         loop {
             tokio::select! {
-                copied = &mut copy => return copied,
-                _ = renew.tick() => {
-                    if let Err(e) = self.ledger.renew_claims(&self.owner, &ids, self.settings.lease).await {
-                        tracing::warn!(table, error = %e, "could not renew file claims");
-                    }
-                }
+                done = &mut work => return done,
+                _ = renew.tick() => match self.ledger.renew_claims(&self.owner, ids, self.settings.lease).await {
+                    // Files finished in this round are no longer held; fewer is expected.
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not renew file claims"),
+                },
             }
         }
     }
