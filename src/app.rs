@@ -159,33 +159,9 @@ pub async fn serve(
         }))
     });
     let router = crate::http::router(state.clone());
-    let grace = state.config.server.shutdown_grace;
-    let stop_http = CancellationToken::new();
-    let stopping = stop_http.clone();
     tracing::info!(addr = %listener.local_addr()?, ledger = state.ledger.backend(), warehouse = state.warehouse.backend(),
         stage = state.stage.url(), "snowgate listening");
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections");
-        stopping.cancel();
-    });
-    let mut server = tokio::spawn(async move { server.await });
-    // In-flight requests wait for their flush, which the linger bounds; the grace period bounds the rest.
-    let finished = tokio::select! {
-        finished = &mut server => finished,
-        _ = stop_http.cancelled() => match tokio::time::timeout(grace, server).await {
-            Ok(finished) => finished,
-            Err(_) => {
-                tracing::warn!("requests still running after the grace period");
-                Ok(Ok(()))
-            }
-        },
-    };
-    match finished {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "server error"),
-        Err(e) => tracing::error!(error = %e, "server task failed"),
-    }
+    crate::http::serve_connections(listener, router, &state.config.server, shutdown).await;
     state.buffers.close().await;
     tracing::info!("buffers flushed");
     cancel.cancel();

@@ -52,6 +52,10 @@ pub struct ServerConfig {
     /// `schema_refresh_ms`).
     #[serde(rename = "schema_refresh_ms", with = "millis")]
     pub schema_refresh: Duration,
+    /// Longest time a client may take to send a request's headers (key `header_timeout_secs`);
+    /// the connection is closed after it.
+    #[serde(rename = "header_timeout_secs", with = "secs")]
+    pub header_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +65,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./data"),
             shutdown_grace: Duration::from_secs(30),
             schema_refresh: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -334,6 +339,11 @@ impl Config {
             ),
         )?;
         check(l.body_idle >= Duration::from_secs(1), "limits.body_idle_secs", "must be at least 1")?;
+        check(
+            self.server.header_timeout >= Duration::from_secs(1),
+            "server.header_timeout_secs",
+            "must be at least 1",
+        )?;
         check(l.body_total >= l.body_idle, "limits.body_secs", "must be >= limits.body_idle_secs")?;
         check(self.loader.interval >= Duration::from_millis(10), "loader.interval_ms", "must be at least 10")?;
         // Zero would put a released file straight back into the next claim: a hot loop.

@@ -528,3 +528,23 @@ async fn a_stalled_body_is_cut_off_and_lets_go_of_its_memory() {
     assert_eq!(response.status(), 202);
     app.shutdown().await;
 }
+
+/// A client that never finishes its headers is disconnected after `server.header_timeout_secs`.
+#[tokio::test]
+async fn half_sent_headers_are_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path());
+    config.server.header_timeout = Duration::from_secs(1);
+    let app = common::spawn_app_with(config).await;
+    let address = app.base.trim_start_matches("http://").to_string();
+    let mut stalled = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stalled.write_all(b"POST /v1/tables/loans/batches HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection was still open after 10 s");
+    assert!(started.elapsed() < Duration::from_secs(5), "closed after {:?}", started.elapsed());
+    // The gateway still serves everyone else.
+    assert_eq!(app.get_json("/healthz").await.0, 200);
+    app.shutdown().await;
+}

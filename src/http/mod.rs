@@ -15,7 +15,16 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
+use std::future::Future;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+
 use crate::app::AppState;
+use crate::config::ServerConfig;
 use error::{ApiError, ErrorCode};
 
 /// The OpenAPI document, generated from the handlers' annotations.
@@ -60,6 +69,50 @@ async fn method_not_allowed() -> impl IntoResponse {
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
     ApiError::internal("handler panicked").into_response()
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves: each connection must send its headers
+/// within `server.header_timeout_secs` (axum::serve has no such bound, so a client could hold a
+/// connection forever with half a request); after `shutdown`, no new connection is accepted and
+/// open ones finish their requests within `server.shutdown_grace_secs`.
+pub(crate) async fn serve_connections(
+    listener: TcpListener,
+    router: Router,
+    config: &ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1.timer(TokioTimer::new()).header_read_timeout(config.header_timeout);
+    let connections = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: wait a little rather than spin.
+                tracing::warn!(error = %e, "could not accept a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let connection = http1.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    tracing::info!("shutting down: no new connections");
+    drop(listener);
+    // In-flight requests wait for their flush, which the linger bounds; the grace period bounds the rest.
+    if tokio::time::timeout(config.shutdown_grace, connections.shutdown()).await.is_err() {
+        tracing::warn!("requests still running after the grace period");
+    }
 }
 
 /// All routes with their layers.
