@@ -17,7 +17,7 @@ use crate::config::{Config, LedgerBackend, WarehouseBackend};
 use crate::ledger::postgres::PostgresLedger;
 use crate::ledger::sqlite::SqliteLedger;
 use crate::ledger::Ledger;
-use crate::loader::{supervise, Loader, LoaderHealth, LoaderSettings};
+use crate::loader::{supervise, Loader, LoaderHealth};
 use crate::stage::Stage;
 use crate::warehouse::duckdb::DuckDbWarehouse;
 use crate::warehouse::snowflake::SnowflakeWarehouse;
@@ -129,7 +129,7 @@ impl App {
         Loader::new(
             self.ledger.clone(),
             self.warehouse.clone(),
-            LoaderSettings::from_config(&self.config.loader),
+            self.config.loader.clone(),
             self.instance_id.clone(),
             self.staged.clone(),
             self.loaded.clone(),

@@ -7,12 +7,12 @@ use std::time::Duration;
 use chrono::Utc;
 use snowgate::budget::MemoryBudget;
 use snowgate::buffer::{Buffers, FlushPolicy, Submission};
-use snowgate::config::StageConfig;
+use snowgate::config::{LoaderConfig, StageConfig};
 use snowgate::ingest::coerce::Cell;
 use snowgate::ingest::Row;
 use snowgate::ledger::sqlite::SqliteLedger;
 use snowgate::ledger::{BatchStatus, Counts, Ledger, NewBatch};
-use snowgate::loader::{Loader, LoaderSettings};
+use snowgate::loader::Loader;
 use snowgate::schema::{Column, ColumnName, ColumnType, TableSchema};
 use snowgate::stage::Stage;
 use snowgate::warehouse::duckdb::DuckDbWarehouse;
@@ -31,8 +31,9 @@ async fn backends(dir: &std::path::Path) -> (Arc<Stage>, Arc<dyn Ledger>, Arc<Du
 }
 
 /// Loader settings for tests: quick polls and retries, the given lease.
-fn settings(lease: Duration) -> LoaderSettings {
-    LoaderSettings {
+fn settings(lease: Duration) -> LoaderConfig {
+    LoaderConfig {
+        enabled: true,
         interval: Duration::from_millis(50),
         lease,
         max_files_per_copy: 100,

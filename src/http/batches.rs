@@ -166,13 +166,12 @@ pub async fn ingest(
 async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<(Bytes, Grant), ApiError> {
     let limit = app.config.limits.max_body_bytes;
     let too_large = || ApiError::new(ErrorCode::PayloadTooLarge, "request body is larger than limits.max_body_bytes");
-    let over_budget = |_| ApiError::new(ErrorCode::OverBudget, "the gateway is over its memory budget; retry shortly");
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     if declared.is_some_and(|n: usize| n > limit) {
         return Err(too_large());
     }
     let upfront = declared.unwrap_or(0).min(UPFRONT_BYTES);
-    let mut grant = app.budget.reserve(upfront).map_err(over_budget)?;
+    let mut grant = app.budget.reserve(upfront)?;
     let mut received = BytesMut::with_capacity(upfront);
     let mut chunks = body.into_data_stream();
     let deadline = tokio::time::Instant::now() + app.config.limits.body_total;
@@ -193,7 +192,7 @@ async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<(B
         if total > limit {
             return Err(too_large());
         }
-        grant.grow_to(total).map_err(over_budget)?;
+        grant.grow_to(total)?;
         received.extend_from_slice(&chunk);
     }
     Ok((received.freeze(), grant))

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
+use crate::budget::OverBudget;
 use crate::buffer::BufferError;
 use crate::catalog::CatalogError;
 use crate::ingest::decode::DecodeError;
@@ -172,10 +173,14 @@ impl From<DecodeError> for ApiError {
             }
             DecodeError::Corrupt { .. } | DecodeError::Shape => ApiError::new(ErrorCode::InvalidBody, message),
             DecodeError::Empty => ApiError::new(ErrorCode::EmptyBatch, message),
-            DecodeError::OverBudget => {
-                ApiError::new(ErrorCode::OverBudget, "the gateway is over its memory budget; retry shortly")
-            }
+            DecodeError::OverBudget => OverBudget.into(),
         }
+    }
+}
+
+impl From<OverBudget> for ApiError {
+    fn from(_: OverBudget) -> Self {
+        ApiError::new(ErrorCode::OverBudget, "the gateway is over its memory budget; retry shortly")
     }
 }
 
@@ -222,9 +227,7 @@ impl From<CatalogError> for ApiError {
 impl From<BufferError> for ApiError {
     fn from(e: BufferError) -> Self {
         match e {
-            BufferError::OverBudget => {
-                ApiError::new(ErrorCode::OverBudget, "the gateway is over its memory budget; retry shortly")
-            }
+            BufferError::OverBudget => OverBudget.into(),
             BufferError::ShuttingDown => ApiError::new(ErrorCode::ShuttingDown, "the gateway is shutting down; retry"),
             BufferError::StageUnavailable(cause) => {
                 tracing::warn!(error = %cause, "stage unavailable");

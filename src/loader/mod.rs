@@ -11,37 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use supervisor::{supervise, ConfigurationError, LoaderHealth, LoaderState, LoaderStatus};
 
+use crate::config::LoaderConfig;
 use crate::ledger::{ClaimedFile, FileOutcome, Ledger, LedgerError};
 use crate::warehouse::{ErrorKind, Warehouse, WarehouseError};
-
-/// Loader timing and sizes.
-#[derive(Debug, Clone)]
-pub struct LoaderSettings {
-    /// Poll interval when nothing wakes the loader.
-    pub interval: Duration,
-    /// How long a claim holds before another loader may take the file.
-    pub lease: Duration,
-    /// Files per COPY statement (Snowflake allows 1000).
-    pub max_files_per_copy: usize,
-    /// First retry delay after a transient failure; doubles per attempt, capped at 5 minutes,
-    /// with jitter.
-    pub retry_base: Duration,
-    /// Delay before files held back by a configuration error (a missing privilege or stage) are
-    /// tried again.
-    pub configuration_retry: Duration,
-}
-
-impl LoaderSettings {
-    pub fn from_config(config: &crate::config::LoaderConfig) -> Self {
-        LoaderSettings {
-            interval: config.interval,
-            lease: config.lease,
-            max_files_per_copy: config.max_files_per_copy,
-            retry_base: config.retry_base,
-            configuration_retry: config.configuration_retry,
-        }
-    }
-}
 
 /// Longest delay between retries of a file.
 const MAX_RETRY: Duration = Duration::from_secs(300);
@@ -50,7 +22,7 @@ const MAX_RETRY: Duration = Duration::from_secs(300);
 pub struct Loader {
     ledger: Arc<dyn Ledger>,
     warehouse: Arc<dyn Warehouse>,
-    settings: LoaderSettings,
+    settings: LoaderConfig,
     owner: String,
     /// Notified when files are staged.
     staged: Arc<Notify>,
@@ -63,7 +35,7 @@ impl Loader {
     pub fn new(
         ledger: Arc<dyn Ledger>,
         warehouse: Arc<dyn Warehouse>,
-        settings: LoaderSettings,
+        settings: LoaderConfig,
         owner: String,
         staged: Arc<Notify>,
         loaded: Arc<Notify>,

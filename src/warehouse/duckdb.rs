@@ -76,7 +76,7 @@ impl DuckDbWarehouse {
     async fn execute_all(&self, statements: Vec<String>) -> Result<(), WarehouseError> {
         run(&self.conn, move |conn| {
             for sql in &statements {
-                conn.execute_batch(sql).map_err(statement)?;
+                conn.execute_batch(sql).map_err(classify)?;
             }
             Ok(())
         })
@@ -146,10 +146,6 @@ fn classify(e: duckdb::Error) -> WarehouseError {
 /// Opening or probing the database file: the file or the process is in trouble, not the data.
 fn unavailable(e: duckdb::Error) -> WarehouseError {
     WarehouseError::transient(e.to_string()).with_source(e)
-}
-
-fn statement(e: duckdb::Error) -> WarehouseError {
-    classify(e)
 }
 
 /// DuckDB spelling of a column type. Semi-structured values are JSON text in VARCHAR.
@@ -269,7 +265,7 @@ impl Warehouse for DuckDbWarehouse {
         let mut parts: Vec<String> = columns.iter().map(column_ddl).collect();
         parts.extend(metadata_ddl().iter().map(|(name, ty)| format!("{} {ty} NOT NULL", quote_ident(name))));
         let sql = format!("CREATE TABLE IF NOT EXISTS {} ({})", quote_ident(table), parts.join(", "));
-        run(&self.conn, move |conn| conn.execute_batch(&sql).map_err(statement)).await
+        run(&self.conn, move |conn| conn.execute_batch(&sql).map_err(classify)).await
     }
 
     async fn add_columns(&self, table: &str, columns: &[Column]) -> Result<(), WarehouseError> {
