@@ -18,4 +18,5 @@ fi
 scripts/peers.sh install
 eval "$(scripts/peers.sh env)"
 
-cargo nextest run --no-fail-fast "$@"
+# `fault-injection` compiles the crash points that tests/crash.rs aborts at; never in a release.
+cargo nextest run --no-fail-fast --features fault-injection "$@"

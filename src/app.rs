@@ -8,7 +8,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::budget::MemoryBudget;
 use crate::buffer::Buffers;
@@ -17,7 +16,8 @@ use crate::config::{Config, LedgerBackend, WarehouseBackend};
 use crate::ledger::postgres::PostgresLedger;
 use crate::ledger::sqlite::SqliteLedger;
 use crate::ledger::Ledger;
-use crate::loader::{supervise, Loader, LoaderHealth};
+use crate::loader::{run_sweeper, supervise, Loader, LoaderHealth};
+use crate::replica::ReplicaId;
 use crate::stage::Stage;
 use crate::warehouse::duckdb::DuckDbWarehouse;
 use crate::warehouse::snowflake::SnowflakeWarehouse;
@@ -50,12 +50,14 @@ pub struct App {
     pub staged: Arc<Notify>,
     /// Notified after the loader changed batch status (wakes `wait=loaded` polls).
     pub loaded: Arc<Notify>,
-    /// Identifies this process in file claims.
-    pub instance_id: String,
+    /// Names this process in file claims; stable across restarts on the same data folder.
+    pub replica: ReplicaId,
     /// What the loader is doing, for `/readyz`.
     pub loader_health: Arc<LoaderHealth>,
     /// Memory every request holds, from its body to its buffered rows.
     pub budget: Arc<MemoryBudget>,
+    /// API requests in flight, up to `server.max_concurrent_requests`.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// Shared handle passed to handlers.
@@ -82,8 +84,8 @@ impl App {
                 }
                 Arc::new(SqliteLedger::connect(url.expose()).await?)
             }
-            LedgerBackend::Postgres { url, max_connections } => {
-                Arc::new(PostgresLedger::connect(url.expose(), max_connections).await?)
+            LedgerBackend::Postgres { url, max_connections, timeout } => {
+                Arc::new(PostgresLedger::connect(url.expose(), max_connections, timeout).await?)
             }
         };
         let warehouse: Arc<dyn Warehouse> = match config.warehouse_backend()? {
@@ -108,8 +110,11 @@ impl App {
     ) -> App {
         let staged = Arc::new(Notify::new());
         let budget = MemoryBudget::new(config.limits.memory_budget_bytes);
-        let buffers = Buffers::new(stage.clone(), ledger.clone(), budget.clone(), staged.clone());
+        let buffers =
+            Buffers::new(stage.clone(), ledger.clone(), budget.clone(), staged.clone(), config.ledger.timeout);
         let catalog = Catalog::new(ledger.clone(), warehouse.clone(), &config);
+        let replica = ReplicaId::acquire(&config.server.data_dir);
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(config.server.max_concurrent_requests));
         App {
             config,
             ledger,
@@ -119,9 +124,10 @@ impl App {
             buffers,
             staged,
             loaded: Arc::new(Notify::new()),
-            instance_id: format!("{}-{}", hostname(), Uuid::now_v7()),
+            replica,
             loader_health: Arc::new(LoaderHealth::default()),
             budget,
+            in_flight,
         }
     }
 
@@ -130,16 +136,12 @@ impl App {
             self.ledger.clone(),
             self.warehouse.clone(),
             self.config.loader.clone(),
-            self.instance_id.clone(),
+            self.replica.name().to_string(),
             self.staged.clone(),
             self.loaded.clone(),
         )
         .with_health(self.loader_health.clone())
     }
-}
-
-fn hostname() -> String {
-    std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "snowgate".into())
 }
 
 /// Serves until `shutdown` resolves, then stops in order: stop accepting and drain requests,
@@ -158,13 +160,28 @@ pub async fn serve(
             app.loader().run(token.clone())
         }))
     });
+    // One sweeper per loader: deleting a file nobody committed is idempotent across replicas.
+    let sweeper = state.config.loader.enabled.then(|| {
+        let (stage, ledger) = (state.stage.clone(), state.ledger.clone());
+        tokio::spawn(run_sweeper(stage, ledger, state.config.loader.orphan_after, cancel.child_token()))
+    });
     let router = crate::http::router(state.clone());
     tracing::info!(addr = %listener.local_addr()?, ledger = state.ledger.backend(), warehouse = state.warehouse.backend(),
         stage = state.stage.url(), "snowgate listening");
+    // Once shutdown begins, buffered rows are flushed at once so in-flight requests finish early.
+    let buffers = state.buffers.clone();
+    let shutdown = async move {
+        shutdown.await;
+        buffers.hurry();
+    };
     crate::http::serve_connections(listener, router, &state.config.server, shutdown).await;
+    crate::fault::crash_point(crate::fault::CrashPoint::Shutdown);
     state.buffers.close().await;
     tracing::info!("buffers flushed");
     cancel.cancel();
+    if let Some(sweeper) = sweeper {
+        let _ = sweeper.await;
+    }
     if let Some(Err(e)) = match loader {
         Some(task) => Some(task.await),
         None => None,

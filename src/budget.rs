@@ -30,9 +30,22 @@ impl MemoryBudget {
         Arc::new(MemoryBudget { used: AtomicUsize::new(0), max })
     }
 
+    /// The budget's size.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// Bytes held by every grant.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
+    }
+
+    /// A grant of `bytes` that is never refused, for work that must go on once started (encoding
+    /// rows that requests are waiting on): it may take the budget past its size, so that new
+    /// requests are refused until that work is done.
+    pub fn force(self: &Arc<Self>, bytes: usize) -> Grant {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+        Grant { budget: self.clone(), bytes }
     }
 
     /// A grant of `bytes`, or `OverBudget`.

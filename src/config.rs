@@ -15,10 +15,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::schema::{DriftPolicy, TableName};
 
-/// Memory that parsed JSON records take per byte of their text, as the memory budget counts it
-/// (maps, keys, strings and numbers of `serde_json` values; an estimate).
-pub const PARSED_BYTES_PER_TEXT_BYTE: usize = 3;
-
 /// A configuration problem, naming the key.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -56,6 +52,9 @@ pub struct ServerConfig {
     /// the connection is closed after it.
     #[serde(rename = "header_timeout_secs", with = "secs")]
     pub header_timeout: Duration,
+    /// Requests served at once; more are answered 503 `over_capacity` with `Retry-After` at once
+    /// (health probes are exempt).
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for ServerConfig {
@@ -66,11 +65,12 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             schema_refresh: Duration::from_secs(5),
             header_timeout: Duration::from_secs(10),
+            max_concurrent_requests: 1024,
         }
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StageConfig {
     /// `file://<folder>` or `s3://<bucket>/<prefix>`; default `file://<data_dir>/stage`.
@@ -82,6 +82,24 @@ pub struct StageConfig {
     pub allow_http: bool,
     /// Path-style requests (`endpoint/bucket/key`) instead of virtual-hosted buckets.
     pub path_style: bool,
+    /// Longest time one stage operation (a file written or read, a listing) may take, retries
+    /// included (key `timeout_secs`); past it the operation fails as unavailable, and a POST
+    /// waiting on it answers 503 `stage_unavailable`.
+    #[serde(rename = "timeout_secs", with = "secs")]
+    pub timeout: Duration,
+}
+
+impl Default for StageConfig {
+    fn default() -> Self {
+        StageConfig {
+            url: None,
+            endpoint: None,
+            region: None,
+            allow_http: false,
+            path_style: false,
+            timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -92,11 +110,15 @@ pub struct LedgerConfig {
     pub url: Option<Secret>,
     /// Postgres pool size.
     pub max_connections: u32,
+    /// Longest wait for a ledger connection, and for the commit that acknowledges staged
+    /// records (key `timeout_secs`); past it a POST answers 503 `ledger_unavailable`.
+    #[serde(rename = "timeout_secs", with = "secs")]
+    pub timeout: Duration,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        LedgerConfig { url: None, max_connections: 10 }
+        LedgerConfig { url: None, max_connections: 10, timeout: Duration::from_secs(10) }
     }
 }
 
@@ -227,6 +249,10 @@ pub struct Limits {
     /// Longest time to receive a whole request body (key `body_secs`).
     #[serde(rename = "body_secs", with = "secs")]
     pub body_total: Duration,
+    /// Longest time a request may take once its body has arrived, `wait=loaded` long-polls
+    /// aside (key `processing_secs`); past it the answer is 503 `timeout` with `Retry-After`.
+    #[serde(rename = "processing_secs", with = "secs")]
+    pub processing: Duration,
 }
 
 impl Default for Limits {
@@ -241,6 +267,7 @@ impl Default for Limits {
             max_wait: Duration::from_secs(60),
             body_idle: Duration::from_secs(15),
             body_total: Duration::from_secs(120),
+            processing: Duration::from_secs(60),
         }
     }
 }
@@ -264,6 +291,14 @@ pub struct LoaderConfig {
     /// `configuration_retry_secs`).
     #[serde(rename = "configuration_retry_secs", with = "secs")]
     pub configuration_retry: Duration,
+    /// Age past which a stage file unknown to the ledger (written, then the process died before
+    /// committing it) is deleted, and how often the stage is swept for them (key
+    /// `orphan_after_secs`). Keep it far above any ledger commit's duration.
+    #[serde(rename = "orphan_after_secs", with = "secs")]
+    pub orphan_after: Duration,
+    /// Times a file is tried when the warehouse answers with an error of no known kind (neither
+    /// transient, configuration nor data) before the file is marked failed.
+    pub statement_attempts: u32,
 }
 
 impl Default for LoaderConfig {
@@ -275,6 +310,8 @@ impl Default for LoaderConfig {
             max_files_per_copy: 1000,
             retry_base: Duration::from_millis(1000),
             configuration_retry: Duration::from_secs(60),
+            orphan_after: Duration::from_secs(3600),
+            statement_attempts: 3,
         }
     }
 }
@@ -327,16 +364,14 @@ impl Config {
         check((1..=100).contains(&l.max_depth), "limits.max_depth", "must be 1..=100")?;
         check(l.max_records_per_request >= 1, "limits.max_records_per_request", "must be at least 1")?;
         check(l.memory_budget_bytes >= 1 << 20, "limits.memory_budget_bytes", "must be at least 1048576")?;
-        // The largest request must fit in the budget on its own: its text while it is parsed,
-        // and the records parsed from it.
-        let largest = l.max_decompressed_bytes.saturating_mul(1 + PARSED_BYTES_PER_TEXT_BYTE);
+        // The largest body must be parseable within the budget, at least when its records are
+        // few and long (parsed, they take about three times their text, plus the text); a body of
+        // many small fields needs more, and is refused with 413 if it needs more than the budget.
+        let largest = l.max_decompressed_bytes.saturating_mul(4);
         check(
             largest <= l.memory_budget_bytes,
             "limits.memory_budget_bytes",
-            &format!(
-                "must hold the largest request: {} x limits.max_decompressed_bytes = {largest}",
-                1 + PARSED_BYTES_PER_TEXT_BYTE
-            ),
+            &format!("must be at least 4 x limits.max_decompressed_bytes = {largest}"),
         )?;
         check(l.body_idle >= Duration::from_secs(1), "limits.body_idle_secs", "must be at least 1")?;
         check(
@@ -354,6 +389,16 @@ impl Config {
             self.loader.configuration_retry >= Duration::from_secs(1),
             "loader.configuration_retry_secs",
             "must be at least 1",
+        )?;
+        check(self.loader.orphan_after >= Duration::from_secs(1), "loader.orphan_after_secs", "must be at least 1")?;
+        check((1..=100).contains(&self.loader.statement_attempts), "loader.statement_attempts", "must be 1..=100")?;
+        check(self.stage.timeout >= Duration::from_secs(1), "stage.timeout_secs", "must be at least 1")?;
+        check(self.ledger.timeout >= Duration::from_secs(1), "ledger.timeout_secs", "must be at least 1")?;
+        check(l.processing >= Duration::from_secs(1), "limits.processing_secs", "must be at least 1")?;
+        check(
+            (1..=1_000_000).contains(&self.server.max_concurrent_requests),
+            "server.max_concurrent_requests",
+            "must be 1..=1000000",
         )?;
         let stage = self.stage_url();
         check(
@@ -395,7 +440,11 @@ impl Config {
             return Ok(LedgerBackend::Sqlite { url, path });
         }
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            return Ok(LedgerBackend::Postgres { url, max_connections: self.ledger.max_connections });
+            return Ok(LedgerBackend::Postgres {
+                url,
+                max_connections: self.ledger.max_connections,
+                timeout: self.ledger.timeout,
+            });
         }
         Err(ConfigError("ledger.url: must be sqlite://... or postgres://...".into()))
     }
@@ -449,6 +498,7 @@ pub enum LedgerBackend {
     Postgres {
         url: Secret,
         max_connections: u32,
+        timeout: Duration,
     },
 }
 

@@ -13,7 +13,6 @@ use crate::app::App;
 use crate::budget::Grant;
 use crate::buffer::{BufferError, FlushPolicy, Submission};
 use crate::catalog::CatalogError;
-use crate::config::PARSED_BYTES_PER_TEXT_BYTE;
 use crate::ingest::decode::{self, DecodeError, DecodeLimits, Decoded};
 use crate::ingest::drift::{plan_new_columns, DriftPolicy};
 use crate::ingest::reject::Reject;
@@ -87,14 +86,20 @@ pub async fn ingest(app: &App, request: IngestRequest) -> Result<IngestOutcome, 
     let encoding = request.content_encoding.clone();
     let body = request.body;
     let mut grant = request.grant;
+    let budget = app.budget.max();
     let (records, grant): (Vec<Decoded>, Grant) = blocking(move || {
         let held = body.len();
         let plain = decode::decompress(body, encoding.as_deref(), limits.max_decompressed_bytes, &mut |n| {
             grant.grow_to(held + n).is_ok()
         })?;
-        // The compressed body is gone; the text stays while parsing, and the parsed records take
-        // about PARSED_BYTES_PER_TEXT_BYTE times as much again: reserved before parsing.
-        if grant.resize(plain.len() * (1 + PARSED_BYTES_PER_TEXT_BYTE)).is_err() {
+        // The compressed body is gone; the text stays while parsing, and the parsed records are
+        // estimated from its structure: reserved before parsing. A body that would need more than
+        // the whole budget can never be parsed here: 413, not 503.
+        let needed = plain.len().saturating_add(decode::parsed_footprint(&plain));
+        if needed > budget {
+            return Err(DecodeError::TooLargeToParse { needed, budget });
+        }
+        if grant.resize(needed).is_err() {
             return Err(DecodeError::OverBudget);
         }
         Ok((decode::parse_records(&plain, format, &limits)?, grant))
@@ -117,6 +122,7 @@ pub async fn ingest(app: &App, request: IngestRequest) -> Result<IngestOutcome, 
     if !planned.is_empty() {
         schema = app.catalog.evolve(&table, &planned, batch_id).await?;
     }
+    crate::fault::crash_point(crate::fault::CrashPoint::Validating);
     let validate_schema: Arc<TableSchema> = schema.clone();
     let checked = blocking(move || check_records(&validate_schema, records, max_depth)).await?;
     // The text and the parsed records are gone: from here on the request holds its rows.

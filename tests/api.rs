@@ -496,7 +496,7 @@ async fn bodies_and_inflation_are_reserved_against_the_memory_budget() {
 async fn a_stalled_body_is_cut_off_and_lets_go_of_its_memory() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::test_config(dir.path());
-    (config.limits.memory_budget_bytes, config.limits.max_decompressed_bytes) = (4 << 20, 1 << 20);
+    (config.limits.memory_budget_bytes, config.limits.max_decompressed_bytes) = (8 << 20, 1 << 20);
     config.limits.max_body_bytes = 1 << 20;
     config.limits.body_idle = Duration::from_secs(1);
     let app = common::spawn_app_with(config).await;
@@ -519,11 +519,15 @@ async fn a_stalled_body_is_cut_off_and_lets_go_of_its_memory() {
     assert!(answer.contains("request_timeout"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(5), "cut off after {:?}", started.elapsed());
 
-    // Its 1,000 KB are free again: a 900 KB body (3.6 MB while parsed) fits the 4 MiB budget,
-    // which it would not beside the stalled request.
-    let lines: Vec<String> = (0..5000).map(|i| loan(i).to_string()).collect();
+    // Its 1,000 KB are free again: a body that needs 7.2 to 7.5 MiB while parsed fits the 8 MiB
+    // budget, which it would not beside the stalled request.
+    let need = |body: &str| body.len() + snowgate::ingest::decode::parsed_footprint(body.as_bytes());
+    let mut lines: Vec<String> = Vec::new();
+    while need(&lines.join("\n")) < 7_200 << 10 {
+        lines.push(loan(lines.len()).to_string());
+    }
     let body = lines.join("\n");
-    assert!(body.len() > 850 * 1024 && body.len() < 1 << 20, "{}", body.len());
+    assert!(need(&body) < 7_500 << 10 && body.len() < 1 << 20, "{}", need(&body));
     let response = app.post_ndjson("loans", "", body).await;
     assert_eq!(response.status(), 202);
     app.shutdown().await;

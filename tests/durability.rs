@@ -133,3 +133,54 @@ async fn kill_9_after_202_then_restart_loads_exactly_once() {
     assert_eq!(duckdb_count(dir.path(), "SELECT COUNT(DISTINCT (_BATCH_ID, _RECORD_INDEX)) FROM loans"), 500);
     assert_eq!(duckdb_count(dir.path(), "SELECT CAST(SUM(amount) AS BIGINT) FROM loans"), (0..500).sum::<i64>());
 }
+
+/// SIGTERM flushes buffered rows at once, so a request waiting for its linger is answered within
+/// the grace period; a second SIGTERM exits at once (130), and what was acknowledged still loads.
+#[tokio::test]
+async fn sigterm_answers_waiting_requests_and_a_second_signal_exits_at_once() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut command, base) = common::gateway_command(dir.path());
+    command.env("SNOWGATE_LOADER__ENABLED", "false").env("SNOWGATE_DEFAULTS__LINGER_MS", "600000");
+    let mut child = common::start_gateway(command, &base).await;
+    common::declare_ids(&base, "loans").await;
+
+    // A client that sends half a body and stalls keeps the shutdown waiting for its grace period.
+    let mut stalled = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    stalled
+        .write_all(b"POST /v1/tables/loans/batches HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n[{\"id\": 1}")
+        .unwrap();
+    // A request waiting for its linger (ten minutes).
+    let client = reqwest::Client::new();
+    let url = format!("{base}/v1/tables/loans/batches");
+    let waiting = tokio::spawn(async move { client.post(url).json(&json!([{"id": 7}, {"id": 8}])).send().await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "the request waits for its linger");
+
+    let pid = child.id().to_string();
+    let sigterm = || assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    sigterm();
+    let response =
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("answered at shutdown").unwrap().unwrap();
+    assert_eq!(response.status(), 202);
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    assert!(child.try_wait().unwrap().is_none(), "still draining the stalled request");
+
+    sigterm();
+    let started = std::time::Instant::now();
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "a second signal exits at once");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(exit.code(), Some(130));
+    drop(stalled);
+
+    let gateway = start_process(dir.path(), true).await;
+    let batch = common::wait_final(&reqwest::Client::new(), &gateway.base, &id, Duration::from_secs(30)).await;
+    assert_eq!((batch["status"].as_str(), batch["counts"]["loaded"].as_u64()), (Some("loaded"), Some(2)), "{batch}");
+    gateway.terminate();
+    assert_eq!(duckdb_count(dir.path(), "SELECT COUNT(*) FROM loans"), 2);
+}

@@ -117,6 +117,9 @@ pub async fn group_commit_then_load_reconciles(ledger: Arc<dyn Ledger>) {
     assert_eq!(staged.rejects_by_code, BTreeMap::from([("null_in_not_null".to_string(), 1)]));
     assert_eq!(staged.files.len(), 1);
     assert_eq!((staged.files[0].path.as_str(), staged.files[0].rows), (path.as_str(), 3));
+    let known = ledger.known_paths(&[path.clone(), "T/never/committed.parquet".into()]).await.unwrap();
+    assert_eq!(known, std::collections::BTreeSet::from([path.clone()]), "the sweeper's question");
+    assert_eq!(staged.files[0].attempts, 0);
     assert!(staged.staged_at.is_some());
 
     let claimed = ledger.claim_files("one", LEASE, 10).await.unwrap();
@@ -171,10 +174,15 @@ pub async fn leases_expire_and_releases_delay(ledger: Arc<dyn Ledger>) {
     let first = ledger.claim_files("crashed", Duration::from_millis(200), 10).await.unwrap();
     assert_eq!(first.len(), 1);
     assert!(ledger.claim_files("other", LEASE, 10).await.unwrap().is_empty());
+    // The same replica, restarted, releases what its previous life held without waiting for the lease.
+    assert_eq!(ledger.release_claims_of("someone else").await.unwrap(), 0);
+    assert_eq!(ledger.release_claims_of("crashed").await.unwrap(), 1);
+    let again = ledger.claim_files("crashed", Duration::from_millis(200), 10).await.unwrap();
+    assert_eq!((again.len(), again[0].attempts), (1, 2), "claimable at once after the release");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let second = ledger.claim_files("other", LEASE, 10).await.unwrap();
     assert_eq!(second.len(), 1, "an expired lease is claimable");
-    assert_eq!(second[0].attempts, 2);
+    assert_eq!(second[0].attempts, 3);
 
     ledger.release_files(&[second[0].id], "warehouse down", Duration::from_millis(300)).await.unwrap();
     assert!(ledger.claim_files("other", LEASE, 10).await.unwrap().is_empty(), "released files wait for their delay");

@@ -30,6 +30,17 @@ async fn backends(dir: &std::path::Path) -> (Arc<Stage>, Arc<dyn Ledger>, Arc<Du
     (stage, ledger, warehouse)
 }
 
+/// Buffers over the test's stage and ledger, with a budget that never refuses.
+fn buffers(stage: &Arc<Stage>, ledger: &Arc<dyn Ledger>) -> Buffers {
+    Buffers::new(
+        stage.clone(),
+        ledger.clone(),
+        MemoryBudget::new(1 << 30),
+        Arc::new(Notify::new()),
+        Duration::from_secs(10),
+    )
+}
+
 /// Loader settings for tests: quick polls and retries, the given lease.
 fn settings(lease: Duration) -> LoaderConfig {
     LoaderConfig {
@@ -39,6 +50,7 @@ fn settings(lease: Duration) -> LoaderConfig {
         max_files_per_copy: 100,
         retry_base: Duration::from_millis(50),
         configuration_retry: Duration::from_secs(60),
+        ..LoaderConfig::default()
     }
 }
 
@@ -50,7 +62,7 @@ async fn copy_committed_but_not_recorded_is_skipped_on_retry() {
     let columns = vec![Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: false }];
     warehouse.create_table("T", &columns).await.unwrap();
 
-    let buffers = Buffers::new(stage.clone(), ledger.clone(), MemoryBudget::new(1 << 30), Arc::new(Notify::new()));
+    let buffers = buffers(&stage, &ledger);
     let id = Uuid::now_v7();
     let rows: Vec<Row> = (0..50).map(|i| Row { index: i, cells: vec![Cell::Decimal(i as i128)] }).collect();
     let batch = NewBatch {
@@ -102,7 +114,7 @@ async fn a_file_missing_from_the_stage_holds_back_only_itself() {
     let columns = vec![Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: false }];
     warehouse.create_table("T", &columns).await.unwrap();
     let schema = Arc::new(TableSchema { name: "T".into(), columns });
-    let buffers = Buffers::new(stage.clone(), ledger.clone(), MemoryBudget::new(1 << 30), Arc::new(Notify::new()));
+    let buffers = buffers(&stage, &ledger);
     let policy = FlushPolicy { max_rows: 1000, max_bytes: 1 << 20, linger: Duration::from_millis(10) };
     let mut ids = Vec::new();
     for n in 0..2u64 {

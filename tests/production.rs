@@ -8,77 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::fakesnow::Fakesnow;
-use common::peers::S3Server;
-use common::postgres::PgSchema;
-use common::{loan, spawn_app_with, test_config};
+use common::production::{one_number, Peers};
+use common::{loan, spawn_app_with};
 use serde_json::{json, Value};
-use snowgate::config::{Config, SnowflakeConfig, WarehouseKind};
-use snowgate::warehouse::snowflake::SnowflakeWarehouse;
-
-const STAGE: &str = "SNOWGATE_STAGE";
-
-/// Every peer of one test, plus the config that points a gateway at them.
-struct Peers {
-    pg: PgSchema,
-    s3: S3Server,
-    fakesnow: Fakesnow,
-    snowflake: SnowflakeConfig,
-    dir: tempfile::TempDir,
-}
-
-impl Peers {
-    async fn start() -> Peers {
-        let dir = tempfile::tempdir().unwrap();
-        let pg = PgSchema::create().await;
-        let s3 = S3Server::start();
-        // The gateway finds S3 credentials where production does: in AWS_* variables. Every test
-        // uses the same constant credentials, so concurrent tests cannot disagree about them.
-        for (key, value) in s3.credentials_env() {
-            std::env::set_var(key, value);
-        }
-        let fakesnow = Fakesnow::start(dir.path()).await;
-        let snowflake = fakesnow.config(STAGE);
-        // The external stage reads the very objects s3s-fs stored (fakesnow reads file:// URLs only).
-        let folder = s3.root.join(&s3.bucket).join(&s3.prefix);
-        std::fs::create_dir_all(&folder).unwrap();
-        fakesnow.prepare(&snowflake, &folder.canonicalize().unwrap()).await;
-        Peers { pg, s3, fakesnow, snowflake, dir }
-    }
-
-    fn config(&self, data_dir: &Path) -> Config {
-        let mut config = test_config(data_dir);
-        config.stage = self.s3.stage_config();
-        config.ledger.url = Some(snowgate::config::Secret::new(self.pg.url.clone()));
-        config.warehouse.kind = WarehouseKind::Snowflake;
-        config.warehouse.snowflake = Some(self.snowflake.clone());
-        config
-    }
-
-    /// Points a gateway process at the S3 stage: `[stage]` and the AWS_* credentials, by env.
-    fn s3_env(&self, command: &mut Command) {
-        let s3 = self.s3.stage_config();
-        command
-            .env("SNOWGATE_STAGE__URL", s3.url.unwrap())
-            .env("SNOWGATE_STAGE__ENDPOINT", s3.endpoint.unwrap())
-            .env("SNOWGATE_STAGE__REGION", "us-east-1")
-            .env("SNOWGATE_STAGE__ALLOW_HTTP", "true")
-            .env("SNOWGATE_STAGE__PATH_STYLE", "true");
-        for (key, value) in self.s3.credentials_env() {
-            command.env(key, value);
-        }
-    }
-
-    /// A separate client for checking what landed in the warehouse.
-    fn warehouse(&self) -> SnowflakeWarehouse {
-        SnowflakeWarehouse::connect(&self.snowflake).unwrap()
-    }
-}
-
-async fn one_number(warehouse: &SnowflakeWarehouse, sql: &str) -> String {
-    let rows = warehouse.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    rows.rows[0][0].clone().unwrap_or_default()
-}
 
 #[tokio::test]
 async fn post_to_loaded_on_postgres_s3_and_snowflake() {
@@ -151,20 +83,9 @@ struct Gateway {
 
 impl Gateway {
     async fn start(peers: &Peers, data_dir: &Path) -> Gateway {
-        let sf = &peers.snowflake;
         let (mut command, base) = common::gateway_command(data_dir);
-        peers.s3_env(&mut command);
-        command
-            .env("SNOWGATE_LEDGER__URL", &peers.pg.url)
-            .env("SNOWGATE_WAREHOUSE__KIND", "snowflake")
-            .env("SNOWGATE_WAREHOUSE__SNOWFLAKE__ACCOUNT", &sf.account)
-            .env("SNOWGATE_WAREHOUSE__SNOWFLAKE__USER", &sf.user)
-            .env("SNOWGATE_WAREHOUSE__SNOWFLAKE__DATABASE", &sf.database)
-            .env("SNOWGATE_WAREHOUSE__SNOWFLAKE__SCHEMA", &sf.schema)
-            .env("SNOWGATE_WAREHOUSE__SNOWFLAKE__STAGE", &sf.stage)
-            .env("SNOWGATE_WAREHOUSE__SNOWFLAKE__BASE_URL", sf.base_url.as_ref().unwrap())
-            .env("SNOWFLAKE_PASSWORD", "not-checked")
-            .env("SNOWGATE_LOADER__MAX_FILES_PER_COPY", "4");
+        peers.process_env(&mut command);
+        command.env("SNOWGATE_LOADER__MAX_FILES_PER_COPY", "4");
         let child = common::start_gateway(command, &base).await;
         Gateway { child, base }
     }

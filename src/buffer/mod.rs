@@ -135,10 +135,31 @@ struct Inner {
     tables: Mutex<HashMap<String, Arc<Mutex<TableBuffer>>>>,
     flushes: TaskTracker,
     closing: AtomicBool,
+    /// Shutdown has begun: rows are flushed as they come, without waiting for the linger.
+    hurry: AtomicBool,
     budget: Arc<MemoryBudget>,
     /// Wakes the loader when a file is committed.
     staged: Arc<Notify>,
+    /// Bound on a ledger commit (`ledger.timeout_secs`).
+    commit_timeout: Duration,
 }
+
+impl Inner {
+    /// Commits to the ledger within `commit_timeout`. One that outlasts it answers its requests
+    /// 503; if it lands after all, its batches are whole and load like any other.
+    async fn commit(&self, commit: &StageCommit) -> Result<(), BufferError> {
+        match tokio::time::timeout(self.commit_timeout, self.ledger.commit_stage(commit)).await {
+            Ok(done) => Ok(done?),
+            Err(_) => Err(BufferError::LedgerUnavailable(format!(
+                "the ledger did not commit within ledger.timeout_secs ({}s)",
+                self.commit_timeout.as_secs()
+            ))),
+        }
+    }
+}
+
+/// Copies of a segment's rows that encoding holds at its peak (Arrow arrays, Parquet pages).
+const ENCODING_COPIES: usize = 2;
 
 /// All table buffers of one gateway.
 #[derive(Clone)]
@@ -158,7 +179,13 @@ pub struct Submission {
 }
 
 impl Buffers {
-    pub fn new(stage: Arc<Stage>, ledger: Arc<dyn Ledger>, budget: Arc<MemoryBudget>, staged: Arc<Notify>) -> Self {
+    pub fn new(
+        stage: Arc<Stage>,
+        ledger: Arc<dyn Ledger>,
+        budget: Arc<MemoryBudget>,
+        staged: Arc<Notify>,
+        commit_timeout: Duration,
+    ) -> Self {
         Buffers {
             inner: Arc::new(Inner {
                 stage,
@@ -166,8 +193,10 @@ impl Buffers {
                 tables: Mutex::new(HashMap::new()),
                 flushes: TaskTracker::new(),
                 closing: AtomicBool::new(false),
+                hurry: AtomicBool::new(false),
                 budget,
                 staged,
+                commit_timeout,
             }),
         }
     }
@@ -180,7 +209,7 @@ impl Buffers {
         if submission.rows.is_empty() {
             let commit =
                 StageCommit { file: None, parts: Vec::new(), completed: vec![submission.batch], pending: false };
-            return Ok(self.inner.ledger.commit_stage(&commit).await?);
+            return self.inner.commit(&commit).await;
         }
         // Held until the rows are staged: the request's own grant when it has one.
         let mut grant = match submission.grant.take() {
@@ -217,7 +246,8 @@ impl Buffers {
         let receiver = segment.done.subscribe();
         let entry = entry(submission.batch, submission.rows, true);
         segment.push(entry, submission.bytes);
-        if segment.rows >= policy.max_rows || segment.bytes >= policy.max_bytes {
+        let hurry = self.inner.hurry.load(Ordering::Acquire);
+        if hurry || segment.rows >= policy.max_rows || segment.bytes >= policy.max_bytes {
             let full = buffer.open.take().expect("just filled");
             self.spawn_flush(full);
         }
@@ -282,8 +312,12 @@ impl Buffers {
     fn spawn_flush(&self, segment: Segment) {
         let inner = self.inner.clone();
         self.inner.flushes.spawn(async move {
-            let Segment { schema, entries, pending, done, rows, .. } = segment;
+            let Segment { schema, entries, pending, done, rows, bytes, .. } = segment;
+            // Encoding copies the rows into Arrow arrays and then into Parquet pages: held on the
+            // budget until the file is staged, so requests wait while files are being written.
+            let encoding = inner.budget.force(bytes.saturating_mul(ENCODING_COPIES));
             let result = flush(&inner, schema, entries, rows, pending).await;
+            drop(encoding);
             if let Err(e) = &result {
                 tracing::error!(error = %e, "flush failed");
             } else {
@@ -293,9 +327,14 @@ impl Buffers {
         });
     }
 
-    /// Stops taking rows, flushes every open segment and waits for all flushes to finish.
-    pub async fn close(&self) {
-        self.inner.closing.store(true, Ordering::Release);
+    /// Flushes every open segment now, and from here on every submission as it comes: requests
+    /// still running when shutdown begins get their answer without waiting for the linger.
+    pub fn hurry(&self) {
+        self.inner.hurry.store(true, Ordering::Release);
+        self.flush_open();
+    }
+
+    fn flush_open(&self) {
         let tables: Vec<_> = self.inner.tables.lock().expect("tables lock").values().cloned().collect();
         for table in tables {
             let open = table.lock().expect("buffer lock").open.take();
@@ -303,6 +342,12 @@ impl Buffers {
                 self.spawn_flush(segment);
             }
         }
+    }
+
+    /// Stops taking rows, flushes every open segment and waits for all flushes to finish.
+    pub async fn close(&self) {
+        self.inner.closing.store(true, Ordering::Release);
+        self.flush_open();
         self.inner.flushes.close();
         self.inner.flushes.wait().await;
     }
@@ -352,9 +397,10 @@ async fn flush(
     let path = format!("{}/{}/{id}.parquet", schema.name, Utc::now().format("%Y/%m/%d"));
     let bytes = data.len() as u64;
     inner.stage.put_new(&path, data).await?;
+    crate::fault::crash_point(crate::fault::CrashPoint::StagedBeforeCommit);
     let file = NewFile { id, table: schema.name.clone(), path, rows: rows as u64, bytes };
     let commit = StageCommit { file: Some(file), parts, completed, pending };
-    inner.ledger.commit_stage(&commit).await?;
+    inner.commit(&commit).await?;
     tracing::debug!(table = %schema.name, file_id = %id, rows, bytes, "staged file");
     Ok(())
 }

@@ -141,7 +141,11 @@ pub async fn ingest(
         body,
         dry_run: params.dry_run.unwrap_or(false),
     };
-    let batch = match pipeline::ingest(&app, request).await? {
+    let processing = app.config.limits.processing;
+    let outcome = tokio::time::timeout(processing, pipeline::ingest(&app, request))
+        .await
+        .map_err(|_| ApiError::timeout(processing))??;
+    let batch = match outcome {
         IngestOutcome::DryRun(report) => {
             return Ok((StatusCode::OK, Json(IngestResult::DryRun(report))).into_response())
         }
@@ -194,6 +198,7 @@ async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<(B
         }
         grant.grow_to(total)?;
         received.extend_from_slice(&chunk);
+        crate::fault::crash_point(crate::fault::CrashPoint::Receiving);
     }
     Ok((received.freeze(), grant))
 }

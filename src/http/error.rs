@@ -66,6 +66,10 @@ pub enum ErrorCode {
     LedgerUnavailable,
     /// 503: the warehouse is unavailable.
     WarehouseUnavailable,
+    /// 503: the gateway is serving `server.max_concurrent_requests` already; retry.
+    OverCapacity,
+    /// 503: a backend did not answer within `limits.processing_secs`; retry.
+    Timeout,
 }
 
 impl ErrorCode {
@@ -83,9 +87,8 @@ impl ErrorCode {
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedEncoding | UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Internal | StageMisconfigured => StatusCode::INTERNAL_SERVER_ERROR,
-            NotReady | OverBudget | ShuttingDown | StageUnavailable | LedgerUnavailable | WarehouseUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            NotReady | OverBudget | ShuttingDown | StageUnavailable | LedgerUnavailable | WarehouseUnavailable
+            | OverCapacity | Timeout => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -93,8 +96,8 @@ impl ErrorCode {
     fn retry_after_secs(self) -> Option<u32> {
         use ErrorCode::*;
         match self {
-            OverBudget | ShuttingDown => Some(1),
-            NotReady | StageUnavailable | LedgerUnavailable | WarehouseUnavailable => Some(5),
+            OverBudget | ShuttingDown | OverCapacity => Some(1),
+            NotReady | StageUnavailable | LedgerUnavailable | WarehouseUnavailable | Timeout => Some(5),
             _ => None,
         }
     }
@@ -135,6 +138,14 @@ impl ApiError {
         self
     }
 
+    /// 503 `timeout`: the request's work outlasted `limits.processing_secs`.
+    pub fn timeout(limit: std::time::Duration) -> Self {
+        ApiError::new(
+            ErrorCode::Timeout,
+            format!("a backend did not answer within limits.processing_secs ({}s); retry later", limit.as_secs()),
+        )
+    }
+
     /// A 500 that logs the cause and tells the client nothing about internals.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
@@ -165,7 +176,7 @@ impl From<DecodeError> for ApiError {
         match e {
             DecodeError::UnsupportedEncoding(_) => ApiError::new(ErrorCode::UnsupportedEncoding, message),
             DecodeError::UnsupportedMediaType(_) => ApiError::new(ErrorCode::UnsupportedMediaType, message),
-            DecodeError::TooLarge(_) | DecodeError::TooManyRecords(_) => {
+            DecodeError::TooLarge(_) | DecodeError::TooManyRecords(_) | DecodeError::TooLargeToParse { .. } => {
                 ApiError::new(ErrorCode::PayloadTooLarge, message)
             }
             DecodeError::Syntax { offset, .. } => {

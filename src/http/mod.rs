@@ -6,8 +6,9 @@ mod extract;
 pub mod health;
 pub mod tables;
 
-use axum::extract::DefaultBodyLimit;
-use axum::response::IntoResponse;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -115,17 +116,45 @@ pub(crate) async fn serve_connections(
     }
 }
 
+/// Sheds load: past `server.max_concurrent_requests` API requests in flight, the next is answered
+/// 503 `over_capacity` at once instead of queueing (health probes are not counted).
+async fn admission(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = app.in_flight.clone().try_acquire_owned() else {
+        return ApiError::new(
+            ErrorCode::OverCapacity,
+            "the gateway is serving server.max_concurrent_requests requests already; retry shortly",
+        )
+        .into_response();
+    };
+    next.run(request).await
+}
+
+/// Bounds a request by `limits.processing_secs`.
+async fn processing_deadline(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = app.config.limits.processing;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::timeout(limit).into_response(),
+    }
+}
+
 /// All routes with their layers.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.limits.max_body_bytes;
-    let api = Router::new()
-        .route("/v1/tables/{table}/batches", post(batches::ingest))
+    // Bounded as a whole; a batch POST bounds its own work once its body has arrived (the body
+    // has its own limits, and `wait=loaded` its own).
+    let bounded = Router::new()
         .route("/v1/batches", get(batches::list_batches))
         .route("/v1/batches/{id}", get(batches::get_batch))
         .route("/v1/batches/{id}/rejects", get(batches::list_rejects))
         .route("/v1/tables", get(tables::list_tables))
         .route("/v1/tables/{table}", put(tables::put_table).get(tables::get_table))
         .route("/v1/tables/{table}/schema-changes", get(tables::schema_changes))
+        .route_layer(middleware::from_fn_with_state(state.clone(), processing_deadline));
+    let api = Router::new()
+        .route("/v1/tables/{table}/batches", post(batches::ingest))
+        .merge(bounded)
+        .route_layer(middleware::from_fn_with_state(state.clone(), admission))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .method_not_allowed_fallback(method_not_allowed)

@@ -151,6 +151,10 @@ pub trait Ledger: Send + Sync + 'static {
     /// Claims up to `limit` loadable files (staged, or loading with an expired lease).
     async fn claim_files(&self, owner: &str, lease: Duration, limit: usize) -> Result<Vec<ClaimedFile>>;
 
+    /// Makes every file claimed by `owner` loadable again at once, lease or not; returns how
+    /// many. For a loader starting under a name whose previous holder is known to be dead.
+    async fn release_claims_of(&self, owner: &str) -> Result<u64>;
+
     /// Extends the lease of files `owner` still holds; returns how many it still holds.
     async fn renew_claims(&self, owner: &str, ids: &[Uuid], lease: Duration) -> Result<u64>;
 
@@ -162,6 +166,9 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Marks pending files older than `age` abandoned: their batch was never acknowledged.
     async fn abandon_pending(&self, age: Duration) -> Result<u64>;
+
+    /// Which of `paths` the ledger knows as files (in any status).
+    async fn known_paths(&self, paths: &[String]) -> Result<std::collections::BTreeSet<String>>;
 
     async fn get_batch(&self, id: Uuid) -> Result<Option<BatchRecord>>;
 

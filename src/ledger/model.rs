@@ -199,6 +199,8 @@ pub struct BatchFile {
     /// Rows of this batch in the file.
     pub rows: u64,
     pub status: FileStatus,
+    /// Times a loader has taken the file to load it (retries after a warehouse outage count).
+    pub attempts: u32,
     /// Warehouse query that loaded the file.
     pub query_id: Option<String>,
     pub error: Option<String>,

@@ -20,11 +20,11 @@ pub type PostgresLedger = SqlLedger<Postgres>;
 
 impl SqlLedger<Postgres> {
     /// Connects to `url` (`postgres://` or `postgresql://`) and migrates the ledger schema.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+    pub async fn connect(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<Self> {
         let options = PgConnectOptions::from_str(url).map_err(LedgerError::Unavailable)?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(acquire_timeout)
             .connect_with(options)
             .await
             .map_err(LedgerError::Unavailable)?;

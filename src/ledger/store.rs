@@ -396,6 +396,7 @@ where
             .execute(&mut *tx)
             .await?;
         }
+        crate::fault::crash_point(crate::fault::CrashPoint::DuringCommit);
         tx.commit().await?;
         Ok(())
     }
@@ -447,6 +448,19 @@ where
         tx.commit().await?;
         claimed.sort_by(|a, b| a.table.cmp(&b.table).then(a.path.cmp(&b.path)));
         Ok(claimed)
+    }
+
+    async fn release_claims_of(&self, owner: &str) -> Result<u64> {
+        let released = sqlx::query::<D>(
+            "UPDATE files SET status = $1, claimed_by = NULL, lease_until = NULL
+             WHERE status = $2 AND claimed_by = $3 RETURNING id",
+        )
+        .bind(FileStatus::Staged.as_str())
+        .bind(FileStatus::Loading.as_str())
+        .bind(owner)
+        .fetch_all(&self.writer)
+        .await?;
+        Ok(released.len() as u64)
     }
 
     async fn renew_claims(&self, owner: &str, ids: &[Uuid], lease: Duration) -> Result<u64> {
@@ -578,6 +592,18 @@ where
         Ok(abandoned.len() as u64)
     }
 
+    async fn known_paths(&self, paths: &[String]) -> Result<BTreeSet<String>> {
+        let mut known = BTreeSet::new();
+        for chunk in paths.chunks(IDS_PER_LIST) {
+            let sql = format!("SELECT path FROM files WHERE path IN {}", params(1, chunk.len()));
+            let query = chunk.iter().fold(sqlx::query::<D>(&sql), |q, path| q.bind(path.as_str()));
+            for row in query.fetch_all(&self.reader).await? {
+                known.insert(get::<D, String>(&row, "path")?);
+            }
+        }
+        Ok(known)
+    }
+
     async fn get_batch(&self, id: Uuid) -> Result<Option<BatchRecord>> {
         let row = sqlx::query::<D>("SELECT * FROM batches WHERE id = $1")
             .bind(D::id(id))
@@ -586,7 +612,7 @@ where
         let Some(row) = row else { return Ok(None) };
         let mut batch = batch_from_row::<D>(&row)?;
         let files = sqlx::query::<D>(
-            "SELECT f.path, fb.rows, f.status, f.query_id, f.error
+            "SELECT f.path, fb.rows, f.status, f.attempts, f.query_id, f.error
              FROM file_batches fb JOIN files f ON f.id = fb.file_id
              WHERE fb.batch_id = $1 ORDER BY f.created_at, f.path",
         )
@@ -598,6 +624,7 @@ where
                 path: get::<D, String>(row, "path")?,
                 rows: count::<D, u64>(row, "rows")?,
                 status: parse(&get::<D, String>(row, "status")?)?,
+                attempts: count::<D, u32>(row, "attempts")?,
                 query_id: get::<D, Option<String>>(row, "query_id")?,
                 error: get::<D, Option<String>>(row, "error")?,
             });

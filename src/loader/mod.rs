@@ -1,6 +1,7 @@
 //! The loader: claims staged files, runs COPY, and reconciles batches in the ledger.
 
 mod supervisor;
+mod sweeper;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use supervisor::{supervise, ConfigurationError, LoaderHealth, LoaderState, LoaderStatus};
+pub use sweeper::{run_sweeper, sweep_orphans, SweepError};
 
 use crate::config::LoaderConfig;
 use crate::ledger::{ClaimedFile, FileOutcome, Ledger, LedgerError};
@@ -51,6 +53,17 @@ impl Loader {
 
     /// Runs until `cancel` fires; a round in progress finishes first.
     pub async fn run(self, cancel: CancellationToken) {
+        // Claims under this loader's name belong to a previous life (a crashed or restarted
+        // process holding the same replica id, or this loader before a panic): loadable now.
+        match self.ledger.release_claims_of(&self.owner).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(files = n, owner = %self.owner, "took back the claims of this replica's previous run")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not take back earlier claims; they load when their lease expires")
+            }
+        }
         match self.ledger.abandon_pending(Duration::from_secs(3600)).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(files = n, "abandoned pending files of batches that never completed"),
@@ -118,6 +131,7 @@ impl Loader {
         let paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
         let error = match self.warehouse.copy_files(table, &paths).await {
             Ok(results) => {
+                crate::fault::crash_point(crate::fault::CrashPoint::AfterCopy);
                 let outcomes: Vec<FileOutcome> = files
                     .iter()
                     .map(|file| match results.iter().find(|r| r.path == file.path) {
@@ -169,6 +183,14 @@ impl Loader {
                     Box::pin(self.load(table, vec![file])).await?;
                 }
                 Ok(())
+            }
+            // An error of no known kind may be passing (an emulator's write conflict, say): the
+            // file is tried a few times, with backoff, before it fails.
+            ErrorKind::Statement if files[0].attempts < self.settings.statement_attempts => {
+                let delay = jittered(backoff(self.settings.retry_base, files[0].attempts));
+                tracing::warn!(table, path = %files[0].path, error = %error, attempt = files[0].attempts, retry_in = ?delay,
+                    "COPY failed with an unclassified error; file released for another try");
+                self.release(&files, &error, delay).await
             }
             ErrorKind::Data | ErrorKind::Statement => {
                 tracing::error!(table, path = %files[0].path, error = %error, "file failed to load");

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -51,6 +52,8 @@ pub struct Stage {
     url: String,
     /// Set for `file://` stages: files are fsynced, since a 202 promises they survive a crash.
     local_root: Option<PathBuf>,
+    /// Bound on every operation (`stage.timeout_secs`).
+    timeout: Duration,
 }
 
 impl Stage {
@@ -60,7 +63,7 @@ impl Stage {
             return Err(StageError::Config(format!("invalid stage url {url:?}: expected scheme://location")));
         };
         match scheme {
-            "file" => Self::open_local(url),
+            "file" => Self::open_local(url, options),
             "s3" => Self::open_s3(url, production_builder(), options),
             other => Err(StageError::Config(format!(
                 "unsupported stage scheme {other:?}; this build supports file:// and s3://"
@@ -68,14 +71,20 @@ impl Stage {
         }
     }
 
-    fn open_local(url: &str) -> Result<Self, StageError> {
+    fn open_local(url: &str, options: &StageConfig) -> Result<Self, StageError> {
         let root = file_url_path(url);
         std::fs::create_dir_all(&root)
             .map_err(|e| StageError::Config(format!("cannot create stage folder {}: {e}", root.display())))?;
         let root =
             root.canonicalize().map_err(|e| StageError::Config(format!("stage folder {}: {e}", root.display())))?;
         let store = LocalFileSystem::new_with_prefix(&root).map_err(|e| StageError::Config(e.to_string()))?;
-        Ok(Stage { store: Arc::new(store), prefix: Path::default(), url: url.to_string(), local_root: Some(root) })
+        Ok(Stage {
+            store: Arc::new(store),
+            prefix: Path::default(),
+            url: url.to_string(),
+            local_root: Some(root),
+            timeout: options.timeout,
+        })
     }
 
     /// Opens an `s3://bucket/prefix` stage on top of `builder`, which brings credentials and client
@@ -101,7 +110,7 @@ impl Stage {
             .with_virtual_hosted_style_request(virtual_hosted)
             .build()
             .map_err(|e| StageError::Config(format!("s3 stage {url}: {e}")))?;
-        Ok(Stage { store: Arc::new(store), prefix, url: url.to_string(), local_root: None })
+        Ok(Stage { store: Arc::new(store), prefix, url: url.to_string(), local_root: None, timeout: options.timeout })
     }
 
     /// The configured URL (no credentials are ever part of it).
@@ -119,21 +128,68 @@ impl Stage {
         self.prefix.parts().chain(relative.parts()).collect()
     }
 
+    /// `work`, failed as unavailable if it outlasts `stage.timeout_secs`.
+    async fn bounded<T>(
+        &self,
+        operation: &str,
+        work: impl std::future::Future<Output = Result<T, StageError>>,
+    ) -> Result<T, StageError> {
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(done) => done,
+            Err(_) => Err(StageError::Unavailable(format!(
+                "{operation} did not finish within stage.timeout_secs ({}s)",
+                self.timeout.as_secs()
+            ))),
+        }
+    }
+
     /// Writes a new file; never overwrites one that exists.
     pub async fn put_new(&self, relative: &str, data: Bytes) -> Result<(), StageError> {
         let path = self.full_path(relative);
-        let options = PutOptions { mode: PutMode::Create, ..Default::default() };
-        self.store.put_opts(&path, PutPayload::from(data), options).await?;
-        if let Some(root) = &self.local_root {
-            sync_local(root.join(path.as_ref())).await?;
-        }
-        Ok(())
+        self.bounded("writing a stage file", async {
+            let options = PutOptions { mode: PutMode::Create, ..Default::default() };
+            self.store.put_opts(&path, PutPayload::from(data), options).await?;
+            if let Some(root) = &self.local_root {
+                sync_local(root.join(path.as_ref())).await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Reads a whole file.
     pub async fn get(&self, relative: &str) -> Result<Bytes, StageError> {
-        let result = self.store.get(&self.full_path(relative)).await?;
-        Ok(result.bytes().await?)
+        self.bounded("reading a stage file", async {
+            let result = self.store.get(&self.full_path(relative)).await?;
+            Ok(result.bytes().await?)
+        })
+        .await
+    }
+
+    /// Parquet files written before `cutoff`, as paths relative to the stage (what the ledger
+    /// records). Lists the whole stage: meant for an occasional sweep.
+    pub async fn parquet_files_before(&self, cutoff: DateTime<Utc>) -> Result<Vec<String>, StageError> {
+        use futures::TryStreamExt;
+        let skip = self.prefix.parts().count();
+        let listed: Vec<object_store::ObjectMeta> = self
+            .bounded("listing the stage", async { Ok(self.store.list(Some(&self.prefix)).try_collect().await?) })
+            .await?;
+        Ok(listed
+            .into_iter()
+            .filter(|meta| meta.last_modified < cutoff && meta.location.extension() == Some("parquet"))
+            .map(|meta| meta.location.parts().skip(skip).map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"))
+            .collect())
+    }
+
+    /// Deletes a file; one already gone is not an error.
+    pub async fn delete(&self, relative: &str) -> Result<(), StageError> {
+        self.bounded("deleting a stage file", async {
+            match self.store.delete(&self.full_path(relative)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
     }
 
     /// Round trip to the store, for readiness.

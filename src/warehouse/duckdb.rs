@@ -335,6 +335,7 @@ impl Warehouse for DuckDbWarehouse {
                     query_id: Some(query_id.clone()),
                 });
             }
+            crate::fault::crash_point(crate::fault::CrashPoint::DuringCopy);
             tx.commit().map_err(unavailable)?;
             Ok(results)
         })

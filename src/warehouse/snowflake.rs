@@ -22,11 +22,41 @@ use crate::schema::{
 /// A Snowflake database and schema, and the external stage that points at snowgate's stage.
 pub struct SnowflakeWarehouse {
     /// Requests' DESCRIBE and DDL, and tools.
-    api: SnowflakeApi,
+    api: Sessions,
     /// The loader's COPY transactions, one at a time.
     loads: tokio::sync::Mutex<SnowflakeApi>,
-    probe: SnowflakeApi,
+    /// Readiness probes, one at a time.
+    probe: tokio::sync::Mutex<SnowflakeApi>,
     stage: String,
+}
+
+/// Sessions used by one statement at a time each. Snowflake runs concurrent statements on one
+/// session, but its emulator refuses them ("connection is busy"); a few sessions cost nothing
+/// until used, since each logs in on its first statement.
+struct Sessions {
+    sessions: Vec<tokio::sync::Mutex<SnowflakeApi>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+/// Sessions for requests' statements: more than requests usually run DDL at once.
+const API_SESSIONS: usize = 4;
+
+impl Sessions {
+    fn new(config: &SnowflakeConfig, n: usize) -> Result<Self, WarehouseError> {
+        let sessions = (0..n).map(|_| session(config).map(tokio::sync::Mutex::new)).collect::<Result<_, _>>()?;
+        Ok(Sessions { sessions, next: std::sync::atomic::AtomicUsize::new(0) })
+    }
+
+    /// A free session, or the next one in turn once it is free.
+    async fn get(&self) -> tokio::sync::MutexGuard<'_, SnowflakeApi> {
+        for session in &self.sessions {
+            if let Ok(free) = session.try_lock() {
+                return free;
+            }
+        }
+        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.sessions.len();
+        self.sessions[turn].lock().await
+    }
 }
 
 /// A statement's rows (as text) and its query id.
@@ -101,15 +131,15 @@ impl SnowflakeWarehouse {
     pub fn connect(config: &SnowflakeConfig) -> Result<Self, WarehouseError> {
         check_stage_name(&config.stage)?;
         Ok(SnowflakeWarehouse {
-            api: session(config)?,
+            api: Sessions::new(config, API_SESSIONS)?,
             loads: tokio::sync::Mutex::new(session(config)?),
-            probe: session(config)?,
+            probe: tokio::sync::Mutex::new(session(config)?),
             stage: config.stage.clone(),
         })
     }
 
     async fn exec(&self, sql: &str) -> Result<Executed, WarehouseError> {
-        exec(&self.api, sql).await
+        exec(&*self.api.get().await, sql).await
     }
 
     /// Runs any statement and returns its rows as text, for tools and tests.
@@ -184,7 +214,7 @@ impl Warehouse for SnowflakeWarehouse {
     }
 
     async fn ping(&self) -> Result<(), WarehouseError> {
-        self.probe.exec("SELECT 1").await.map(|_| ()).map_err(classify)
+        self.probe.lock().await.exec("SELECT 1").await.map(|_| ()).map_err(classify)
     }
 
     async fn describe(&self, table: &str) -> Result<Option<TableDescription>, WarehouseError> {
@@ -264,16 +294,26 @@ impl Warehouse for SnowflakeWarehouse {
         // An explicit transaction makes a multi-file COPY all or nothing on every engine; with
         // ON_ERROR = ABORT_STATEMENT Snowflake does that anyway, its emulator does not.
         let session = self.loads.lock().await;
-        exec(&session, "BEGIN").await?;
+        if exec(&session, "BEGIN").await.is_err() {
+            // A transaction left open by an earlier failure on this session: end it, then begin.
+            let _ = exec(&session, "ROLLBACK").await;
+            exec(&session, "BEGIN").await?;
+        }
         let copied = match exec(&session, &sql).await {
             Ok(executed) => copy_results(paths, &executed),
             Err(e) => Err(e),
         };
-        let end = if copied.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        let ended = exec(&session, end).await;
-        let results = copied?;
-        ended?;
-        Ok(results)
+        crate::fault::crash_point(crate::fault::CrashPoint::DuringCopy);
+        let committed = match copied {
+            Ok(results) => exec(&session, "COMMIT").await.map(|_| results),
+            Err(e) => Err(e),
+        };
+        if committed.is_err() {
+            // Whatever failed (the COPY or its COMMIT), the session is left with no transaction
+            // open; a ROLLBACK with none open does nothing.
+            let _ = exec(&session, "ROLLBACK").await;
+        }
+        committed
     }
 }
 

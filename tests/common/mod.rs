@@ -4,6 +4,8 @@
 pub mod fakesnow;
 pub mod peers;
 pub mod postgres;
+pub mod production;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -160,7 +162,11 @@ pub async fn wait_final(client: &reqwest::Client, base: &str, id: &str, timeout:
 /// `snowgate serve` on a free port with its data under `data_dir`, short linger and poll interval;
 /// callers add their own environment and spawn it with [`start_gateway`].
 pub fn gateway_command(data_dir: &Path) -> (Command, String) {
-    let port = peers::free_port();
+    gateway_command_on(data_dir, peers::free_port())
+}
+
+/// [`gateway_command`] on a given port (a gateway restarted where its clients expect it).
+pub fn gateway_command_on(data_dir: &Path, port: u16) -> (Command, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_snowgate"));
     command
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
@@ -217,4 +223,19 @@ pub fn duckdb_query(dir: &Path, sql: &str) -> Vec<Vec<Option<String>>> {
 pub fn duckdb_count(dir: &Path, sql: &str) -> i64 {
     let conn = duckdb::Connection::open(dir.join("warehouse.duckdb")).expect("open duckdb");
     conn.query_row(sql, [], |row| row.get::<_, i64>(0)).expect("count query")
+}
+
+/// `host:port` of a URL, for a TCP proxy in front of it.
+pub fn socket_of(url: &str) -> std::net::SocketAddr {
+    let parsed = url::Url::parse(url).unwrap();
+    let host = parsed.host_str().unwrap().replace("localhost", "127.0.0.1");
+    format!("{host}:{}", parsed.port_or_known_default().unwrap()).parse().unwrap()
+}
+
+/// `url` with its host and port replaced by the proxy's.
+pub fn through_proxy(url: &str, proxy: std::net::SocketAddr) -> String {
+    let mut parsed = url::Url::parse(url).unwrap();
+    parsed.set_host(Some("127.0.0.1")).unwrap();
+    parsed.set_port(Some(proxy.port())).unwrap();
+    parsed.to_string().trim_end_matches('/').to_string()
 }

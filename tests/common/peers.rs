@@ -94,6 +94,7 @@ impl S3Server {
             region: Some("us-east-1".into()),
             allow_http: true,
             path_style: true,
+            ..StageConfig::default()
         }
     }
 

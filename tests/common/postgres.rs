@@ -28,7 +28,11 @@ impl PgSchema {
     }
 
     pub async fn ledger(&self) -> Arc<dyn Ledger> {
-        Arc::new(snowgate::ledger::postgres::PostgresLedger::connect(&self.url, 5).await.unwrap())
+        Arc::new(
+            snowgate::ledger::postgres::PostgresLedger::connect(&self.url, 5, std::time::Duration::from_secs(10))
+                .await
+                .unwrap(),
+        )
     }
 }
 

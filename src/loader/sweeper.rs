@@ -1,0 +1,64 @@
+//! The stage sweeper: deletes Parquet files that a crash left in the stage without a ledger
+//! record.
+//!
+//! A staged file gets its ledger record in the same transaction that acknowledges its records,
+//! so a file without one was never acknowledged: the process died (or the ledger refused the
+//! commit and the client got 503) between the stage write and the ledger commit. Such a file is
+//! only deleted once it is older than `loader.orphan_after_secs`, far longer than any commit in
+//! flight can take, so a file whose commit is still on its way is never touched.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::ledger::{Ledger, LedgerError};
+use crate::stage::{Stage, StageError};
+
+/// Why a sweep stopped early; the next one starts over.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error(transparent)]
+    Stage(#[from] StageError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// Paths checked against the ledger per query.
+const PATHS_PER_CHECK: usize = 1_000;
+
+/// Deletes stage files older than `older_than` that the ledger does not know; returns them.
+pub async fn sweep_orphans(
+    stage: &Stage,
+    ledger: &dyn Ledger,
+    older_than: Duration,
+) -> Result<Vec<String>, SweepError> {
+    let cutoff = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+    let candidates = stage.parquet_files_before(cutoff).await?;
+    let mut deleted = Vec::new();
+    for chunk in candidates.chunks(PATHS_PER_CHECK) {
+        let known = ledger.known_paths(chunk).await?;
+        for path in chunk.iter().filter(|p| !known.contains(*p)) {
+            stage.delete(path).await?;
+            deleted.push(path.clone());
+        }
+    }
+    Ok(deleted)
+}
+
+/// Sweeps at start, then every `older_than`, until `cancel` fires.
+pub async fn run_sweeper(stage: Arc<Stage>, ledger: Arc<dyn Ledger>, older_than: Duration, cancel: CancellationToken) {
+    loop {
+        match sweep_orphans(&stage, ledger.as_ref(), older_than).await {
+            Ok(deleted) if deleted.is_empty() => {}
+            Ok(deleted) => tracing::warn!(files = deleted.len(), first = %deleted[0],
+                "deleted stage files that were never committed to the ledger (left by a crash)"),
+            Err(e) => tracing::warn!(error = %e, "stage sweep failed; retried at the next sweep"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(older_than) => {}
+        }
+    }
+}
