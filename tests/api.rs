@@ -552,3 +552,44 @@ async fn half_sent_headers_are_cut_off() {
     assert_eq!(app.get_json("/healthz").await.0, 200);
     app.shutdown().await;
 }
+
+/// 500 slow-loris clients (half stalled in their headers, half in their bodies) do not stop other
+/// partners from being served, and every one of them is let go within its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_stalled_connections_do_not_stop_other_partners() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path());
+    config.server.header_timeout = Duration::from_secs(2);
+    config.limits.body_idle = Duration::from_secs(2);
+    let app = common::spawn_app_with(config).await;
+    app.declare_loans().await;
+    let address = app.base.trim_start_matches("http://").to_string();
+    let mut stalled = Vec::new();
+    for i in 0..500 {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let request = if i % 2 == 0 {
+            "POST /v1/tables/loans/batches HTTP/1.1\r\nhost: x\r\n".to_string()
+        } else {
+            format!("POST /v1/tables/loans/batches HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n[{}", loan(i))
+        };
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stalled.push(stream);
+    }
+    let started = std::time::Instant::now();
+    for i in 0..5 {
+        let response = app.post_json("loans", &json!([loan(10_000 + i)])).await;
+        assert_eq!(response.status(), 202);
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "served in {:?}", started.elapsed());
+
+    // Every stalled connection is closed (a 408 first, for those inside their body).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut timed_out_bodies = 0;
+    for mut stream in stalled {
+        let mut answer = Vec::new();
+        tokio::time::timeout_at(deadline, stream.read_to_end(&mut answer)).await.expect("closed in time").ok();
+        timed_out_bodies += usize::from(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408"));
+    }
+    assert_eq!(timed_out_bodies, 250);
+    app.shutdown().await;
+}

@@ -52,13 +52,18 @@ impl Stack {
     /// A gateway process on this stack. Leases are long, so that a prompt load after a restart
     /// proves the restarted process took its claims back rather than waiting them out.
     async fn gateway(&self, loader: bool, crash_at: Option<String>) -> Gateway {
-        let (mut command, base) = common::gateway_command(&self.data_dir());
+        self.replica(&self.data_dir(), 300, loader, crash_at).await
+    }
+
+    /// A gateway process with its own data folder (so its own replica id) and lease.
+    async fn replica(&self, data_dir: &Path, lease_secs: u32, loader: bool, crash_at: Option<String>) -> Gateway {
+        let (mut command, base) = common::gateway_command(data_dir);
         if let Stack::Production(peers) = self {
             peers.process_env(&mut command);
         }
         command
             .env("SNOWGATE_LOADER__ENABLED", loader.to_string())
-            .env("SNOWGATE_LOADER__LEASE_SECS", "300")
+            .env("SNOWGATE_LOADER__LEASE_SECS", lease_secs.to_string())
             .env("SNOWGATE_LOADER__ORPHAN_AFTER_SECS", "1");
         if let Some(point) = crash_at {
             command.env("SNOWGATE_CRASH_AT", point);
@@ -192,10 +197,16 @@ async fn declare(base: &str) {
 async fn recover_and_reconcile(stack: &Stack, acked: &[String]) {
     let started = Instant::now();
     let gateway = stack.gateway(true, None).await;
+    reconcile(stack, gateway, acked, started + RESUME_WITHIN).await;
+}
+
+/// Checks, through `gateway`, that the acknowledged batches, and only they, are loaded exactly
+/// once by `deadline`, and that the stage holds exactly the files the ledger knows.
+async fn reconcile(stack: &Stack, gateway: Gateway, acked: &[String], deadline: Instant) {
     let client = reqwest::Client::new();
     let mut ledger_files = BTreeSet::new();
     for id in acked {
-        let remaining = RESUME_WITHIN.saturating_sub(started.elapsed());
+        let remaining = deadline.saturating_duration_since(Instant::now());
         let batch = common::wait_final(&client, &gateway.base, id, remaining).await;
         assert_eq!(batch["status"], "loaded", "{batch}");
         assert_eq!(batch["counts"], json!({"received": GOOD + 1, "accepted": GOOD, "rejected": 1, "loaded": GOOD}));
@@ -274,6 +285,22 @@ async fn crash_in_shutdown(production: bool) {
     recover_and_reconcile(&stack, &acked).await;
 }
 
+/// A replica that dies for good mid-load: another one, with its own replica id, takes its files
+/// over once their lease (5 s here, `loader.lease_secs`) expires. Production backends only: on
+/// the embedded ones a second data folder is a second ledger and warehouse.
+async fn another_replica_takes_over(production: bool) {
+    let stack = Stack::start(production).await;
+    let ingest = stack.gateway(false, None).await;
+    declare(&ingest.base).await;
+    let acked = post_until_down(&ingest.base).await;
+    ingest.terminate();
+    let dead = stack.replica(&stack.data_dir(), 5, true, Some(CrashPoint::DuringCopy.name().to_string())).await;
+    dead.crashed().await;
+    let crashed_at = Instant::now();
+    let other = stack.replica(&stack.data_dir().with_extension("other"), 5, true, None).await;
+    reconcile(&stack, other, &acked, crashed_at + Duration::from_secs(20)).await;
+}
+
 macro_rules! crash_tests {
     ($($name:ident: $run:expr;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,4 +325,5 @@ crash_tests! {
     production_during_copy: crash_in_load(CrashPoint::DuringCopy, true);
     production_after_copy: crash_in_load(CrashPoint::AfterCopy, true);
     production_shutdown: crash_in_shutdown(true);
+    production_takeover_by_another_replica: another_replica_takes_over(true);
 }
