@@ -172,10 +172,10 @@ pub async fn serve(
     let buffers = state.buffers.clone();
     let shutdown = async move {
         shutdown.await;
+        crate::fault::crash_point(crate::fault::CrashPoint::Shutdown);
         buffers.hurry();
     };
     crate::http::serve_connections(listener, router, &state.config.server, shutdown).await;
-    crate::fault::crash_point(crate::fault::CrashPoint::Shutdown);
     state.buffers.close().await;
     tracing::info!("buffers flushed");
     cancel.cancel();

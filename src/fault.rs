@@ -20,7 +20,8 @@ pub enum CrashPoint {
     DuringCopy,
     /// COPY has committed; the ledger does not know yet.
     AfterCopy,
-    /// Shutdown has begun: requests drained, buffers not yet flushed.
+    /// Shutdown has begun: rows of requests still waiting for their linger are buffered, not
+    /// yet flushed.
     Shutdown,
 }
 

@@ -65,6 +65,10 @@ pub enum IngestError {
     Ledger(#[from] LedgerError),
     #[error("internal task failed: {0}")]
     Task(String),
+    /// Decoding, validating or evolving the table outlasted `limits.processing_secs`; nothing
+    /// was buffered.
+    #[error("the request was not ready to stage within limits.processing_secs ({}s)", .0.as_secs())]
+    Timeout(Duration),
 }
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, IngestError> {
@@ -72,7 +76,38 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 }
 
 /// Validates and stores one batch; returns once it is durably staged (or rejected as a whole).
+/// The work before the rows are buffered is bounded by `limits.processing_secs`; once buffered,
+/// the request waits for the outcome of its flush (bounded by the linger and the stage and ledger
+/// timeouts), so that a request is never answered 503 while its rows go on to be stored.
 pub async fn ingest(app: &App, request: IngestRequest) -> Result<IngestOutcome, IngestError> {
+    let processing = app.config.limits.processing;
+    let prepared = tokio::time::timeout(processing, prepare(app, request))
+        .await
+        .map_err(|_| IngestError::Timeout(processing))??;
+    let (submission, policy) = match prepared {
+        Prepared::DryRun(report) => return Ok(IngestOutcome::DryRun(report)),
+        Prepared::Store(submission, policy) => (submission, policy),
+    };
+    let (batch_id, table, counts) = (submission.batch.id, submission.batch.table.clone(), submission.batch.counts);
+    app.buffers.submit(submission, policy).await?;
+    tracing::info!(batch_id = %batch_id, table = %table, received = counts.received,
+        accepted = counts.accepted, rejected = counts.rejected, "batch staged");
+    let record = app
+        .ledger
+        .get_batch(batch_id)
+        .await?
+        .ok_or_else(|| IngestError::Ledger(LedgerError::Missing(format!("batch {batch_id} after commit"))))?;
+    Ok(IngestOutcome::Stored(Box::new(record)))
+}
+
+/// A request ready to buffer, or a dry run's answer.
+enum Prepared {
+    DryRun(DryRunReport),
+    Store(Submission, FlushPolicy),
+}
+
+/// Decodes, evolves the table and validates; nothing is stored yet.
+async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestError> {
     let received_at = Utc::now();
     let batch_id = Uuid::now_v7();
     let table = app.catalog.get(&request.table).await?;
@@ -117,7 +152,7 @@ pub async fn ingest(app: &App, request: IngestRequest) -> Result<IngestOutcome, 
         let mut preview = (*schema).clone();
         preview.columns.extend(planned.iter().cloned());
         let checked = blocking(move || check_records(&preview, records, max_depth)).await?;
-        return Ok(IngestOutcome::DryRun(dry_run_report(&table.name, checked, planned)));
+        return Ok(Prepared::DryRun(dry_run_report(&table.name, checked, planned)));
     }
     if !planned.is_empty() {
         schema = app.catalog.evolve(&table, &planned, batch_id).await?;
@@ -144,15 +179,7 @@ pub async fn ingest(app: &App, request: IngestRequest) -> Result<IngestOutcome, 
         rejects: checked.rejects,
     };
     let submission = Submission { batch, schema, rows: checked.rows, bytes: checked.bytes, grant: Some(grant) };
-    app.buffers.submit(submission, FlushPolicy::from_settings(&app.config.table_settings(&table.name))).await?;
-    tracing::info!(batch_id = %batch_id, table = %table.name, received = counts.received,
-        accepted = counts.accepted, rejected = counts.rejected, "batch staged");
-    let record = app
-        .ledger
-        .get_batch(batch_id)
-        .await?
-        .ok_or_else(|| IngestError::Ledger(LedgerError::Missing(format!("batch {batch_id} after commit"))))?;
-    Ok(IngestOutcome::Stored(Box::new(record)))
+    Ok(Prepared::Store(submission, FlushPolicy::from_settings(&app.config.table_settings(&table.name))))
 }
 
 fn dry_run_report(table: &str, checked: Checked, planned: Vec<Column>) -> DryRunReport {

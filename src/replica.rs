@@ -5,7 +5,8 @@
 //! the previous holder is gone (the lock dies with its process, `kill -9` included), so the claims
 //! it held can be taken back at once instead of after their lease. A second process sharing the
 //! data folder finds the file locked and runs under a fresh name of its own, whose claims others
-//! take over when their lease expires.
+//! take over when their lease expires. A name written on another host (a volume copied or
+//! shared between machines, where the lock proves nothing) is replaced by a fresh one.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -51,9 +52,13 @@ impl ReplicaId {
     }
 }
 
+fn host() -> String {
+    std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "snowgate".into())
+}
+
+/// `<host>-<uuid>`: the host part lets a restart tell its own name from one copied with a volume.
 fn fresh() -> String {
-    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "snowgate".into());
-    format!("{host}-{}", Uuid::now_v7())
+    format!("{}-{}", host(), Uuid::now_v7())
 }
 
 /// `Ok(None)` when another live process holds the file.
@@ -69,7 +74,9 @@ fn stable(data_dir: &Path) -> std::io::Result<Option<(String, File)>> {
     let mut text = String::new();
     file.read_to_string(&mut text)?;
     let name = text.trim();
-    if !name.is_empty() && name.len() <= 200 && name.chars().all(|c| c.is_ascii_graphic()) {
+    // A name made on another host (a copied or shared volume) is not ours to resume.
+    let ours = name.strip_prefix(&host()).is_some_and(|rest| rest.starts_with('-'));
+    if ours && name.len() <= 200 && name.chars().all(|c| c.is_ascii_graphic()) {
         return Ok(Some((name.to_string(), file)));
     }
     let name = fresh();

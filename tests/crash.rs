@@ -52,22 +52,27 @@ impl Stack {
     /// A gateway process on this stack. Leases are long, so that a prompt load after a restart
     /// proves the restarted process took its claims back rather than waiting them out.
     async fn gateway(&self, loader: bool, crash_at: Option<String>) -> Gateway {
-        self.replica(&self.data_dir(), 300, loader, crash_at).await
+        self.replica(&self.data_dir(), loader, crash_at, &[]).await
     }
 
-    /// A gateway process with its own data folder (so its own replica id) and lease.
-    async fn replica(&self, data_dir: &Path, lease_secs: u32, loader: bool, crash_at: Option<String>) -> Gateway {
+    /// A gateway after a crash: it sweeps the stage for files older than a second (only a
+    /// gateway that does not ingest may sweep that eagerly).
+    async fn recovery(&self, data_dir: &Path, env: &[(&str, &str)]) -> Gateway {
+        let env: Vec<_> = env.iter().copied().chain([("SNOWGATE_LOADER__ORPHAN_AFTER_SECS", "1")]).collect();
+        self.replica(data_dir, true, None, &env).await
+    }
+
+    /// A gateway process on `data_dir` (which holds its replica id), with more environment.
+    async fn replica(&self, data_dir: &Path, loader: bool, crash_at: Option<String>, env: &[(&str, &str)]) -> Gateway {
         let (mut command, base) = common::gateway_command(data_dir);
         if let Stack::Production(peers) = self {
             peers.process_env(&mut command);
         }
-        command
-            .env("SNOWGATE_LOADER__ENABLED", loader.to_string())
-            .env("SNOWGATE_LOADER__LEASE_SECS", lease_secs.to_string())
-            .env("SNOWGATE_LOADER__ORPHAN_AFTER_SECS", "1");
+        command.env("SNOWGATE_LOADER__ENABLED", loader.to_string()).env("SNOWGATE_LOADER__LEASE_SECS", "300");
         if let Some(point) = crash_at {
             command.env("SNOWGATE_CRASH_AT", point);
         }
+        command.envs(env.iter().copied());
         Gateway { child: common::start_gateway(command, &base).await, base }
     }
 
@@ -121,6 +126,14 @@ fn walk(root: &Path, dir: &Path, found: &mut BTreeSet<String>) {
 struct Gateway {
     child: Child,
     base: String,
+}
+
+impl Drop for Gateway {
+    /// A test that fails midway leaves no process behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Gateway {
@@ -196,7 +209,7 @@ async fn declare(base: &str) {
 /// and that the stage holds exactly the files the ledger knows.
 async fn recover_and_reconcile(stack: &Stack, acked: &[String]) {
     let started = Instant::now();
-    let gateway = stack.gateway(true, None).await;
+    let gateway = stack.recovery(&stack.data_dir(), &[]).await;
     reconcile(stack, gateway, acked, started + RESUME_WITHIN).await;
 }
 
@@ -273,15 +286,29 @@ async fn crash_in_load(point: CrashPoint, production: bool) {
     recover_and_reconcile(&stack, &acked).await;
 }
 
-/// A crash during a graceful shutdown, after requests drained and before buffers flushed.
+/// A crash as a graceful shutdown begins, with the rows of a request still buffered: every batch
+/// but that one filled its own file and was acknowledged; it waits for a ten-minute linger, and
+/// is lost unacknowledged.
 async fn crash_in_shutdown(production: bool) {
     let stack = Stack::start(production).await;
-    let gateway = stack.gateway(false, Some(CrashPoint::Shutdown.name().to_string())).await;
+    let rows = GOOD.to_string();
+    let files_of_one_batch =
+        [("SNOWGATE_DEFAULTS__LINGER_MS", "600000"), ("SNOWGATE_DEFAULTS__MAX_ROWS_PER_FILE", &rows)];
+    let crash = Some(CrashPoint::Shutdown.name().to_string());
+    let gateway = stack.replica(&stack.data_dir(), false, crash, &files_of_one_batch).await;
     declare(&gateway.base).await;
     let acked = post_until_down(&gateway.base).await;
     assert_eq!(acked.len(), BATCHES);
+    let url = format!("{}/v1/tables/loans/batches", gateway.base);
+    let waiting =
+        tokio::spawn(
+            async move { reqwest::Client::new().post(url).json(&json!([{"id": 1, "amount": 1}])).send().await },
+        );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "the last request waits for its linger");
     gateway.signal("-TERM");
     gateway.crashed().await;
+    assert!(waiting.await.unwrap().is_err(), "never acknowledged");
     recover_and_reconcile(&stack, &acked).await;
 }
 
@@ -294,10 +321,11 @@ async fn another_replica_takes_over(production: bool) {
     declare(&ingest.base).await;
     let acked = post_until_down(&ingest.base).await;
     ingest.terminate();
-    let dead = stack.replica(&stack.data_dir(), 5, true, Some(CrashPoint::DuringCopy.name().to_string())).await;
+    let lease = [("SNOWGATE_LOADER__LEASE_SECS", "5")];
+    let dead = stack.replica(&stack.data_dir(), true, Some(CrashPoint::DuringCopy.name().to_string()), &lease).await;
     dead.crashed().await;
     let crashed_at = Instant::now();
-    let other = stack.replica(&stack.data_dir().with_extension("other"), 5, true, None).await;
+    let other = stack.recovery(&stack.data_dir().with_extension("other"), &lease).await;
     reconcile(&stack, other, &acked, crashed_at + Duration::from_secs(20)).await;
 }
 

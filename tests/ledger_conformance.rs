@@ -184,11 +184,16 @@ pub async fn leases_expire_and_releases_delay(ledger: Arc<dyn Ledger>) {
     assert_eq!(second.len(), 1, "an expired lease is claimable");
     assert_eq!(second[0].attempts, 3);
 
-    ledger.release_files(&[second[0].id], "warehouse down", Duration::from_millis(300)).await.unwrap();
+    ledger.release_files(&[second[0].id], "warehouse down", Duration::from_millis(300), true).await.unwrap();
     assert!(ledger.claim_files("other", LEASE, 10).await.unwrap().is_empty(), "released files wait for their delay");
     tokio::time::sleep(Duration::from_millis(400)).await;
     let third = ledger.claim_files("other", LEASE, 10).await.unwrap();
     assert_eq!(third.len(), 1);
+    assert_eq!(
+        (third[0].attempts, third[0].statement_failures),
+        (4, 1),
+        "claims and unclassified failures counted apart"
+    );
 
     let failure = FileOutcome::Failed { id: third[0].id, error: "bad data".into(), query_id: None };
     ledger.complete_files(&[failure]).await.unwrap();

@@ -109,7 +109,7 @@ async fn a_ledger_outage_or_stall_answers_503_within_its_bound() {
     let app = spawn_app_with(proxied.config()).await;
     app.declare_loans().await;
     // The table is cached; the ledger is still needed to acknowledge.
-    accepted(&app, 0).await;
+    let before = accepted(&app, 0).await;
 
     proxied.ledger.set(Mode::Down);
     refused(&app, 100, &["ledger_unavailable", "timeout"], Duration::from_secs(8)).await;
@@ -141,7 +141,14 @@ async fn a_ledger_outage_or_stall_answers_503_within_its_bound() {
     // What was acknowledged loaded, and nothing else: 10 before the outage, 10 after.
     let warehouse = proxied.peers.warehouse();
     let distinct = "SELECT COUNT(*) FROM (SELECT DISTINCT \"_BATCH_ID\", \"_RECORD_INDEX\" FROM LOANS)";
-    assert_eq!(one_number(&warehouse, distinct).await, one_number(&warehouse, "SELECT COUNT(*) FROM LOANS").await);
+    assert_eq!(one_number(&warehouse, distinct).await, "20");
+    assert_eq!(one_number(&warehouse, "SELECT COUNT(*) FROM LOANS").await, "20");
+    let batches = warehouse.query("SELECT DISTINCT \"_BATCH_ID\" FROM LOANS").await.unwrap().rows;
+    let mut loaded: Vec<String> = batches.into_iter().map(|row| row[0].clone().unwrap()).collect();
+    let mut acknowledged = vec![before, id];
+    loaded.sort();
+    acknowledged.sort();
+    assert_eq!(loaded, acknowledged, "the batches refused during the outage left nothing behind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,7 +166,7 @@ async fn a_warehouse_outage_keeps_acknowledging_and_loads_resume() {
         let (_, batch) = app.get_json(&format!("/v1/batches/{id}")).await;
         assert!(["staged", "loading"].contains(&batch["status"].as_str().unwrap()), "{batch}");
         let file = &batch["files"][0];
-        assert_eq!(file["status"], "staged", "released for a retry, not failed: {batch}");
+        assert!(["staged", "loading"].contains(&file["status"].as_str().unwrap()), "retried, not failed: {batch}");
         assert!(file["attempts"].as_u64().unwrap() >= 2, "retried: {batch}");
     }
 

@@ -101,6 +101,9 @@ struct Segment {
     bytes: usize,
     pending: bool,
     done: watch::Sender<Outcome>,
+    /// The budget grants of the requests whose rows are here, released once the file is staged
+    /// (even when a request gave up waiting: its rows are still here).
+    grants: Vec<Grant>,
 }
 
 impl Segment {
@@ -114,6 +117,7 @@ impl Segment {
             bytes: 0,
             pending,
             done: watch::channel(None).0,
+            grants: Vec::new(),
         }
     }
 
@@ -219,13 +223,13 @@ impl Buffers {
         grant.grow_to(submission.bytes).map_err(|_| BufferError::OverBudget)?;
         let pieces = submission.rows.len().div_ceil(policy.max_rows).max(submission.bytes.div_ceil(policy.max_bytes));
         if pieces > 1 {
-            return self.submit_large(submission, pieces).await;
+            return self.submit_large(submission, pieces, grant).await;
         }
-        let mut done = self.join_open_segment(submission, policy);
+        let mut done = self.join_open_segment(submission, policy, grant);
         wait(&mut done).await
     }
 
-    fn join_open_segment(&self, submission: Submission, policy: FlushPolicy) -> watch::Receiver<Outcome> {
+    fn join_open_segment(&self, submission: Submission, policy: FlushPolicy, grant: Grant) -> watch::Receiver<Outcome> {
         let table = self.table(&submission.schema.name);
         let mut buffer = table.lock().expect("buffer lock");
         let rows = submission.rows.len();
@@ -246,6 +250,7 @@ impl Buffers {
         let receiver = segment.done.subscribe();
         let entry = entry(submission.batch, submission.rows, true);
         segment.push(entry, submission.bytes);
+        segment.grants.push(grant);
         let hurry = self.inner.hurry.load(Ordering::Acquire);
         if hurry || segment.rows >= policy.max_rows || segment.bytes >= policy.max_bytes {
             let full = buffer.open.take().expect("just filled");
@@ -255,7 +260,7 @@ impl Buffers {
     }
 
     /// Splits a request into files of its own; the last one completes the batch.
-    async fn submit_large(&self, submission: Submission, pieces: usize) -> Result<(), BufferError> {
+    async fn submit_large(&self, submission: Submission, pieces: usize, grant: Grant) -> Result<(), BufferError> {
         let Submission { batch, schema, mut rows, bytes, .. } = submission;
         let per_piece = rows.len().div_ceil(pieces);
         let bytes_per_row = bytes / rows.len().max(1);
@@ -283,6 +288,7 @@ impl Buffers {
         let mut done = segment.done.subscribe();
         let last_bytes = last_rows.len() * bytes_per_row;
         segment.push(entry(batch, last_rows, true), last_bytes);
+        segment.grants.push(grant);
         self.spawn_flush(segment);
         wait(&mut done).await
     }
@@ -312,12 +318,12 @@ impl Buffers {
     fn spawn_flush(&self, segment: Segment) {
         let inner = self.inner.clone();
         self.inner.flushes.spawn(async move {
-            let Segment { schema, entries, pending, done, rows, bytes, .. } = segment;
+            let Segment { schema, entries, pending, done, rows, bytes, grants, .. } = segment;
             // Encoding copies the rows into Arrow arrays and then into Parquet pages: held on the
             // budget until the file is staged, so requests wait while files are being written.
             let encoding = inner.budget.force(bytes.saturating_mul(ENCODING_COPIES));
             let result = flush(&inner, schema, entries, rows, pending).await;
-            drop(encoding);
+            drop((encoding, grants));
             if let Err(e) = &result {
                 tracing::error!(error = %e, "flush failed");
             } else {

@@ -141,11 +141,7 @@ pub async fn ingest(
         body,
         dry_run: params.dry_run.unwrap_or(false),
     };
-    let processing = app.config.limits.processing;
-    let outcome = tokio::time::timeout(processing, pipeline::ingest(&app, request))
-        .await
-        .map_err(|_| ApiError::timeout(processing))??;
-    let batch = match outcome {
+    let batch = match pipeline::ingest(&app, request).await? {
         IngestOutcome::DryRun(report) => {
             return Ok((StatusCode::OK, Json(IngestResult::DryRun(report))).into_response())
         }
@@ -197,8 +193,11 @@ async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<(B
             return Err(too_large());
         }
         grant.grow_to(total)?;
+        if received.is_empty() {
+            // Once per request, however its body is cut into chunks.
+            crate::fault::crash_point(crate::fault::CrashPoint::Receiving);
+        }
         received.extend_from_slice(&chunk);
-        crate::fault::crash_point(crate::fault::CrashPoint::Receiving);
     }
     Ok((received.freeze(), grant))
 }

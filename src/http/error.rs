@@ -271,6 +271,7 @@ impl From<IngestError> for ApiError {
             IngestError::Buffer(e) => e.into(),
             IngestError::Ledger(e) => e.into(),
             IngestError::Task(cause) => ApiError::internal(cause),
+            IngestError::Timeout(limit) => ApiError::timeout(limit),
         }
     }
 }

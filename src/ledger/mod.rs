@@ -161,8 +161,9 @@ pub trait Ledger: Send + Sync + 'static {
     /// Records load outcomes and reconciles the batches those files belong to.
     async fn complete_files(&self, outcomes: &[FileOutcome]) -> Result<()>;
 
-    /// Hands claimed files back after a transient failure; they are retried after `delay`.
-    async fn release_files(&self, ids: &[Uuid], error: &str, delay: Duration) -> Result<()>;
+    /// Hands claimed files back after a failure that is not the data's; they are retried after
+    /// `delay`. `unclassified` counts one more COPY failure of no known kind on each.
+    async fn release_files(&self, ids: &[Uuid], error: &str, delay: Duration, unclassified: bool) -> Result<()>;
 
     /// Marks pending files older than `age` abandoned: their batch was never acknowledged.
     async fn abandon_pending(&self, age: Duration) -> Result<u64>;

@@ -158,6 +158,8 @@ pub struct ClaimedFile {
     pub path: String,
     pub rows: u64,
     pub attempts: u32,
+    /// COPY failures of no known kind so far (see `release_files`).
+    pub statement_failures: u32,
 }
 
 /// What the warehouse did with one claimed file.

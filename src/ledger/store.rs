@@ -415,7 +415,7 @@ where
                  ORDER BY created_at LIMIT $3{skip_locked})
              UPDATE files SET status = $5, claimed_by = $1, lease_until = {lease_until}, attempts = attempts + 1
              FROM picked WHERE id = picked.picked_id
-             RETURNING id, table_name, path, rows, attempts",
+             RETURNING id, table_name, path, rows, attempts, statement_failures",
             now = D::NOW,
             skip_locked = D::SKIP_LOCKED,
             lease_until = D::now_plus("$2"),
@@ -436,6 +436,7 @@ where
                 path: get::<D, String>(row, "path")?,
                 rows: count::<D, u64>(row, "rows")?,
                 attempts: count::<D, u32>(row, "attempts")?,
+                statement_failures: count::<D, u32>(row, "statement_failures")?,
             });
         }
         let ids: Vec<Uuid> = claimed.iter().map(|f| f.id).collect();
@@ -556,9 +557,10 @@ where
         Ok(())
     }
 
-    async fn release_files(&self, ids: &[Uuid], error: &str, delay: Duration) -> Result<()> {
+    async fn release_files(&self, ids: &[Uuid], error: &str, delay: Duration, unclassified: bool) -> Result<()> {
         let sql = format!(
-            "UPDATE files SET status = $1, claimed_by = NULL, lease_until = NULL, not_before = {}, error = $3
+            "UPDATE files SET status = $1, claimed_by = NULL, lease_until = NULL, not_before = {}, error = $3,
+                 statement_failures = statement_failures + $6
              WHERE id = $4 AND status = $5",
             D::now_plus("$2")
         );
@@ -571,6 +573,7 @@ where
                 .bind(error)
                 .bind(D::id(*id))
                 .bind(FileStatus::Loading.as_str())
+                .bind(i64::from(unclassified))
                 .execute(&mut *tx)
                 .await?;
         }

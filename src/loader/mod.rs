@@ -167,7 +167,7 @@ impl Loader {
                 let attempts = files.iter().map(|f| f.attempts).max().unwrap_or(1);
                 let delay = jittered(backoff(self.settings.retry_base, attempts));
                 tracing::warn!(table, error = %error, retry_in = ?delay, "warehouse unavailable; files released");
-                self.release(&files, &error, delay).await
+                self.release(&files, &error, delay, false).await
             }
             ErrorKind::Configuration => {
                 // Never the data's fault: the files wait for an operator, and say why.
@@ -175,7 +175,7 @@ impl Loader {
                 tracing::error!(table, error = %error, code = ?error.code(), retry_in = ?delay,
                     "warehouse configuration error; files held back until it is fixed");
                 self.health.configuration_error(table, &error);
-                self.release(&files, &error, delay).await
+                self.release(&files, &error, delay, false).await
             }
             ErrorKind::Data | ErrorKind::Statement if files.len() > 1 => {
                 tracing::warn!(table, error = %error, "COPY failed; loading files one by one");
@@ -186,11 +186,12 @@ impl Loader {
             }
             // An error of no known kind may be passing (an emulator's write conflict, say): the
             // file is tried a few times, with backoff, before it fails.
-            ErrorKind::Statement if files[0].attempts < self.settings.statement_attempts => {
-                let delay = jittered(backoff(self.settings.retry_base, files[0].attempts));
-                tracing::warn!(table, path = %files[0].path, error = %error, attempt = files[0].attempts, retry_in = ?delay,
+            ErrorKind::Statement if files[0].statement_failures + 1 < self.settings.statement_attempts => {
+                let failures = files[0].statement_failures + 1;
+                let delay = jittered(backoff(self.settings.retry_base, failures));
+                tracing::warn!(table, path = %files[0].path, error = %error, failures, retry_in = ?delay,
                     "COPY failed with an unclassified error; file released for another try");
-                self.release(&files, &error, delay).await
+                self.release(&files, &error, delay, true).await
             }
             ErrorKind::Data | ErrorKind::Statement => {
                 tracing::error!(table, path = %files[0].path, error = %error, "file failed to load");
@@ -221,9 +222,15 @@ impl Loader {
         }
     }
 
-    async fn release(&self, files: &[ClaimedFile], error: &WarehouseError, delay: Duration) -> Result<(), LedgerError> {
+    async fn release(
+        &self,
+        files: &[ClaimedFile],
+        error: &WarehouseError,
+        delay: Duration,
+        unclassified: bool,
+    ) -> Result<(), LedgerError> {
         let ids: Vec<_> = files.iter().map(|f| f.id).collect();
-        self.ledger.release_files(&ids, &error.to_string(), delay).await
+        self.ledger.release_files(&ids, &error.to_string(), delay, unclassified).await
     }
 }
 

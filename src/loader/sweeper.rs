@@ -50,7 +50,11 @@ pub async fn sweep_orphans(
 /// Sweeps at start, then every `older_than`, until `cancel` fires.
 pub async fn run_sweeper(stage: Arc<Stage>, ledger: Arc<dyn Ledger>, older_than: Duration, cancel: CancellationToken) {
     loop {
-        match sweep_orphans(&stage, ledger.as_ref(), older_than).await {
+        let swept = tokio::select! {
+            _ = cancel.cancelled() => return,
+            swept = sweep_orphans(&stage, ledger.as_ref(), older_than) => swept,
+        };
+        match swept {
             Ok(deleted) if deleted.is_empty() => {}
             Ok(deleted) => tracing::warn!(files = deleted.len(), first = %deleted[0],
                 "deleted stage files that were never committed to the ledger (left by a crash)"),

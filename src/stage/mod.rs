@@ -166,8 +166,9 @@ impl Stage {
         .await
     }
 
-    /// Parquet files written before `cutoff`, as paths relative to the stage (what the ledger
-    /// records). Lists the whole stage: meant for an occasional sweep.
+    /// Files the gateway wrote before `cutoff` (`<TABLE>/<yyyy>/<mm>/<dd>/<uuid>.parquet`; any
+    /// other object under the prefix is not the gateway's and is never listed), as paths relative
+    /// to the stage, as the ledger records them. Lists the whole stage: an occasional sweep.
     pub async fn parquet_files_before(&self, cutoff: DateTime<Utc>) -> Result<Vec<String>, StageError> {
         use futures::TryStreamExt;
         let skip = self.prefix.parts().count();
@@ -176,8 +177,10 @@ impl Stage {
             .await?;
         Ok(listed
             .into_iter()
-            .filter(|meta| meta.last_modified < cutoff && meta.location.extension() == Some("parquet"))
-            .map(|meta| meta.location.parts().skip(skip).map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"))
+            .filter(|meta| meta.last_modified < cutoff)
+            .map(|meta| meta.location.parts().skip(skip).map(|p| p.as_ref().to_string()).collect::<Vec<_>>())
+            .filter(|parts| is_gateway_file(parts))
+            .map(|parts| parts.join("/"))
             .collect())
     }
 
@@ -202,6 +205,16 @@ impl Stage {
             _ => Ok(()),
         }
     }
+}
+
+/// Whether path parts name a file as the gateway writes them: `<TABLE>/<yyyy>/<mm>/<dd>/<uuid>.parquet`.
+fn is_gateway_file(parts: &[String]) -> bool {
+    let [_, year, month, day, file] = parts else { return false };
+    let digits = |part: &str, n: usize| part.len() == n && part.bytes().all(|b| b.is_ascii_digit());
+    digits(year, 4)
+        && digits(month, 2)
+        && digits(day, 2)
+        && file.strip_suffix(".parquet").is_some_and(|id| uuid::Uuid::parse_str(id).is_ok())
 }
 
 /// `s3://bucket/some/prefix` to the bucket and the prefix every file lives under.
@@ -273,6 +286,20 @@ async fn sync_local(file: PathBuf) -> Result<(), StageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sweeper_only_sees_files_shaped_as_the_gateway_writes_them() {
+        let parts = |path: &str| path.split('/').map(str::to_string).collect::<Vec<_>>();
+        assert!(is_gateway_file(&parts("LOANS/2026/11/25/01a21332-f52d-77dd-bf8b-6de9fed10851.parquet")));
+        for other in [
+            "LOANS/2026/11/25/report.parquet",
+            "LOANS/2026/11/25/01a21332-f52d-77dd-bf8b-6de9fed10851.csv",
+            "exports/LOANS/2026/11/25/01a21332-f52d-77dd-bf8b-6de9fed10851.parquet",
+            "LOANS/26/11/25/01a21332-f52d-77dd-bf8b-6de9fed10851.parquet",
+        ] {
+            assert!(!is_gateway_file(&parts(other)), "{other}");
+        }
+    }
 
     #[tokio::test]
     async fn local_stage_never_overwrites() {

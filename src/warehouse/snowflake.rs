@@ -294,11 +294,10 @@ impl Warehouse for SnowflakeWarehouse {
         // An explicit transaction makes a multi-file COPY all or nothing on every engine; with
         // ON_ERROR = ABORT_STATEMENT Snowflake does that anyway, its emulator does not.
         let session = self.loads.lock().await;
-        if exec(&session, "BEGIN").await.is_err() {
-            // A transaction left open by an earlier failure on this session: end it, then begin.
-            let _ = exec(&session, "ROLLBACK").await;
-            exec(&session, "BEGIN").await?;
-        }
+        // Whatever an earlier failure on this session left open ends first (a ROLLBACK with no
+        // transaction open does nothing).
+        let _ = exec(&session, "ROLLBACK").await;
+        exec(&session, "BEGIN").await?;
         let copied = match exec(&session, &sql).await {
             Ok(executed) => copy_results(paths, &executed),
             Err(e) => Err(e),
