@@ -135,8 +135,10 @@ async fn a_ledger_outage_or_stall_answers_503_within_its_bound() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let id = id.expect("the ledger is back: a POST is acknowledged");
-    let done = app.wait_final(&id, Duration::from_secs(60)).await;
-    assert_eq!(done["status"], "loaded", "{done}");
+    for acked in [&before, &id] {
+        let done = app.wait_final(acked, Duration::from_secs(60)).await;
+        assert_eq!(done["status"], "loaded", "{done}");
+    }
     app.shutdown().await;
     // What was acknowledged loaded, and nothing else: 10 before the outage, 10 after.
     let warehouse = proxied.peers.warehouse();
