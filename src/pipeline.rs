@@ -18,7 +18,7 @@ use crate::ingest::drift::{plan_new_columns, DriftPolicy};
 use crate::ingest::reject::Reject;
 use crate::ingest::validate::KeyResolver;
 use crate::ingest::{check_records, Checked};
-use crate::ledger::{BatchRecord, Counts, LedgerError, NewBatch};
+use crate::ledger::{BatchRecord, Counts, LedgerError, NewBatch, Partner};
 use crate::schema::{Column, TableName, TableSchema};
 
 /// A batch as received over HTTP.
@@ -26,7 +26,7 @@ pub struct IngestRequest {
     pub table: TableName,
     /// The request's hold on the memory budget, covering its body so far.
     pub grant: Grant,
-    pub partner: String,
+    pub partner: Partner,
     pub content_type: Option<String>,
     pub content_encoding: Option<String>,
     pub body: Bytes,

@@ -24,7 +24,7 @@ fn new_batch(table: &str, accepted: u64, rejects: Vec<Reject>) -> NewBatch {
     NewBatch {
         id: Uuid::now_v7(),
         table: table.into(),
-        partner: "acme".into(),
+        partner: "acme".parse().unwrap(),
         counts: Counts { received: accepted + rejected, accepted, rejected, loaded: 0 },
         rejects_by_code: by_code,
         received_at: Utc::now(),
@@ -222,15 +222,17 @@ pub async fn rejects_and_batch_lists(ledger: Arc<dyn Ledger>) {
     assert_eq!(rest[0].index, 10);
 
     let mut other = new_batch("U", 1, vec![]);
-    other.partner = "globex".into();
+    other.partner = "globex".parse().unwrap();
     let other_id = other.id;
     ledger.commit_stage(&commit(file("U", 1), vec![(other_id, 1)], vec![other], false)).await.unwrap();
     let all = ledger.list_batches(&BatchFilter::default()).await.unwrap();
     assert_eq!(all.iter().map(|b| b.id).collect::<Vec<_>>(), vec![other_id, rejected_id], "newest first");
     let by_table = ledger.list_batches(&BatchFilter { table: Some("T".into()), ..Default::default() }).await.unwrap();
     assert_eq!(by_table.len(), 1);
-    let by_partner =
-        ledger.list_batches(&BatchFilter { partner: Some("globex".into()), ..Default::default() }).await.unwrap();
+    let by_partner = ledger
+        .list_batches(&BatchFilter { partner: Some("globex".parse().unwrap()), ..Default::default() })
+        .await
+        .unwrap();
     assert_eq!(by_partner[0].id, other_id);
     let by_status =
         ledger.list_batches(&BatchFilter { status: Some(BatchStatus::Rejected), ..Default::default() }).await.unwrap();

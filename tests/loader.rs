@@ -68,7 +68,7 @@ async fn copy_committed_but_not_recorded_is_skipped_on_retry() {
     let batch = NewBatch {
         id,
         table: "T".into(),
-        partner: "acme".into(),
+        partner: "acme".parse().unwrap(),
         counts: Counts { received: 50, accepted: 50, rejected: 0, loaded: 0 },
         rejects_by_code: BTreeMap::new(),
         received_at: Utc::now(),
@@ -123,7 +123,7 @@ async fn a_file_missing_from_the_stage_holds_back_only_itself() {
         let batch = NewBatch {
             id,
             table: "T".into(),
-            partner: "acme".into(),
+            partner: "acme".parse().unwrap(),
             counts: Counts { received: 10, accepted: 10, rejected: 0, loaded: 0 },
             rejects_by_code: BTreeMap::new(),
             received_at: Utc::now(),
@@ -179,7 +179,7 @@ async fn a_long_copy_renews_its_claims() {
     let batch = NewBatch {
         id: batch_id,
         table: "T".into(),
-        partner: "acme".into(),
+        partner: "acme".parse().unwrap(),
         counts: Counts { received: 1_000_000, accepted: 1_000_000, rejected: 0, loaded: 0 },
         rejects_by_code: BTreeMap::new(),
         received_at: Utc::now(),

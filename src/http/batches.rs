@@ -21,11 +21,8 @@ use super::extract::{table_name, BatchPath, TablePath};
 use crate::app::AppState;
 use crate::budget::Grant;
 use crate::ingest::reject::Reject;
-use crate::ledger::{BatchFilter, BatchRecord};
+use crate::ledger::{BatchFilter, BatchRecord, Partner};
 use crate::pipeline::{self, IngestOutcome, IngestRequest};
-
-/// Until partner API keys exist, every batch belongs to this partner.
-pub const ANONYMOUS_PARTNER: &str = "anonymous";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -135,7 +132,8 @@ pub async fn ingest(
     let request = IngestRequest {
         table,
         grant,
-        partner: ANONYMOUS_PARTNER.to_string(),
+        // Until partner keys exist (issue 9), every batch belongs to the anonymous partner.
+        partner: Partner::anonymous(),
         content_type: header(header::CONTENT_TYPE),
         content_encoding: header(header::CONTENT_ENCODING),
         body,

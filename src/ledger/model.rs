@@ -105,6 +105,75 @@ text_enum! {
     }
 }
 
+/// Who sent a batch: a partner's name as operators give it (`acme`, `bank-7`): 1 to 64 lowercase
+/// letters, digits, `-` or `_`, starting with a letter or a digit. Checked once, where it enters.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Partner(String);
+
+impl Partner {
+    /// The partner of every batch while partner keys do not exist yet.
+    pub fn anonymous() -> Partner {
+        Partner("anonymous".to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Partner {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        let mut bytes = name.bytes();
+        let first_ok = bytes.next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        let rest_ok = bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if first_ok && rest_ok && name.len() <= 64 {
+            Ok(Partner(name.to_string()))
+        } else {
+            Err(format!(
+                "invalid partner {name:?}: 1 to 64 lowercase letters, digits, '-' or '_', starting with a letter or digit"
+            ))
+        }
+    }
+}
+
+impl TryFrom<String> for Partner {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        name.parse()
+    }
+}
+
+impl From<Partner> for String {
+    fn from(partner: Partner) -> String {
+        partner.0
+    }
+}
+
+impl fmt::Display for Partner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The pattern the API documents for partner names (what `Partner::from_str` accepts).
+const PARTNER_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,63}$";
+
+impl utoipa::PartialSchema for Partner {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(PARTNER_PATTERN))
+            .description(Some("A partner's name: lowercase letters, digits, '-' or '_'."))
+            .into()
+    }
+}
+
+impl ToSchema for Partner {}
+
 /// Record counts of a batch; once final, `received = loaded + rejected`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Counts {
@@ -119,7 +188,7 @@ pub struct Counts {
 pub struct NewBatch {
     pub id: Uuid,
     pub table: String,
-    pub partner: String,
+    pub partner: Partner,
     pub counts: Counts,
     pub rejects_by_code: BTreeMap<String, u64>,
     pub received_at: DateTime<Utc>,
@@ -222,7 +291,7 @@ pub struct AppliedChange {
 pub struct BatchRecord {
     pub id: Uuid,
     pub table: String,
-    pub partner: String,
+    pub partner: Partner,
     pub status: BatchStatus,
     pub counts: Counts,
     pub rejects_by_code: BTreeMap<String, u64>,
@@ -241,7 +310,8 @@ pub struct BatchFilter {
     /// Table name: an identifier, case-insensitive.
     #[param(pattern = r"^[A-Za-z_][A-Za-z0-9_$]{0,254}$")]
     pub table: Option<String>,
-    pub partner: Option<String>,
+    #[param(inline)]
+    pub partner: Option<Partner>,
     pub status: Option<BatchStatus>,
     /// Received at or after this time (RFC 3339).
     pub since: Option<DateTime<Utc>>,
@@ -252,4 +322,21 @@ pub struct BatchFilter {
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partner_names_are_checked_where_they_enter() {
+        for good in ["acme", "bank-7", "a", "0day_partner", &"p".repeat(64)] {
+            assert_eq!(good.parse::<Partner>().unwrap().as_str(), good);
+        }
+        for bad in ["", "Acme", "-acme", "acme corp", "acmé", "a/b", &"p".repeat(65)] {
+            assert!(bad.parse::<Partner>().is_err(), "{bad:?}");
+        }
+        assert!(serde_json::from_str::<Partner>("\"ACME\"").is_err(), "deserialising checks too");
+        assert_eq!(Partner::anonymous().as_str(), "anonymous");
+    }
 }

@@ -164,7 +164,7 @@ where
     Ok(BatchRecord {
         id: D::uuid(get::<D, D::Id>(row, "id")?)?,
         table: get::<D, String>(row, "table_name")?,
-        partner: get::<D, String>(row, "partner")?,
+        partner: parse(&get::<D, String>(row, "partner")?)?,
         status: parse(&get::<D, String>(row, "status")?)?,
         counts: Counts {
             received: count::<D, u64>(row, "received")?,
