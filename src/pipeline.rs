@@ -18,7 +18,7 @@ use crate::ingest::drift::{plan_new_columns, DriftPolicy};
 use crate::ingest::reject::Reject;
 use crate::ingest::validate::KeyResolver;
 use crate::ingest::{check_records, Checked};
-use crate::ledger::{BatchRecord, Counts, LedgerError, NewBatch, Partner};
+use crate::ledger::{BatchRecord, BatchStatus, Counts, LedgerError, NewBatch, Partner};
 use crate::schema::{Column, TableName, TableSchema};
 
 /// A batch as received over HTTP.
@@ -88,16 +88,41 @@ pub async fn ingest(app: &App, request: IngestRequest) -> Result<IngestOutcome, 
         Prepared::DryRun(report) => return Ok(IngestOutcome::DryRun(report)),
         Prepared::Store(submission, policy) => (submission, policy),
     };
-    let (batch_id, table, counts) = (submission.batch.id, submission.batch.table.clone(), submission.batch.counts);
+    let committed = committed_record(&submission.batch);
+    let (batch_id, counts) = (committed.id, committed.counts);
     app.buffers.submit(submission, policy).await?;
-    tracing::info!(batch_id = %batch_id, table = %table, received = counts.received,
+    tracing::info!(batch_id = %batch_id, table = %committed.table, received = counts.received,
         accepted = counts.accepted, rejected = counts.rejected, "batch staged");
-    let record = app
-        .ledger
-        .get_batch(batch_id)
-        .await?
-        .ok_or_else(|| IngestError::Ledger(LedgerError::Missing(format!("batch {batch_id} after commit"))))?;
+    // The batch is committed: it is acknowledged whatever happens next. The ledger's record (with
+    // its files) is the better answer, if the ledger gives it within its timeout.
+    let read = tokio::time::timeout(app.config.ledger.timeout, app.ledger.get_batch(batch_id)).await;
+    let record = match read {
+        Ok(Ok(Some(record))) => record,
+        Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+            tracing::warn!(batch_id = %batch_id, "batch committed, but the ledger did not read it back; answering from the commit");
+            committed
+        }
+    };
     Ok(IngestOutcome::Stored(Box::new(record)))
+}
+
+/// The record of a batch as its commit writes it, for when the ledger cannot read it back.
+fn committed_record(batch: &NewBatch) -> BatchRecord {
+    let status = BatchStatus::on_commit(batch.counts.accepted);
+    BatchRecord {
+        id: batch.id,
+        table: batch.table.clone(),
+        partner: batch.partner.clone(),
+        status,
+        counts: batch.counts,
+        rejects_by_code: batch.rejects_by_code.clone(),
+        schema_changes: Vec::new(),
+        files: Vec::new(),
+        received_at: batch.received_at,
+        staged_at: (status == BatchStatus::Staged).then(Utc::now),
+        loaded_at: None,
+        error: None,
+    }
 }
 
 /// A request ready to buffer, or a dry run's answer.

@@ -52,8 +52,14 @@ impl ReplicaId {
     }
 }
 
+/// The kernel's host name (what `uname -n` says), else `HOSTNAME`, else `snowgate`.
 fn host() -> String {
-    std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "snowgate".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_graphic()))
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| "snowgate".into())
 }
 
 /// `<host>-<uuid>`: the host part lets a restart tell its own name from one copied with a volume.
@@ -75,7 +81,10 @@ fn stable(data_dir: &Path) -> std::io::Result<Option<(String, File)>> {
     file.read_to_string(&mut text)?;
     let name = text.trim();
     // A name made on another host (a copied or shared volume) is not ours to resume.
-    let ours = name.strip_prefix(&host()).is_some_and(|rest| rest.starts_with('-'));
+    let ours = name
+        .strip_prefix(&host())
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|id| Uuid::parse_str(id).is_ok());
     if ours && name.len() <= 200 && name.chars().all(|c| c.is_ascii_graphic()) {
         return Ok(Some((name.to_string(), file)));
     }

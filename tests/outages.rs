@@ -115,7 +115,7 @@ async fn a_ledger_outage_or_stall_answers_503_within_its_bound() {
     refused(&app, 100, &["ledger_unavailable", "timeout"], Duration::from_secs(8)).await;
     readiness_names(&app, "ledger").await;
     proxied.ledger.set(Mode::Stall);
-    // limits.processing_secs (4 s) bounds the request whatever the ledger does.
+    // ledger.timeout_secs (2 s) bounds the commit, limits.processing_secs (4 s) the work before it.
     refused(&app, 200, &["ledger_unavailable", "timeout"], Duration::from_secs(8)).await;
     let started = Instant::now();
     let (status, body) = app.get_json("/v1/batches?table=loans").await;

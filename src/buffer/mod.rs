@@ -223,7 +223,11 @@ impl Buffers {
         grant.grow_to(submission.bytes).map_err(|_| BufferError::OverBudget)?;
         let pieces = submission.rows.len().div_ceil(policy.max_rows).max(submission.bytes.div_ceil(policy.max_bytes));
         if pieces > 1 {
-            return self.submit_large(submission, pieces, grant).await;
+            // A task of its own, so that the batch is stored whole (or not at all) even if the
+            // request gives up waiting between its pieces.
+            let this = self.clone();
+            let large = self.inner.flushes.spawn(async move { this.submit_large(submission, pieces, grant).await });
+            return large.await.map_err(|e| BufferError::Internal(format!("large batch task: {e}")))?;
         }
         let mut done = self.join_open_segment(submission, policy, grant);
         wait(&mut done).await
