@@ -8,12 +8,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::production::Peers;
+use common::Process;
 use serde_json::{json, Value};
 use snowgate::fault::CrashPoint;
 
@@ -21,8 +20,6 @@ use snowgate::fault::CrashPoint;
 const BATCHES: usize = 6;
 /// Good records per batch; each batch also carries one bad record.
 const GOOD: usize = 40;
-/// `abort()` ends a process with SIGABRT.
-const SIGABRT: i32 = 6;
 /// How soon after a restart every acknowledged batch must be loaded.
 const RESUME_WITHIN: Duration = Duration::from_secs(30);
 
@@ -51,19 +48,19 @@ impl Stack {
 
     /// A gateway process on this stack. Leases are long, so that a prompt load after a restart
     /// proves the restarted process took its claims back rather than waiting them out.
-    async fn gateway(&self, loader: bool, crash_at: Option<String>) -> Gateway {
+    async fn gateway(&self, loader: bool, crash_at: Option<String>) -> Process {
         self.replica(&self.data_dir(), loader, crash_at, &[]).await
     }
 
     /// A gateway after a crash: it sweeps the stage for files older than a second (only a
     /// gateway that does not ingest may sweep that eagerly).
-    async fn recovery(&self, data_dir: &Path, env: &[(&str, &str)]) -> Gateway {
+    async fn recovery(&self, data_dir: &Path, env: &[(&str, &str)]) -> Process {
         let env: Vec<_> = env.iter().copied().chain([("SNOWGATE_LOADER__ORPHAN_AFTER_SECS", "1")]).collect();
         self.replica(data_dir, true, None, &env).await
     }
 
     /// A gateway process on `data_dir` (which holds its replica id), with more environment.
-    async fn replica(&self, data_dir: &Path, loader: bool, crash_at: Option<String>, env: &[(&str, &str)]) -> Gateway {
+    async fn replica(&self, data_dir: &Path, loader: bool, crash_at: Option<String>, env: &[(&str, &str)]) -> Process {
         let (mut command, base) = common::gateway_command(data_dir);
         if let Stack::Production(peers) = self {
             peers.process_env(&mut command);
@@ -73,7 +70,7 @@ impl Stack {
             command.env("SNOWGATE_CRASH_AT", point);
         }
         command.envs(env.iter().copied());
-        Gateway { child: common::start_gateway(command, &base).await, base }
+        Process::start(command, base).await
     }
 
     /// Parquet files in the stage, relative to it (as the ledger names them).
@@ -120,45 +117,6 @@ fn walk(root: &Path, dir: &Path, found: &mut BTreeSet<String>) {
         } else if path.extension().is_some_and(|e| e == "parquet") {
             found.insert(path.strip_prefix(root).unwrap().to_string_lossy().into_owned());
         }
-    }
-}
-
-struct Gateway {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Gateway {
-    /// A test that fails midway leaves no process behind.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Gateway {
-    /// Waits for the process to die at its crash point (SIGABRT from `abort`).
-    async fn crashed(mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert_eq!(status.signal(), Some(SIGABRT), "the process died at its crash point: {status:?}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "the crash point was never reached");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-    }
-
-    fn terminate(mut self) {
-        self.signal("-TERM");
-        let exit = self.child.wait().unwrap();
-        assert!(exit.success(), "graceful stop exits 0, got {exit:?}");
     }
 }
 
@@ -215,7 +173,7 @@ async fn recover_and_reconcile(stack: &Stack, acked: &[String]) {
 
 /// Checks, through `gateway`, that the acknowledged batches, and only they, are loaded exactly
 /// once by `deadline`, and that the stage holds exactly the files the ledger knows.
-async fn reconcile(stack: &Stack, gateway: Gateway, acked: &[String], deadline: Instant) {
+async fn reconcile(stack: &Stack, gateway: Process, acked: &[String], deadline: Instant) {
     let client = reqwest::Client::new();
     let mut ledger_files = BTreeSet::new();
     for id in acked {

@@ -4,10 +4,10 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{duckdb_count, loan, spawn_app};
+use common::{duckdb_count, loan, spawn_app, Process};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -67,12 +67,6 @@ async fn large_posts_split_into_several_files() {
     assert_eq!(duckdb_count(dir.path(), "SELECT COUNT(*) FROM loans"), 4_500);
 }
 
-/// A gateway in its own process, for crash tests.
-struct Process {
-    child: Child,
-    base: String,
-}
-
 async fn start_process(dir: &Path, loader: bool) -> Process {
     let (mut command, base) = common::gateway_command(dir);
     command
@@ -80,22 +74,7 @@ async fn start_process(dir: &Path, loader: bool) -> Process {
         // What a Kubernetes Service named snowgate injects: not configuration, must be ignored.
         .env("SNOWGATE_PORT", "tcp://10.0.0.1:8080")
         .current_dir(dir);
-    let child = common::start_gateway(command, &base).await;
-    Process { child, base }
-}
-
-impl Process {
-    fn terminate(mut self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-        let exit = self.child.wait().unwrap();
-        assert!(exit.success(), "graceful stop exits 0, got {exit:?}");
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
+    Process::start(command, base).await
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::production::Peers;
 use common::proxy::{Mode, Proxy};
+use common::Process;
 use serde_json::{json, Value};
 
 const TABLES: [&str; 3] = ["loans", "repayments", "events"];
@@ -22,25 +23,14 @@ const CLIENTS: usize = 6;
 /// What a client was told: batch id -> (table, accepted records, SUM(amount) of them).
 type Acked = Arc<Mutex<BTreeMap<String, (String, u64, i64)>>>;
 
-struct Gateway {
-    child: std::process::Child,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start(peers: &Peers, warehouse: &Proxy, name: &str, port: u16) -> Gateway {
+async fn start(peers: &Peers, warehouse: &Proxy, name: &str, port: u16) -> Process {
     let (mut command, base) = common::gateway_command_on(&peers.dir.path().join(name), port);
     peers.process_env(&mut command);
     command
         .env("SNOWGATE_WAREHOUSE__SNOWFLAKE__BASE_URL", format!("http://{}", warehouse.addr))
         .env("SNOWGATE_LOADER__LEASE_SECS", "5")
         .env("SNOWGATE_LOADER__RETRY_BASE_MS", "200");
-    Gateway { child: common::start_gateway(command, &base).await }
+    Process::start(command, base).await
 }
 
 /// Batch `n` of a client: 1 to 60 records, about one in eight bad (a null id), and from time to

@@ -193,6 +193,59 @@ pub async fn start_gateway(mut command: Command, base: &str) -> Child {
     panic!("snowgate did not start at {base}");
 }
 
+/// A gateway process a test started; killed if the test ends (or fails) without stopping it.
+pub struct Process {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Process {
+    /// Spawns `command` (from [`gateway_command`]) and waits until it answers at `base`.
+    pub async fn start(command: Command, base: String) -> Process {
+        Process { child: start_gateway(command, &base).await, base }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGTERM, then the exit, which must be 0.
+    pub fn terminate(mut self) {
+        self.signal("-TERM");
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "graceful stop exits 0, got {exit:?}");
+    }
+
+    pub fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Waits for the process to die at its crash point (SIGABRT, from `abort`).
+    pub async fn crashed(mut self) {
+        use std::os::unix::process::ExitStatusExt;
+        const SIGABRT: i32 = 6;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert_eq!(status.signal(), Some(SIGABRT), "the process died at its crash point: {status:?}");
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the crash point was never reached");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Does nothing to a process already waited for.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A loan record; `i` makes it unique.
 pub fn loan(i: usize) -> Value {
     json!({
