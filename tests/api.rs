@@ -593,3 +593,35 @@ async fn five_hundred_stalled_connections_do_not_stop_other_partners() {
     assert_eq!(timed_out_bodies, 250);
     app.shutdown().await;
 }
+
+/// Past `server.max_concurrent_requests` API requests in flight, the next is refused at once with
+/// 503 `over_capacity`; health probes are not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_concurrency_cap_are_shed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path());
+    config.server.max_concurrent_requests = 1;
+    let app = common::spawn_app_with(config).await;
+    app.declare_loans().await;
+    // One request in flight: its body never finishes.
+    let address = app.base.trim_start_matches("http://").to_string();
+    let mut held = tokio::net::TcpStream::connect(&address).await.unwrap();
+    held.write_all(b"POST /v1/tables/loans/batches HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n[")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = std::time::Instant::now();
+    let response = app.post_json("loans", &json!([loan(1)])).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "over_capacity", "{body}");
+    assert!(started.elapsed() < Duration::from_secs(2), "refused at once, not queued");
+    assert_eq!(app.get_json("/healthz").await.0, 200);
+
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.post_json("loans", &json!([loan(2)])).await.status(), 202, "the slot is free again");
+    app.shutdown().await;
+}
