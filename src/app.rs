@@ -9,6 +9,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::quota::Quotas;
+use crate::auth::Authenticator;
 use crate::budget::MemoryBudget;
 use crate::buffer::Buffers;
 use crate::catalog::Catalog;
@@ -36,6 +38,9 @@ pub enum StartError {
     Warehouse(#[from] crate::warehouse::WarehouseError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    /// Serving as configured would expose the gateway without keys (names `auth.mode`).
+    #[error("auth.mode: {0}")]
+    Exposed(String),
 }
 
 /// Everything a request handler or background task needs.
@@ -58,6 +63,10 @@ pub struct App {
     pub budget: Arc<MemoryBudget>,
     /// API requests in flight, up to `server.max_concurrent_requests`.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Checks the API key of every request.
+    pub auth: Authenticator,
+    /// Each partner's request, record and byte rates on this replica.
+    pub quotas: Quotas,
 }
 
 /// Shared handle passed to handlers.
@@ -77,17 +86,7 @@ impl App {
     pub async fn build(config: Config) -> Result<App, StartError> {
         config.validate()?;
         let stage = Arc::new(Stage::open(&config.stage_url(), &config.stage)?);
-        let ledger: Arc<dyn Ledger> = match config.ledger_backend()? {
-            LedgerBackend::Sqlite { url, path } => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)?;
-                }
-                Arc::new(SqliteLedger::connect(url.expose()).await?)
-            }
-            LedgerBackend::Postgres { url, max_connections, timeout } => {
-                Arc::new(PostgresLedger::connect(url.expose(), max_connections, timeout).await?)
-            }
-        };
+        let ledger = open_ledger(&config).await?;
         let warehouse: Arc<dyn Warehouse> = match config.warehouse_backend()? {
             WarehouseBackend::DuckDb { path } => {
                 let stage = stage.clone();
@@ -115,6 +114,8 @@ impl App {
         let catalog = Catalog::new(ledger.clone(), warehouse.clone(), &config);
         let replica = ReplicaId::acquire(&config.server.data_dir);
         let in_flight = Arc::new(tokio::sync::Semaphore::new(config.server.max_concurrent_requests));
+        let auth = Authenticator::new(config.auth.mode, ledger.clone(), config.auth.cache);
+        let quotas = Quotas::new(config.quotas.clone());
         App {
             config,
             ledger,
@@ -128,6 +129,8 @@ impl App {
             loader_health: Arc::new(LoaderHealth::default()),
             budget,
             in_flight,
+            auth,
+            quotas,
         }
     }
 
@@ -144,6 +147,21 @@ impl App {
     }
 }
 
+/// Opens (and migrates) the ledger the configuration names; the key commands use it alone.
+pub async fn open_ledger(config: &Config) -> Result<Arc<dyn Ledger>, StartError> {
+    Ok(match config.ledger_backend()? {
+        LedgerBackend::Sqlite { url, path } => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            Arc::new(SqliteLedger::connect(url.expose()).await?)
+        }
+        LedgerBackend::Postgres { url, max_connections, timeout } => {
+            Arc::new(PostgresLedger::connect(url.expose(), max_connections, timeout).await?)
+        }
+    })
+}
+
 /// Serves until `shutdown` resolves, then stops in order: stop accepting and drain requests,
 /// flush every buffer, let the loader finish its round.
 pub async fn serve(
@@ -151,6 +169,13 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    let addr = listener.local_addr()?;
+    crate::auth::check_exposure(app.config.auth.mode, app.ledger.as_ref(), addr).await.map_err(StartError::Exposed)?;
+    // Keys this replica's previous process held for requests it never finished are free again.
+    let released = app.ledger.release_idempotency_of(app.replica.name()).await?;
+    if released > 0 {
+        tracing::info!(released, "released idempotency keys held by this replica's previous process");
+    }
     let state = AppState(Arc::new(app));
     let cancel = CancellationToken::new();
     let loader = state.config.loader.enabled.then(|| {
@@ -163,10 +188,11 @@ pub async fn serve(
     // One sweeper per loader: deleting a file nobody committed is idempotent across replicas.
     let sweeper = state.config.loader.enabled.then(|| {
         let (stage, ledger) = (state.stage.clone(), state.ledger.clone());
-        tokio::spawn(run_sweeper(stage, ledger, state.config.loader.orphan_after, cancel.child_token()))
+        let (orphan_after, window) = (state.config.loader.orphan_after, state.config.idempotency.window);
+        tokio::spawn(run_sweeper(stage, ledger, orphan_after, window, cancel.child_token()))
     });
     let router = crate::http::router(state.clone());
-    tracing::info!(addr = %listener.local_addr()?, ledger = state.ledger.backend(), warehouse = state.warehouse.backend(),
+    tracing::info!(addr = %addr, auth = ?state.config.auth.mode, ledger = state.ledger.backend(), warehouse = state.warehouse.backend(),
         stage = state.stage.url(), "snowgate listening");
     // Once shutdown begins, buffered rows are flushed at once so in-flight requests finish early.
     let buffers = state.buffers.clone();

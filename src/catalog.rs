@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::buffer::encode::arrow_type;
 use crate::config::Config;
 use crate::ingest::drift::DriftPolicy;
-use crate::ledger::{Ledger, LedgerError, TableRecord};
+use crate::ledger::{ChangeCause, Ledger, LedgerError, Partner, TableRecord};
 use crate::schema::{Column, TableName, TableSchema};
 use crate::warehouse::{Warehouse, WarehouseError};
 
@@ -205,6 +205,7 @@ impl Catalog {
         name: &TableName,
         columns: Vec<Column>,
         drift: Option<DriftPolicy>,
+        by: &Partner,
     ) -> Result<(TableRecord, bool), CatalogError> {
         let mut declared: Vec<Column> = Vec::with_capacity(columns.len());
         for column in columns {
@@ -275,7 +276,8 @@ impl Catalog {
         let record = TableRecord { name: name.to_string(), drift, columns, created_at, updated_at: now, version: 0 };
         self.ledger.put_table(&record).await?;
         if !missing.is_empty() {
-            self.ledger.add_columns(name, &missing, None).await?;
+            let cause = ChangeCause { batch_id: None, partner: by.clone() };
+            self.ledger.add_columns(name, &missing, &cause).await?;
         }
         Ok((self.recorded(name, record).await, false))
     }
@@ -302,6 +304,7 @@ impl Catalog {
         entry: &TableEntry,
         planned: &[Column],
         batch_id: Uuid,
+        partner: &Partner,
     ) -> Result<Arc<TableSchema>, CatalogError> {
         let lock = self.ddl_lock(&entry.name);
         let _guard = lock.lock().await;
@@ -327,7 +330,8 @@ impl Catalog {
             columns.push(column.clone());
             added.push(column);
         }
-        self.ledger.add_columns(&entry.name, &added, Some(batch_id)).await?;
+        let cause = ChangeCause { batch_id: Some(batch_id), partner: partner.clone() };
+        self.ledger.add_columns(&entry.name, &added, &cause).await?;
         for column in &added {
             tracing::info!(table = %entry.name, column = %column.name, ty = %column.ty, batch_id = %batch_id, "added column");
         }

@@ -33,6 +33,9 @@ pub struct Config {
     pub tables: BTreeMap<TableName, TableOverrides>,
     pub limits: Limits,
     pub loader: LoaderConfig,
+    pub auth: AuthConfig,
+    pub idempotency: IdempotencyConfig,
+    pub quotas: QuotasConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -316,6 +319,83 @@ impl Default for LoaderConfig {
     }
 }
 
+/// Whether requests need an API key.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Keys are required once the first one exists; until then the gateway serves only on a
+    /// loopback address (and refuses to start on any other).
+    #[default]
+    Keys,
+    /// Requests without a key are served as the operator; keys sent are still checked.
+    Open,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// How long a replica trusts a key it has checked before reading it again, so a revocation
+    /// made through another replica or the CLI takes effect within it (key `cache_secs`).
+    #[serde(rename = "cache_secs", with = "secs")]
+    pub cache: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { mode: AuthMode::Keys, cache: Duration::from_secs(5) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// How long an `Idempotency-Key` is remembered (key `window_secs`, default 7 days).
+    #[serde(rename = "window_secs", with = "secs")]
+    pub window: Duration,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        IdempotencyConfig { window: Duration::from_secs(7 * 86_400) }
+    }
+}
+
+/// Rates one partner may use; 0 means no limit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quota {
+    pub requests_per_sec: f64,
+    pub records_per_sec: f64,
+    pub bytes_per_sec: f64,
+    /// Seconds of each rate a partner may spend at once after being idle.
+    pub burst_secs: f64,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Quota { requests_per_sec: 0.0, records_per_sec: 0.0, bytes_per_sec: 0.0, burst_secs: 2.0 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotasConfig {
+    /// Replicas sharing the quotas: each enforces its share (rate / replicas), which holds the
+    /// total when a load balancer spreads a partner's requests evenly.
+    pub replicas: u32,
+    /// For every partner without its own entry.
+    pub default: Quota,
+    /// Per partner, by name.
+    pub partners: BTreeMap<String, Quota>,
+}
+
+impl Default for QuotasConfig {
+    fn default() -> Self {
+        QuotasConfig { replicas: 1, default: Quota::default(), partners: BTreeMap::new() }
+    }
+}
+
 impl Config {
     /// Loads defaults, then `file` if it exists (or the named file, which must exist), then env.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
@@ -400,6 +480,28 @@ impl Config {
             "server.max_concurrent_requests",
             "must be 1..=1000000",
         )?;
+        check(self.auth.cache <= Duration::from_secs(300), "auth.cache_secs", "must be at most 300")?;
+        check(self.idempotency.window >= Duration::from_secs(60), "idempotency.window_secs", "must be at least 60")?;
+        check((1..=1000).contains(&self.quotas.replicas), "quotas.replicas", "must be 1..=1000")?;
+        let quotas = std::iter::once(("quotas.default".to_string(), &self.quotas.default))
+            .chain(self.quotas.partners.iter().map(|(name, q)| (format!("quotas.partners.{name}"), q)));
+        for (key, quota) in quotas {
+            if let Some(name) = key.strip_prefix("quotas.partners.") {
+                check(name.parse::<crate::partner::Partner>().is_ok(), &key, "is not a partner name")?;
+            }
+            for (rate, value) in [
+                ("requests_per_sec", quota.requests_per_sec),
+                ("records_per_sec", quota.records_per_sec),
+                ("bytes_per_sec", quota.bytes_per_sec),
+            ] {
+                check(value.is_finite() && value >= 0.0, &format!("{key}.{rate}"), "must be 0 (no limit) or more")?;
+            }
+            check(
+                quota.burst_secs.is_finite() && (0.001..=3600.0).contains(&quota.burst_secs),
+                &format!("{key}.burst_secs"),
+                "must be 0.001..=3600",
+            )?;
+        }
         let stage = self.stage_url();
         check(
             stage.starts_with("file://") || stage.starts_with("s3://"),

@@ -9,6 +9,7 @@
 //! `ingest`) stay public for the tests that drive them directly.
 
 mod app;
+pub mod auth;
 pub mod budget;
 pub mod buffer;
 mod catalog;
@@ -18,6 +19,7 @@ mod http;
 pub mod ingest;
 pub mod ledger;
 pub mod loader;
+pub mod partner;
 mod pipeline;
 mod replica;
 pub mod schema;
@@ -25,7 +27,7 @@ mod sql;
 pub mod stage;
 pub mod warehouse;
 
-pub use app::{serve, App, AppState, StartError};
+pub use app::{open_ledger, serve, App, AppState, StartError};
 pub use config::Config;
 pub use http::openapi_json;
 pub use sql::query as sql_query;

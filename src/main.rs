@@ -51,6 +51,11 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Create, list and revoke partner API keys (in the ledger the configuration names).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Run a read-only SQL query on the embedded DuckDB warehouse (stop the gateway first).
     Sql {
         #[arg(long)]
@@ -59,6 +64,41 @@ enum Command {
         data_dir: Option<PathBuf>,
         /// The statement, e.g. 'SELECT COUNT(*) FROM LOANS'.
         query: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; it is printed alone on the last line of stdout, and never shown again.
+    Create {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The partner the key's batches belong to (default `operator` with --operator).
+        #[arg(long)]
+        partner: Option<String>,
+        /// Tables the key may write, comma-separated (required for a partner key).
+        #[arg(long, value_delimiter = ',')]
+        tables: Vec<String>,
+        /// An operator key: declares tables, manages keys, reads every batch.
+        #[arg(long)]
+        operator: bool,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Revoke a key by its id; running gateways stop taking it within auth.cache_secs.
+    Revoke {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        id: String,
     },
 }
 
@@ -86,6 +126,7 @@ fn main() -> anyhow::Result<()> {
             let text = snowgate::sql_query(&path, &query).with_context(|| format!("query on {}", path.display()))?;
             println!("{text}");
         }
+        Command::Keys { command } => tokio::runtime::Runtime::new()?.block_on(keys(command))?,
         Command::Serve { config, listen, data_dir } => {
             let mut loaded = load(config, data_dir)?;
             if let Some(listen) = listen {
@@ -93,6 +134,42 @@ fn main() -> anyhow::Result<()> {
             }
             init_tracing();
             tokio::runtime::Runtime::new()?.block_on(serve(loaded))?;
+        }
+    }
+    Ok(())
+}
+
+async fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Create { config, data_dir, partner, tables, operator } => {
+            let ledger = snowgate::open_ledger(&load(config, data_dir)?).await.context("cannot open the ledger")?;
+            let partner = match partner {
+                Some(name) => name.parse().map_err(|e: String| anyhow::anyhow!("--partner: {e}"))?,
+                None if operator => "operator".parse().map_err(|e: String| anyhow::anyhow!(e))?,
+                None => anyhow::bail!("--partner is required for a partner key (or pass --operator)"),
+            };
+            let tables = tables
+                .iter()
+                .map(|t| snowgate::schema::TableName::parse(t).map_err(|e| anyhow::anyhow!("--tables: {t:?}: {e}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let created = snowgate::auth::create_key(ledger.as_ref(), partner, &tables, operator).await?;
+            let record = &created.record;
+            let scope = if record.operator { "operator".to_string() } else { record.tables.join(",") };
+            println!(
+                "created key {} for partner {} ({scope}); it is shown once, on the next line",
+                record.id, record.partner
+            );
+            println!("{}", created.token);
+        }
+        KeysCommand::List { config, data_dir } => {
+            let ledger = snowgate::open_ledger(&load(config, data_dir)?).await.context("cannot open the ledger")?;
+            let keys = ledger.list_keys().await?;
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "keys": keys }))?);
+        }
+        KeysCommand::Revoke { config, data_dir, id } => {
+            let ledger = snowgate::open_ledger(&load(config, data_dir)?).await.context("cannot open the ledger")?;
+            let Some(key) = ledger.revoke_key(&id).await? else { anyhow::bail!("no API key {id:?}") };
+            println!("revoked key {} of partner {}", key.id, key.partner);
         }
     }
     Ok(())

@@ -13,16 +13,21 @@ use crate::app::App;
 use crate::budget::Grant;
 use crate::buffer::{BufferError, FlushPolicy, Submission};
 use crate::catalog::CatalogError;
+use crate::config::Config;
 use crate::ingest::decode::{self, DecodeError, DecodeLimits, Decoded};
 use crate::ingest::drift::{plan_new_columns, DriftPolicy};
 use crate::ingest::reject::Reject;
 use crate::ingest::validate::KeyResolver;
 use crate::ingest::{check_records, Checked};
-use crate::ledger::{BatchRecord, BatchStatus, Counts, LedgerError, NewBatch, Partner};
+use crate::ledger::{
+    BatchRecord, BatchStatus, Counts, IdempotencyClaim, IdempotencyState, LedgerError, NewBatch, Partner,
+};
 use crate::schema::{Column, TableName, TableSchema};
 
 /// A batch as received over HTTP.
 pub struct IngestRequest {
+    /// The id the batch gets if it is stored.
+    pub batch_id: Uuid,
     pub table: TableName,
     /// The request's hold on the memory budget, covering its body so far.
     pub grant: Grant,
@@ -69,6 +74,12 @@ pub enum IngestError {
     /// was buffered.
     #[error("the request was not ready to stage within limits.processing_secs ({}s)", .0.as_secs())]
     Timeout(Duration),
+    /// The `Idempotency-Key` made batch `.0` from another request.
+    #[error("this Idempotency-Key was used for another request, which made batch {0}")]
+    IdempotencyConflict(Uuid),
+    /// Another request with the same `Idempotency-Key` is still making batch `.0`.
+    #[error("a request with this Idempotency-Key is still being stored (batch {0}); retry shortly")]
+    IdempotencyInProgress(Uuid),
 }
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, IngestError> {
@@ -106,6 +117,85 @@ pub async fn ingest(app: &App, request: IngestRequest) -> Result<IngestOutcome, 
     Ok(IngestOutcome::Stored(Box::new(record)))
 }
 
+/// A batch stored by this request, or the one an earlier request with its `Idempotency-Key` made.
+pub enum Stored {
+    Fresh(IngestOutcome),
+    Replayed(Box<BatchRecord>),
+}
+
+/// [`ingest`] at most once per `Idempotency-Key` of a partner: the first request with a key
+/// makes the batch; a later one with the same body gets that batch back, one with another body
+/// a conflict. A duplicate that arrives while the first is still being stored waits for it (up
+/// to `limits.processing_secs`). A request that fails before its batch is committed lets go of
+/// the key, so that its retry is stored.
+pub async fn ingest_once(app: &App, request: IngestRequest, key: String) -> Result<Stored, IngestError> {
+    let claim = IdempotencyClaim {
+        partner: request.partner.clone(),
+        key,
+        body_hash: request_digest(&request),
+        batch_id: request.batch_id,
+        owner: app.replica.name().to_string(),
+        lease: idempotency_lease(&app.config),
+        window: app.config.idempotency.window,
+    };
+    let deadline = tokio::time::Instant::now() + app.config.limits.processing;
+    loop {
+        match app.ledger.claim_idempotency(&claim).await? {
+            IdempotencyState::Claimed => {
+                let outcome = ingest(app, request).await;
+                if outcome.is_err() {
+                    if let Err(e) = app.ledger.release_idempotency(&claim.partner, &claim.key, claim.batch_id).await {
+                        tracing::warn!(error = %e, batch_id = %claim.batch_id,
+                            "could not release an idempotency key after a failed request; it frees when its lease ends");
+                    }
+                }
+                return outcome.map(Stored::Fresh);
+            }
+            IdempotencyState::Committed { batch_id, body_hash }
+            | IdempotencyState::InProgress { batch_id, body_hash }
+                if body_hash != claim.body_hash =>
+            {
+                return Err(IngestError::IdempotencyConflict(batch_id));
+            }
+            IdempotencyState::Committed { batch_id, .. } => {
+                let batch = app.ledger.get_batch(batch_id).await?;
+                let batch = batch.ok_or_else(|| LedgerError::Missing(format!("batch {batch_id}")))?;
+                return Ok(Stored::Replayed(Box::new(batch)));
+            }
+            IdempotencyState::InProgress { batch_id, .. } => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(IngestError::IdempotencyInProgress(batch_id));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// How long a request holds its `Idempotency-Key` before another may take it: longer than the
+/// request can take to commit (its processing, then the stage write and the ledger commit of its
+/// flush), so a live request is never taken over. A holder that died is released sooner, when
+/// its replica restarts.
+fn idempotency_lease(config: &Config) -> Duration {
+    config.limits.processing + config.stage.timeout + 2 * config.ledger.timeout + Duration::from_secs(60)
+}
+
+/// What makes two requests the same: their table, content type, encoding and body as sent.
+fn request_digest(request: &IngestRequest) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in [
+        request.table.as_str().as_bytes(),
+        request.content_type.as_deref().unwrap_or("").as_bytes(),
+        request.content_encoding.as_deref().unwrap_or("").as_bytes(),
+    ] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    hash.update(&request.body);
+    hex::encode(hash.finalize())
+}
+
 /// The record of a batch as its commit writes it, for when the ledger cannot read it back.
 fn committed_record(batch: &NewBatch) -> BatchRecord {
     let status = BatchStatus::on_commit(batch.counts.accepted);
@@ -134,7 +224,7 @@ enum Prepared {
 /// Decodes, evolves the table and validates; nothing is stored yet.
 async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestError> {
     let received_at = Utc::now();
-    let batch_id = Uuid::now_v7();
+    let batch_id = request.batch_id;
     let table = app.catalog.get(&request.table).await?;
     let format = decode::body_format(request.content_type.as_deref())?;
     let limits = DecodeLimits {
@@ -147,6 +237,7 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
     let body = request.body;
     let mut grant = request.grant;
     let budget = app.budget.max();
+    let partner = request.partner.clone();
     let (records, grant): (Vec<Decoded>, Grant) = blocking(move || {
         let held = body.len();
         let plain = decode::decompress(body, encoding.as_deref(), limits.max_decompressed_bytes, &mut |n| {
@@ -165,6 +256,7 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
         Ok((decode::parse_records(&plain, format, &limits)?, grant))
     })
     .await??;
+    app.quotas.spend_records(&partner, records.len() as u64);
 
     let mut schema = table.schema();
     let planned = match table.drift() {
@@ -180,7 +272,7 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
         return Ok(Prepared::DryRun(dry_run_report(&table.name, checked, planned)));
     }
     if !planned.is_empty() {
-        schema = app.catalog.evolve(&table, &planned, batch_id).await?;
+        schema = app.catalog.evolve(&table, &planned, batch_id, &partner).await?;
     }
     crate::fault::crash_point(crate::fault::CrashPoint::Validating);
     let validate_schema: Arc<TableSchema> = schema.clone();

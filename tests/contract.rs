@@ -16,14 +16,30 @@ fn schemathesis() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answer_matches_the_spec() {
     let dir = tempfile::tempdir().unwrap();
+    // The gateway as deployed: closed, with an operator key that every generated request carries
+    // (schemathesis also checks that a request without it is refused, as the spec says).
+    let created = Command::new(env!("CARGO_BIN_EXE_snowgate"))
+        .args(["keys", "create", "--operator", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let key = String::from_utf8(created.stdout).unwrap().lines().last().unwrap().to_string();
     let (command, base) = common::gateway_command(dir.path());
     let mut gateway = common::start_gateway(command, &base).await;
     // One real table, so that generated requests reach past "no such table" now and then.
-    common::declare_ids(&base, "loans").await;
+    let declared = reqwest::Client::new()
+        .put(format!("{base}/v1/tables/loans"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"columns": [{"name": "id", "type": "NUMBER", "nullable": false}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(declared.status(), 201);
 
     let report = dir.path().join("report");
     let run = tokio::task::spawn_blocking({
-        let (base, report) = (base.clone(), report.clone());
+        let (base, report, key) = (base.clone(), report.clone(), key.clone());
         move || {
             // Written out at run time: a compile-time path would point into whichever checkout
             // built this binary (the target folder is shared).
@@ -34,6 +50,7 @@ async fn every_answer_matches_the_spec() {
                 .arg("--config-file")
                 .arg(&config)
                 .args(["run", &format!("{base}/openapi.json"), "--checks", "all", "--max-examples", "30"])
+                .args(["--header", &format!("Authorization: Bearer {key}")])
                 .args(["--seed", "20261125", "--workers", "2", "--generation-database", "none", "--no-color"])
                 // A busy CI machine must not fail the run through hypothesis's speed check.
                 .args(["--suppress-health-check", "too_slow", "--request-timeout", "30"])

@@ -84,7 +84,8 @@ pub async fn tables_and_schema_changes(ledger: Arc<dyn Ledger>) {
         },
         Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: true },
     ];
-    ledger.add_columns("LOANS", &added, Some(batch)).await.unwrap();
+    let cause = ChangeCause { batch_id: Some(batch), partner: "acme".parse().unwrap() };
+    ledger.add_columns("LOANS", &added, &cause).await.unwrap();
     let got = ledger.get_table("LOANS").await.unwrap().unwrap();
     let names: Vec<_> = got.columns.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["ID", "NOTE"], "existing columns are not added twice");
@@ -99,8 +100,9 @@ pub async fn tables_and_schema_changes(ledger: Arc<dyn Ledger>) {
         (changes[0].column.as_str(), changes[0].ty.as_str(), changes[0].batch_id),
         ("NOTE", "VARCHAR(20)", Some(batch))
     );
+    assert_eq!(changes[0].partner.as_ref().map(|p| p.as_str()), Some("acme"), "the audit log names the partner");
     assert_eq!(ledger.list_tables().await.unwrap().len(), 1);
-    assert!(ledger.add_columns("MISSING", &added, None).await.is_err());
+    assert!(ledger.add_columns("MISSING", &added, &cause).await.is_err());
 }
 
 pub async fn group_commit_then_load_reconciles(ledger: Arc<dyn Ledger>) {
@@ -277,6 +279,101 @@ pub async fn unique_keys_are_conflicts_and_roll_back(ledger: Arc<dyn Ledger>) {
     assert_eq!(ledger.claim_files("me", LEASE, 10).await.unwrap().len(), 1);
 }
 
+pub async fn keys_are_stored_as_digests_and_revoked(ledger: Arc<dyn Ledger>) {
+    assert!(!ledger.any_keys().await.unwrap());
+    let key = ApiKey {
+        id: "00112233445566aa".into(),
+        partner: "acme".parse().unwrap(),
+        tables: vec!["LOANS".into()],
+        operator: false,
+        created_at: Utc::now(),
+        last_used_at: None,
+        revoked_at: None,
+        secret_hash: "ab".repeat(32),
+    };
+    ledger.insert_key(&key).await.unwrap();
+    let err = ledger.insert_key(&key).await.unwrap_err();
+    assert!(matches!(err, LedgerError::Conflict(_)), "an id is never reused: {err:?}");
+    assert!(ledger.any_keys().await.unwrap());
+    let read = ledger.get_key(&key.id).await.unwrap().unwrap();
+    assert_eq!((read.partner.as_str(), read.tables.clone(), read.operator), ("acme", vec!["LOANS".into()], false));
+    assert_eq!(read.secret_hash, key.secret_hash);
+    ledger.touch_key(&key.id).await.unwrap();
+    assert!(ledger.get_key(&key.id).await.unwrap().unwrap().last_used_at.is_some());
+    let revoked = ledger.revoke_key(&key.id).await.unwrap().unwrap();
+    let first = revoked.revoked_at.expect("revoked");
+    let again = ledger.revoke_key(&key.id).await.unwrap().unwrap();
+    assert_eq!(again.revoked_at, Some(first), "revoking twice keeps the first time");
+    assert!(ledger.revoke_key("ffffffffffffffff").await.unwrap().is_none());
+    assert_eq!(ledger.list_keys().await.unwrap().len(), 1);
+    assert!(ledger.any_keys().await.unwrap(), "a revoked key still closes the gateway");
+}
+
+fn claim(key: &str, body: &str, owner: &str, lease: Duration) -> IdempotencyClaim {
+    IdempotencyClaim {
+        partner: "acme".parse().unwrap(),
+        key: key.into(),
+        body_hash: body.into(),
+        batch_id: Uuid::now_v7(),
+        owner: owner.into(),
+        lease,
+        window: Duration::from_secs(86_400),
+    }
+}
+
+pub async fn idempotency_keys_make_one_batch(ledger: Arc<dyn Ledger>) {
+    let first = claim("k1", "h1", "replica-a", LEASE);
+    assert_eq!(ledger.claim_idempotency(&first).await.unwrap(), IdempotencyState::Claimed);
+    let duplicate = claim("k1", "h1", "replica-b", LEASE);
+    assert_eq!(
+        ledger.claim_idempotency(&duplicate).await.unwrap(),
+        IdempotencyState::InProgress { batch_id: first.batch_id, body_hash: "h1".into() }
+    );
+    // Another partner's key of the same name is its own.
+    let other = IdempotencyClaim { partner: "beta".parse().unwrap(), ..claim("k1", "h9", "replica-b", LEASE) };
+    assert_eq!(ledger.claim_idempotency(&other).await.unwrap(), IdempotencyState::Claimed);
+    // Committed: the key answers its batch.
+    let batch = NewBatch { id: first.batch_id, ..new_batch("T", 1, vec![]) };
+    ledger.commit_stage(&commit(file("T", 1), vec![(batch.id, 1)], vec![batch], false)).await.unwrap();
+    assert_eq!(
+        ledger.claim_idempotency(&duplicate).await.unwrap(),
+        IdempotencyState::Committed { batch_id: first.batch_id, body_hash: "h1".into() }
+    );
+    ledger.release_idempotency(&first.partner, "k1", first.batch_id).await.unwrap();
+    assert!(
+        matches!(ledger.claim_idempotency(&duplicate).await.unwrap(), IdempotencyState::Committed { .. }),
+        "a committed key is never released"
+    );
+
+    // A request that failed before committing lets go; the retry takes the key.
+    let failed = claim("k2", "h2", "replica-a", LEASE);
+    assert_eq!(ledger.claim_idempotency(&failed).await.unwrap(), IdempotencyState::Claimed);
+    ledger.release_idempotency(&failed.partner, "k2", failed.batch_id).await.unwrap();
+    assert_eq!(
+        ledger.claim_idempotency(&claim("k2", "h2", "replica-b", LEASE)).await.unwrap(),
+        IdempotencyState::Claimed
+    );
+
+    // A holder whose lease ran out without committing is taken over; so are keys of a replica
+    // that restarts.
+    let dead = claim("k3", "h3", "replica-a", Duration::ZERO);
+    assert_eq!(ledger.claim_idempotency(&dead).await.unwrap(), IdempotencyState::Claimed);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        ledger.claim_idempotency(&claim("k3", "h3", "replica-b", LEASE)).await.unwrap(),
+        IdempotencyState::Claimed
+    );
+    let held = claim("k4", "h4", "replica-c", LEASE);
+    assert_eq!(ledger.claim_idempotency(&held).await.unwrap(), IdempotencyState::Claimed);
+    assert_eq!(ledger.release_idempotency_of("replica-c").await.unwrap(), 1);
+    assert_eq!(
+        ledger.claim_idempotency(&claim("k4", "h4", "replica-d", LEASE)).await.unwrap(),
+        IdempotencyState::Claimed
+    );
+    // Nothing is older than the window yet; the committed key stays.
+    assert_eq!(ledger.sweep_idempotency(Duration::from_secs(3600)).await.unwrap(), 0);
+}
+
 /// Runs every suite test against one backend; `$make` builds a fresh, empty ledger.
 macro_rules! ledger_suite {
     ($module:ident, $make:expr) => {
@@ -323,6 +420,18 @@ macro_rules! ledger_suite {
             async fn rejects_and_batch_lists() {
                 let (_guard, ledger) = $make.await;
                 super::rejects_and_batch_lists(ledger).await;
+            }
+
+            #[tokio::test]
+            async fn keys_are_stored_as_digests_and_revoked() {
+                let (_guard, ledger) = $make.await;
+                super::keys_are_stored_as_digests_and_revoked(ledger).await;
+            }
+
+            #[tokio::test]
+            async fn idempotency_keys_make_one_batch() {
+                let (_guard, ledger) = $make.await;
+                super::idempotency_keys_make_one_batch(ledger).await;
             }
         }
     };

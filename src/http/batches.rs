@@ -7,7 +7,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -19,10 +19,11 @@ use uuid::Uuid;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::{table_name, BatchPath, TablePath};
 use crate::app::AppState;
+use crate::auth::Principal;
 use crate::budget::Grant;
 use crate::ingest::reject::Reject;
-use crate::ledger::{BatchFilter, BatchRecord, Partner};
-use crate::pipeline::{self, IngestOutcome, IngestRequest};
+use crate::ledger::{BatchFilter, BatchRecord};
+use crate::pipeline::{self, IngestOutcome, IngestRequest, Stored};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -97,7 +98,11 @@ pub enum IngestResult {
     post,
     path = "/v1/tables/{table}/batches",
     tag = "batches",
-    params(("table" = String, Path, description = "Table name: an identifier, case-insensitive", pattern = r"^[A-Za-z_][A-Za-z0-9_$]{0,254}$"), IngestParams),
+    params(
+        ("table" = String, Path, description = "Table name: an identifier, case-insensitive", pattern = r"^[A-Za-z_][A-Za-z0-9_$]{0,254}$"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: the same key and body return the first request's batch (with `Idempotent-Replayed: true`) for idempotency.window_secs; 1 to 255 visible ASCII characters", pattern = r"^[!-~]{1,255}$"),
+        IngestParams,
+    ),
     request_body(
         description = "Records: a JSON array of objects, `{\"records\": [...]}`, or NDJSON",
         content(
@@ -106,10 +111,14 @@ pub enum IngestResult {
         )
     ),
     responses(
-        (status = 202, description = "Durably staged", body = BatchRecord),
-        (status = 200, description = "Final: loaded (wait=loaded) or rejected (no record accepted); with dry_run=true a DryRunReport", body = IngestResult),
-        (status = 400, description = "Unparseable body, invalid table name or query", body = ErrorBody),
+        (status = 202, description = "Durably staged", body = BatchRecord,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this is the batch an earlier request with the same Idempotency-Key made"))),
+        (status = 200, description = "Final: loaded (wait=loaded) or rejected (no record accepted); with dry_run=true a DryRunReport", body = IngestResult,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this is the batch an earlier request with the same Idempotency-Key made"))),
+        (status = 400, description = "Unparseable body, invalid table name, query or Idempotency-Key", body = ErrorBody),
+        (status = 403, description = "The key may not write this table", body = ErrorBody),
         (status = 404, description = "Unknown table", body = ErrorBody),
+        (status = 409, description = "Idempotency-Key used with another body (`idempotency_conflict`), or its first request is still being stored (`idempotency_in_progress`, with Retry-After)", body = ErrorBody),
         (status = 413, description = "Too large", body = ErrorBody),
         (status = 408, description = "The body did not arrive in time", body = ErrorBody),
         (status = 415, description = "Unsupported content type or encoding", body = ErrorBody),
@@ -120,6 +129,7 @@ pub enum IngestResult {
 )]
 pub async fn ingest(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     TablePath(table): TablePath,
     params: Result<Query<IngestParams>, QueryRejection>,
     headers: HeaderMap,
@@ -127,34 +137,69 @@ pub async fn ingest(
 ) -> Result<Response, ApiError> {
     let Query(params) = params?;
     at_most("timeout", params.timeout, MAX_TIMEOUT_SECS)?;
+    if !principal.may_write(&table) {
+        return Err(ApiError::new(ErrorCode::Forbidden, format!("this API key may not write table {table}")));
+    }
+    let idempotency_key = idempotency_key(&headers)?;
     let (body, grant) = read_body(&app, &headers, body).await?;
+    app.quotas.spend_bytes(&principal.partner, body.len() as u64);
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let dry_run = params.dry_run.unwrap_or(false);
     let request = IngestRequest {
+        batch_id: Uuid::now_v7(),
         table,
         grant,
-        // Until partner keys exist (issue 9), every batch belongs to the anonymous partner.
-        partner: Partner::anonymous(),
+        partner: principal.partner.clone(),
         content_type: header(header::CONTENT_TYPE),
         content_encoding: header(header::CONTENT_ENCODING),
         body,
-        dry_run: params.dry_run.unwrap_or(false),
+        dry_run,
     };
-    let batch = match pipeline::ingest(&app, request).await? {
-        IngestOutcome::DryRun(report) => {
+    // A dry run stores nothing, so there is nothing for its key to make once.
+    let stored = match idempotency_key {
+        Some(key) if !dry_run => pipeline::ingest_once(&app, request, key).await?,
+        _ => Stored::Fresh(pipeline::ingest(&app, request).await?),
+    };
+    let (batch, replayed) = match stored {
+        Stored::Fresh(IngestOutcome::DryRun(report)) => {
             return Ok((StatusCode::OK, Json(IngestResult::DryRun(report))).into_response())
         }
-        IngestOutcome::Stored(batch) => batch,
+        Stored::Fresh(IngestOutcome::Stored(batch)) => (batch, false),
+        Stored::Replayed(batch) => (batch, true),
     };
-    let batch = if params.wait.unwrap_or_default() == WaitFor::Loaded && !batch.status.is_final() {
+    // A replay answers as the first request did: 200 when no record was accepted, else 202,
+    // unless this request waits for the load and it is done.
+    let replayed_code = if batch.counts.accepted == 0 { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let waits = params.wait.unwrap_or_default() == WaitFor::Loaded;
+    let batch = if waits && !batch.status.is_final() {
         let timeout = Duration::from_secs(params.timeout.unwrap_or(30)).min(app.config.limits.max_wait);
         pipeline::wait_until_final(&app, batch.id, timeout).await?.map(Box::new).unwrap_or(batch)
     } else {
         batch
     };
-    if batch.status.is_final() {
-        return Ok((StatusCode::OK, Json(IngestResult::Batch(*batch))).into_response());
+    let code = match (replayed, waits && batch.status.is_final()) {
+        (true, false) => replayed_code,
+        _ if batch.status.is_final() => StatusCode::OK,
+        _ => StatusCode::ACCEPTED,
+    };
+    let mut response = if code == StatusCode::OK {
+        (code, Json(IngestResult::Batch(*batch))).into_response()
+    } else {
+        (code, Json(batch)).into_response()
+    };
+    if replayed {
+        response.headers_mut().insert("idempotent-replayed", header::HeaderValue::from_static("true"));
     }
-    Ok((StatusCode::ACCEPTED, Json(batch)).into_response())
+    Ok(response)
+}
+
+/// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters, or 400.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value.to_str().ok().filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()));
+    key.map(|k| Some(k.to_string())).ok_or_else(|| {
+        ApiError::new(ErrorCode::InvalidHeader, "Idempotency-Key must be 1 to 255 visible ASCII characters")
+    })
 }
 
 /// Reads a request body under `limits.max_body_bytes` and the memory budget: a declared
@@ -236,9 +281,18 @@ fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
         (status = 503, description = "Ledger unavailable", body = ErrorBody),
     )
 )]
-pub async fn get_batch(State(app): State<AppState>, BatchPath(id): BatchPath) -> Result<Json<BatchRecord>, ApiError> {
-    let batch = app.ledger.get_batch(id).await?;
-    batch.map(Json).ok_or_else(|| ApiError::new(ErrorCode::BatchNotFound, format!("no batch {id}")))
+pub async fn get_batch(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    BatchPath(id): BatchPath,
+) -> Result<Json<BatchRecord>, ApiError> {
+    visible_batch(&app, &principal, id).await.map(Json)
+}
+
+/// A batch the caller may read; another partner's batch is as absent as one that never was.
+async fn visible_batch(app: &AppState, principal: &Principal, id: Uuid) -> Result<BatchRecord, ApiError> {
+    let batch = app.ledger.get_batch(id).await?.filter(|b| principal.may_read(&b.partner));
+    batch.ok_or_else(|| ApiError::new(ErrorCode::BatchNotFound, format!("no batch {id}")))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -276,15 +330,14 @@ pub struct RejectPage {
 )]
 pub async fn list_rejects(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     BatchPath(id): BatchPath,
     params: Result<Query<RejectParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Query(params) = params?;
     at_most("after", params.after, i64::MAX as u64)?;
-    if app.ledger.get_batch(id).await?.is_none() {
-        return Err(ApiError::new(ErrorCode::BatchNotFound, format!("no batch {id}")));
-    }
+    visible_batch(&app, &principal, id).await?;
     let wants_ndjson =
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/x-ndjson"));
     if wants_ndjson {
@@ -329,7 +382,7 @@ pub struct BatchPage {
     pub next: Option<Uuid>,
 }
 
-/// Batches, newest first, for operators.
+/// Batches, newest first: every partner's for an operator, a partner's own for its key.
 #[utoipa::path(
     get,
     path = "/v1/batches",
@@ -343,9 +396,14 @@ pub struct BatchPage {
 )]
 pub async fn list_batches(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     filter: Result<Query<BatchFilter>, QueryRejection>,
 ) -> Result<Json<BatchPage>, ApiError> {
     let Query(mut filter) = filter?;
+    if !principal.is_operator() {
+        // A partner lists its own batches, whatever partner it names.
+        filter.partner = Some(principal.partner.clone());
+    }
     if let Some(table) = &filter.table {
         filter.table = Some(table_name(table)?.to_string());
     }

@@ -32,10 +32,19 @@ pub enum ErrorCode {
     InvalidTableName,
     /// 400: a table declaration is malformed.
     InvalidDefinition,
+    /// 400: a request header is malformed (an `Idempotency-Key` that is not 1 to 255 visible
+    /// ASCII characters, say).
+    InvalidHeader,
+    /// 401: no API key, or one that is unknown, malformed or revoked.
+    Unauthorized,
+    /// 403: the key may not do this (write this table, declare tables, manage keys).
+    Forbidden,
     /// 404: no such table.
     TableNotFound,
-    /// 404: no such batch.
+    /// 404: no such batch (or one another partner sent).
     BatchNotFound,
+    /// 404: no such API key.
+    KeyNotFound,
     /// 404: no such route.
     NotFound,
     /// 405: the route exists but not with this method.
@@ -44,12 +53,18 @@ pub enum ErrorCode {
     RequestTimeout,
     /// 409: a declaration conflicts with the table in the warehouse.
     TableConflict,
+    /// 409: the `Idempotency-Key` was used for another request (`details.batch_id` is its batch).
+    IdempotencyConflict,
+    /// 409: a request with this `Idempotency-Key` is still being stored; retry after `Retry-After`.
+    IdempotencyInProgress,
     /// 413: a size or count limit was exceeded.
     PayloadTooLarge,
     /// 415: a `Content-Encoding` other than gzip or zstd.
     UnsupportedEncoding,
     /// 415: a `Content-Type` the endpoint does not take.
     UnsupportedMediaType,
+    /// 429: the partner is over its quota; retry after `Retry-After`. Nothing was stored.
+    QuotaExceeded,
     /// 500: an internal fault; the gateway log has the cause.
     Internal,
     /// 500: the stage refused the gateway's credentials or permissions; nothing was stored.
@@ -77,13 +92,15 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         use ErrorCode::*;
         match self {
-            InvalidJson | InvalidBody | EmptyBatch | InvalidQuery | InvalidTableName | InvalidDefinition => {
-                StatusCode::BAD_REQUEST
-            }
-            TableNotFound | BatchNotFound | NotFound => StatusCode::NOT_FOUND,
+            InvalidJson | InvalidBody | EmptyBatch | InvalidQuery | InvalidTableName | InvalidDefinition
+            | InvalidHeader => StatusCode::BAD_REQUEST,
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            Forbidden => StatusCode::FORBIDDEN,
+            TableNotFound | BatchNotFound | KeyNotFound | NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            TableConflict => StatusCode::CONFLICT,
+            TableConflict | IdempotencyConflict | IdempotencyInProgress => StatusCode::CONFLICT,
+            QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedEncoding | UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Internal | StageMisconfigured => StatusCode::INTERNAL_SERVER_ERROR,
@@ -96,7 +113,7 @@ impl ErrorCode {
     fn retry_after_secs(self) -> Option<u32> {
         use ErrorCode::*;
         match self {
-            OverBudget | ShuttingDown | OverCapacity => Some(1),
+            OverBudget | ShuttingDown | OverCapacity | IdempotencyInProgress | QuotaExceeded => Some(1),
             NotReady | StageUnavailable | LedgerUnavailable | WarehouseUnavailable | Timeout => Some(5),
             _ => None,
         }
@@ -126,11 +143,18 @@ pub struct ApiError {
     pub message: String,
     /// Boxed: keeps `Result<_, ApiError>` small on the happy path.
     pub details: Option<Box<Value>>,
+    /// Seconds for `Retry-After` when the code's own default does not fit (a quota's refill).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), details: None }
+        ApiError { code, message: message.into(), details: None, retry_after: None }
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
@@ -163,8 +187,11 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.code.status(), Json(body)).into_response();
-        if let Some(secs) = self.code.retry_after_secs() {
+        if let Some(secs) = self.retry_after.or(self.code.retry_after_secs().map(u64::from)) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.code == ErrorCode::Unauthorized {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -265,6 +292,7 @@ impl From<BufferError> for ApiError {
 
 impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
+        let message = e.to_string();
         match e {
             IngestError::Decode(e) => e.into(),
             IngestError::Catalog(e) => e.into(),
@@ -272,7 +300,34 @@ impl From<IngestError> for ApiError {
             IngestError::Ledger(e) => e.into(),
             IngestError::Task(cause) => ApiError::internal(cause),
             IngestError::Timeout(limit) => ApiError::timeout(limit),
+            IngestError::IdempotencyConflict(batch_id) => {
+                ApiError::new(ErrorCode::IdempotencyConflict, message).with_details(json!({ "batch_id": batch_id }))
+            }
+            IngestError::IdempotencyInProgress(batch_id) => {
+                ApiError::new(ErrorCode::IdempotencyInProgress, message).with_details(json!({ "batch_id": batch_id }))
+            }
         }
+    }
+}
+
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError;
+        match e {
+            AuthError::Missing | AuthError::Invalid => ApiError::new(ErrorCode::Unauthorized, e.to_string()),
+            AuthError::Ledger(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::auth::quota::OverQuota> for ApiError {
+    fn from(e: crate::auth::quota::OverQuota) -> Self {
+        ApiError::new(
+            ErrorCode::QuotaExceeded,
+            format!("over the partner's quota ({}); nothing was stored; retry after Retry-After", e.limit.as_str()),
+        )
+        .with_details(json!({ "limit": e.limit.as_str() }))
+        .retry_after(e.retry_after)
     }
 }
 

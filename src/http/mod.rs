@@ -4,16 +4,20 @@ pub mod batches;
 pub mod error;
 mod extract;
 pub mod health;
+pub mod keys;
 pub mod tables;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
-use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
+use utoipa::{Modify, OpenApi, PartialSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
 use std::future::Future;
@@ -41,17 +45,63 @@ use error::{ApiError, ErrorCode};
         tables::list_tables,
         tables::get_table,
         tables::schema_changes,
+        keys::create,
+        keys::list,
+        keys::revoke,
         health::healthz,
         health::readyz,
     ),
     components(schemas(crate::pipeline::DryRunReport, batches::WaitFor)),
+    modifiers(&KeysAndQuotas),
     tags(
         (name = "batches", description = "Ingest records and follow their batches"),
         (name = "tables", description = "Declare and inspect target tables"),
+        (name = "keys", description = "Partner API keys (operator)"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
 pub struct ApiDoc;
+
+/// Every `/v1` operation takes a bearer key and may answer 401 (no valid key) or 429 (over the
+/// partner's quota); the annotations list only what each route adds.
+struct KeysAndQuotas;
+
+impl Modify for KeysAndQuotas {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("sgk_<id>_<secret>").build(),
+            ),
+        );
+        let error = || ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+        let unauthorized = ResponseBuilder::new()
+            .description("No API key, or one that is unknown, malformed or revoked")
+            .content("application/json", error())
+            .header("WWW-Authenticate", HeaderBuilder::new().schema(String::schema()).build())
+            .build();
+        let over_quota = ResponseBuilder::new()
+            .description("Over the partner's quota; nothing was stored")
+            .content("application/json", error())
+            .header(
+                "Retry-After",
+                HeaderBuilder::new().schema(u64::schema()).description(Some("Seconds to wait")).build(),
+            )
+            .build();
+        let requirement = utoipa::openapi::security::SecurityRequirement::new("api_key", Vec::<String>::new());
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            for operation in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete].into_iter().flatten() {
+                operation.security = Some(vec![requirement.clone()]);
+                operation.responses.responses.insert("401".into(), unauthorized.clone().into());
+                operation.responses.responses.insert("429".into(), over_quota.clone().into());
+            }
+        }
+    }
+}
 
 /// The spec as pretty JSON, exactly as `openapi/openapi.json` holds it.
 pub fn openapi_json() -> String {
@@ -129,6 +179,40 @@ async fn admission(State(app): State<AppState>, request: Request, next: Next) ->
     next.run(request).await
 }
 
+/// Checks the request's API key and its partner's request quota, hands the handlers the
+/// [`Principal`](crate::auth::Principal), and adds the partner's remaining quota to the answer
+/// (`RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`, as the IETF draft names them).
+async fn authenticate(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+    let authorization = match request.headers().get(header::AUTHORIZATION).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(value)) => Some(value.to_string()),
+        // Not text: no key of ours.
+        Some(Err(_)) => Some(String::new()),
+    };
+    let principal = match app.auth.authenticate(authorization.as_deref()).await {
+        Ok(principal) => principal,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let partner = principal.partner.clone();
+    if let Err(over) = app.quotas.admit(&partner) {
+        let mut response = ApiError::from(over).into_response();
+        rate_limit_headers(&app, &partner, response.headers_mut());
+        return response;
+    }
+    request.extensions_mut().insert(principal);
+    let mut response = next.run(request).await;
+    rate_limit_headers(&app, &partner, response.headers_mut());
+    response
+}
+
+fn rate_limit_headers(app: &AppState, partner: &crate::ledger::Partner, headers: &mut HeaderMap) {
+    if let Some(left) = app.quotas.remaining(partner) {
+        headers.insert("ratelimit-limit", HeaderValue::from(left.limit));
+        headers.insert("ratelimit-remaining", HeaderValue::from(left.remaining));
+        headers.insert("ratelimit-reset", HeaderValue::from(left.reset));
+    }
+}
+
 /// Bounds a request by `limits.processing_secs`.
 async fn processing_deadline(State(app): State<AppState>, request: Request, next: Next) -> Response {
     let limit = app.config.limits.processing;
@@ -150,10 +234,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tables", get(tables::list_tables))
         .route("/v1/tables/{table}", put(tables::put_table).get(tables::get_table))
         .route("/v1/tables/{table}/schema-changes", get(tables::schema_changes))
+        .route("/v1/keys", post(keys::create).get(keys::list))
+        .route("/v1/keys/{id}", delete(keys::revoke))
         .route_layer(middleware::from_fn_with_state(state.clone(), processing_deadline));
     let api = Router::new()
         .route("/v1/tables/{table}/batches", post(batches::ingest))
         .merge(bounded)
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .route_layer(middleware::from_fn_with_state(state.clone(), admission))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

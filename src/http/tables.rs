@@ -3,7 +3,7 @@
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
 use utoipa::ToSchema;
@@ -11,9 +11,10 @@ use utoipa::ToSchema;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::TablePath;
 use crate::app::AppState;
+use crate::auth::Principal;
 use crate::ingest::drift::DriftPolicy;
 use crate::ledger::{SchemaChange, TableRecord};
-use crate::schema::{Column, ColumnName};
+use crate::schema::{Column, ColumnName, TableName};
 
 /// A table declaration.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -101,6 +102,7 @@ fn declared_type() -> ObjectBuilder {
         (status = 201, description = "Created", body = TableRecord),
         (status = 200, description = "Existing table checked and updated", body = TableRecord),
         (status = 400, description = "Invalid table name or definition", body = ErrorBody),
+        (status = 403, description = "Not an operator key", body = ErrorBody),
         (status = 409, description = "Incompatible with the warehouse table", body = ErrorBody),
         (status = 413, description = "Body larger than limits.max_body_bytes", body = ErrorBody),
         (status = 415, description = "Body is not application/json", body = ErrorBody),
@@ -109,9 +111,13 @@ fn declared_type() -> ObjectBuilder {
 )]
 pub async fn put_table(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     TablePath(name): TablePath,
     body: Result<Json<TableDeclaration>, JsonRejection>,
 ) -> Result<(StatusCode, Json<TableRecord>), ApiError> {
+    if !principal.is_operator() {
+        return Err(ApiError::new(ErrorCode::Forbidden, "only an operator key may declare tables"));
+    }
     let Json(declaration) = body.map_err(|e| match e {
         JsonRejection::JsonDataError(e) => ApiError::new(ErrorCode::InvalidDefinition, e.body_text()),
         other => other.into(),
@@ -129,7 +135,7 @@ pub async fn put_table(
         })?;
         columns.push(Column { name, ty, nullable: column.nullable });
     }
-    let (record, created) = app.catalog.declare(&name, columns, declaration.drift).await?;
+    let (record, created) = app.catalog.declare(&name, columns, declaration.drift, &principal.partner).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(record)))
 }
@@ -140,15 +146,29 @@ pub struct TableList {
     pub tables: Vec<TableRecord>,
 }
 
-/// List tables.
+/// List tables: every table for an operator, the tables it may write for a partner key.
 #[utoipa::path(
     get,
     path = "/v1/tables",
     tag = "tables",
     responses((status = 200, body = TableList), (status = 503, description = "Ledger unavailable", body = ErrorBody))
 )]
-pub async fn list_tables(State(app): State<AppState>) -> Result<Json<TableList>, ApiError> {
-    Ok(Json(TableList { tables: app.catalog.list().await? }))
+pub async fn list_tables(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<TableList>, ApiError> {
+    let mut tables = app.catalog.list().await?;
+    tables.retain(|t| TableName::parse(&t.name).is_ok_and(|name| principal.may_write(&name)));
+    Ok(Json(TableList { tables }))
+}
+
+/// A partner key reads only the tables it may write.
+fn readable(principal: &Principal, name: &TableName) -> Result<(), ApiError> {
+    if principal.may_write(name) {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::Forbidden, format!("this API key may not read table {name}")))
+    }
 }
 
 /// One table: policy and current columns (as the warehouse describes it, for a table the ledger
@@ -161,11 +181,17 @@ pub async fn list_tables(State(app): State<AppState>) -> Result<Json<TableList>,
     responses(
         (status = 200, body = TableRecord),
         (status = 400, description = "Invalid table name", body = ErrorBody),
+        (status = 403, description = "The key may not write (so not read) this table", body = ErrorBody),
         (status = 404, description = "No such table", body = ErrorBody),
         (status = 503, description = "Ledger or warehouse unavailable", body = ErrorBody),
     )
 )]
-pub async fn get_table(State(app): State<AppState>, TablePath(name): TablePath) -> Result<Json<TableRecord>, ApiError> {
+pub async fn get_table(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    TablePath(name): TablePath,
+) -> Result<Json<TableRecord>, ApiError> {
+    readable(&principal, &name)?;
     Ok(Json(app.catalog.record(&name).await?))
 }
 
@@ -184,14 +210,17 @@ pub struct SchemaChangeList {
     responses(
         (status = 200, body = SchemaChangeList),
         (status = 400, description = "Invalid table name", body = ErrorBody),
+        (status = 403, description = "The key may not write (so not read) this table", body = ErrorBody),
         (status = 404, description = "No such table", body = ErrorBody),
         (status = 503, description = "Ledger or warehouse unavailable", body = ErrorBody),
     )
 )]
 pub async fn schema_changes(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     TablePath(name): TablePath,
 ) -> Result<Json<SchemaChangeList>, ApiError> {
+    readable(&principal, &name)?;
     app.catalog.record(&name).await?;
     Ok(Json(SchemaChangeList { changes: app.ledger.schema_changes(&name).await? }))
 }

@@ -137,7 +137,7 @@ pub trait Ledger: Send + Sync + 'static {
     async fn list_tables(&self) -> Result<Vec<TableRecord>>;
 
     /// Appends columns to a table's record and audits each one.
-    async fn add_columns(&self, table: &str, columns: &[Column], batch_id: Option<Uuid>) -> Result<()>;
+    async fn add_columns(&self, table: &str, columns: &[Column], cause: &ChangeCause) -> Result<()>;
 
     /// Serialises schema changes to one table across replicas; released when the guard drops.
     async fn lock_ddl(&self, table: &str) -> Result<DdlGuard>;
@@ -178,4 +178,35 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Rejects of a batch ordered by index, starting after `after`.
     async fn list_rejects(&self, batch: Uuid, after: Option<u64>, limit: u32) -> Result<Vec<Reject>>;
+
+    /// Records a new API key; `Conflict` if its id is taken.
+    async fn insert_key(&self, key: &ApiKey) -> Result<()>;
+
+    async fn get_key(&self, id: &str) -> Result<Option<ApiKey>>;
+
+    /// Every key, revoked ones included, oldest first.
+    async fn list_keys(&self) -> Result<Vec<ApiKey>>;
+
+    /// Revokes a key (revoking twice keeps the first time); `None` if there is no such key.
+    async fn revoke_key(&self, id: &str) -> Result<Option<ApiKey>>;
+
+    /// Sets a key's last use to now.
+    async fn touch_key(&self, id: &str) -> Result<()>;
+
+    /// Whether any key was ever created (revoked keys count: the gateway stays closed).
+    async fn any_keys(&self) -> Result<bool>;
+
+    /// Takes an `Idempotency-Key` for a request, or says who holds it: a key nobody holds, one
+    /// older than the window, or one whose holder's lease ran out before it committed is taken.
+    async fn claim_idempotency(&self, claim: &IdempotencyClaim) -> Result<IdempotencyState>;
+
+    /// Lets go of a key this request holds whose batch was never committed, so a retry may take it.
+    async fn release_idempotency(&self, partner: &Partner, key: &str, batch_id: Uuid) -> Result<()>;
+
+    /// Lets go of every uncommitted key `owner` holds: for a replica starting under a name whose
+    /// previous holder is dead. Call before serving requests.
+    async fn release_idempotency_of(&self, owner: &str) -> Result<u64>;
+
+    /// Forgets keys older than `window` whose lease is over; returns how many.
+    async fn sweep_idempotency(&self, window: Duration) -> Result<u64>;
 }

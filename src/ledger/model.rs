@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::ingest::drift::DriftPolicy;
 use crate::ingest::reject::Reject;
+pub use crate::partner::Partner;
 use crate::schema::Column;
 
 /// An enum stored and served as its snake_case name: `as_str`, `ALL`, `Display` and `FromStr`
@@ -105,75 +106,6 @@ text_enum! {
     }
 }
 
-/// Who sent a batch: a partner's name as operators give it (`acme`, `bank-7`): 1 to 64 lowercase
-/// letters, digits, `-` or `_`, starting with a letter or a digit. Checked once, where it enters.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Partner(String);
-
-impl Partner {
-    /// The partner of every batch while partner keys do not exist yet.
-    pub fn anonymous() -> Partner {
-        Partner("anonymous".to_string())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for Partner {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, String> {
-        let mut bytes = name.bytes();
-        let first_ok = bytes.next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        let rest_ok = bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if first_ok && rest_ok && name.len() <= 64 {
-            Ok(Partner(name.to_string()))
-        } else {
-            Err(format!(
-                "invalid partner {name:?}: 1 to 64 lowercase letters, digits, '-' or '_', starting with a letter or digit"
-            ))
-        }
-    }
-}
-
-impl TryFrom<String> for Partner {
-    type Error = String;
-
-    fn try_from(name: String) -> Result<Self, String> {
-        name.parse()
-    }
-}
-
-impl From<Partner> for String {
-    fn from(partner: Partner) -> String {
-        partner.0
-    }
-}
-
-impl fmt::Display for Partner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// The pattern the API documents for partner names (what `Partner::from_str` accepts).
-const PARTNER_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,63}$";
-
-impl utoipa::PartialSchema for Partner {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .pattern(Some(PARTNER_PATTERN))
-            .description(Some("A partner's name: lowercase letters, digits, '-' or '_'."))
-            .into()
-    }
-}
-
-impl ToSchema for Partner {}
-
 /// Record counts of a batch; once final, `received = loaded + rejected`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Counts {
@@ -246,7 +178,18 @@ pub struct SchemaChange {
     #[serde(rename = "type")]
     pub ty: String,
     pub batch_id: Option<Uuid>,
+    /// Who made the change: the partner whose batch brought the column, or who declared it
+    /// (absent on changes recorded before partners existed).
+    pub partner: Option<Partner>,
     pub at: DateTime<Utc>,
+}
+
+/// Why columns are added, for the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeCause {
+    /// The batch whose new fields brought the columns; `None` for a declaration.
+    pub batch_id: Option<Uuid>,
+    pub partner: Partner,
 }
 
 /// A table as the ledger knows it: policy and the columns snowgate validates against.
@@ -324,19 +267,49 @@ pub struct BatchFilter {
     pub limit: Option<u32>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A partner API key as the ledger holds it: its public id and a SHA-256 of its secret part,
+/// never the secret itself.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ApiKey {
+    /// The key's public id (the part of the key before its secret).
+    pub id: String,
+    pub partner: Partner,
+    /// Tables the key may write (normalised names); every table when `operator` is true.
+    pub tables: Vec<String>,
+    /// Operator keys declare tables, manage keys, and read every partner's batches.
+    pub operator: bool,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Hex SHA-256 of the secret; never serialised.
+    #[serde(skip)]
+    pub secret_hash: String,
+}
 
-    #[test]
-    fn partner_names_are_checked_where_they_enter() {
-        for good in ["acme", "bank-7", "a", "0day_partner", &"p".repeat(64)] {
-            assert_eq!(good.parse::<Partner>().unwrap().as_str(), good);
-        }
-        for bad in ["", "Acme", "-acme", "acme corp", "acmé", "a/b", &"p".repeat(65)] {
-            assert!(bad.parse::<Partner>().is_err(), "{bad:?}");
-        }
-        assert!(serde_json::from_str::<Partner>("\"ACME\"").is_err(), "deserialising checks too");
-        assert_eq!(Partner::anonymous().as_str(), "anonymous");
-    }
+/// A request asking to make the batch of an `Idempotency-Key`.
+#[derive(Debug, Clone)]
+pub struct IdempotencyClaim {
+    pub partner: Partner,
+    pub key: String,
+    /// Hex SHA-256 of what the request sent (table, content type and encoding, body).
+    pub body_hash: String,
+    /// The batch this request will make if it gets the key.
+    pub batch_id: Uuid,
+    /// The replica making it.
+    pub owner: String,
+    /// How long the key is held for this request before another may take it over.
+    pub lease: std::time::Duration,
+    /// How long a key is remembered; an older one is free again.
+    pub window: std::time::Duration,
+}
+
+/// Where an `Idempotency-Key` stands for a request that asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyState {
+    /// The request holds the key: it makes its batch.
+    Claimed,
+    /// The key's batch is committed.
+    Committed { batch_id: Uuid, body_hash: String },
+    /// Another request holds the key and has not committed yet.
+    InProgress { batch_id: Uuid, body_hash: String },
 }

@@ -12,8 +12,9 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 use uuid::Uuid;
 
 use super::{
-    AppliedChange, BatchFile, BatchFilter, BatchRecord, BatchStatus, ClaimedFile, Counts, DdlGuard, FileOutcome,
-    FileStatus, Ledger, LedgerError, Result, SchemaChange, StageCommit, TableRecord,
+    ApiKey, AppliedChange, BatchFile, BatchFilter, BatchRecord, BatchStatus, ChangeCause, ClaimedFile, Counts,
+    DdlGuard, FileOutcome, FileStatus, IdempotencyClaim, IdempotencyState, Ledger, LedgerError, Partner, Result,
+    SchemaChange, StageCommit, TableRecord,
 };
 use crate::ingest::reject::{Reject, RejectStage};
 use crate::schema::Column;
@@ -182,6 +183,27 @@ where
     })
 }
 
+/// An `api_keys` row.
+fn key_from_row<D>(row: &D::Row) -> Result<ApiKey>
+where
+    D: Dialect,
+    for<'r> String: Decode<'r, D> + Type<D>,
+    for<'r> bool: Decode<'r, D> + Type<D>,
+    for<'a> &'a str: ColumnIndex<D::Row>,
+{
+    let time = |column: &str| get::<D, Option<D::Time>>(row, column)?.map(D::datetime).transpose();
+    Ok(ApiKey {
+        id: get::<D, String>(row, "id")?,
+        partner: parse(&get::<D, String>(row, "partner")?)?,
+        tables: from_json(&get::<D, String>(row, "tables")?)?,
+        operator: get::<D, bool>(row, "operator")?,
+        created_at: D::datetime(get::<D, D::Time>(row, "created_at")?)?,
+        last_used_at: time("last_used_at")?,
+        revoked_at: time("revoked_at")?,
+        secret_hash: get::<D, String>(row, "secret_hash")?,
+    })
+}
+
 /// Locks, in id order, the batches with rows in `files`, and returns their ids.
 ///
 /// The fixed order keeps replicas that touch the same batches from deadlocking, and taking the
@@ -219,7 +241,7 @@ where
     for<'q> D::Arguments<'q>: IntoArguments<'q, D>,
     for<'q> i64: Encode<'q, D> + Decode<'q, D> + Type<D>,
     for<'q> f64: Encode<'q, D> + Type<D>,
-    for<'q> bool: Encode<'q, D> + Type<D>,
+    for<'q> bool: Encode<'q, D> + Decode<'q, D> + Type<D>,
     for<'q> String: Encode<'q, D> + Decode<'q, D> + Type<D>,
     for<'q> &'q str: Encode<'q, D> + Type<D>,
     for<'q> Option<i64>: Encode<'q, D>,
@@ -264,7 +286,7 @@ where
         rows.iter().map(table_from_row::<D>).collect()
     }
 
-    async fn add_columns(&self, table: &str, columns: &[Column], batch_id: Option<Uuid>) -> Result<()> {
+    async fn add_columns(&self, table: &str, columns: &[Column], cause: &ChangeCause) -> Result<()> {
         let mut tx = self.writer.begin().await?;
         // Locked: two replicas appending at once must not overwrite each other's columns.
         let sql = format!("SELECT columns FROM tables WHERE name = $1{}", D::FOR_UPDATE);
@@ -274,8 +296,8 @@ where
         };
         let mut known: Vec<Column> = from_json(&get::<D, String>(&row, "columns")?)?;
         let audit = format!(
-            "INSERT INTO schema_changes (table_name, column_name, column_type, batch_id, at)
-             VALUES ($1, $2, $3, $4, {})",
+            "INSERT INTO schema_changes (table_name, column_name, column_type, batch_id, partner, at)
+             VALUES ($1, $2, $3, $4, $5, {})",
             D::NOW
         );
         for column in columns {
@@ -287,7 +309,8 @@ where
                 .bind(table)
                 .bind(column.name.as_str())
                 .bind(column.ty.to_string())
-                .bind(batch_id.map(D::id))
+                .bind(cause.batch_id.map(D::id))
+                .bind(cause.partner.as_str())
                 .execute(&mut *tx)
                 .await?;
         }
@@ -314,6 +337,7 @@ where
                     column: get::<D, String>(row, "column_name")?,
                     ty: get::<D, String>(row, "column_type")?,
                     batch_id: get::<D, Option<D::Id>>(row, "batch_id")?.map(D::uuid).transpose()?,
+                    partner: get::<D, Option<String>>(row, "partner")?.as_deref().map(parse).transpose()?,
                     at: D::datetime(get::<D, D::Time>(row, "at")?)?,
                 })
             })
@@ -707,5 +731,156 @@ where
                 })
             })
             .collect()
+    }
+
+    async fn insert_key(&self, key: &ApiKey) -> Result<()> {
+        sqlx::query::<D>(
+            "INSERT INTO api_keys (id, secret_hash, partner, tables, operator, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(key.id.as_str())
+        .bind(key.secret_hash.as_str())
+        .bind(key.partner.as_str())
+        .bind(to_json(&key.tables)?)
+        .bind(key.operator)
+        .bind(D::time(key.created_at))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_key(&self, id: &str) -> Result<Option<ApiKey>> {
+        let row =
+            sqlx::query::<D>("SELECT * FROM api_keys WHERE id = $1").bind(id).fetch_optional(&self.reader).await?;
+        row.as_ref().map(key_from_row::<D>).transpose()
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKey>> {
+        let rows = sqlx::query::<D>("SELECT * FROM api_keys ORDER BY created_at, id").fetch_all(&self.reader).await?;
+        rows.iter().map(key_from_row::<D>).collect()
+    }
+
+    async fn revoke_key(&self, id: &str) -> Result<Option<ApiKey>> {
+        let sql =
+            format!("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, {}) WHERE id = $1 RETURNING *", D::NOW);
+        let row = sqlx::query::<D>(&sql).bind(id).fetch_optional(&self.writer).await?;
+        row.as_ref().map(key_from_row::<D>).transpose()
+    }
+
+    async fn touch_key(&self, id: &str) -> Result<()> {
+        let sql = format!("UPDATE api_keys SET last_used_at = {} WHERE id = $1", D::NOW);
+        sqlx::query::<D>(&sql).bind(id).execute(&self.writer).await?;
+        Ok(())
+    }
+
+    async fn any_keys(&self) -> Result<bool> {
+        let row = sqlx::query::<D>("SELECT id FROM api_keys LIMIT 1").fetch_optional(&self.reader).await?;
+        Ok(row.is_some())
+    }
+
+    async fn claim_idempotency(&self, claim: &IdempotencyClaim) -> Result<IdempotencyState> {
+        let lease = seconds(claim.lease, Duration::from_secs(300));
+        let window = seconds(claim.window, Duration::from_secs(7 * 86_400));
+        let sql = format!(
+            "INSERT INTO idempotency_keys (partner, key, body_hash, batch_id, owner, lease_until, created_at)
+             VALUES ($1, $2, $3, $4, $5, {}, {}) ON CONFLICT (partner, key) DO NOTHING RETURNING key",
+            D::now_plus("$6"),
+            D::NOW
+        );
+        let inserted = sqlx::query::<D>(&sql)
+            .bind(claim.partner.as_str())
+            .bind(claim.key.as_str())
+            .bind(claim.body_hash.as_str())
+            .bind(D::id(claim.batch_id))
+            .bind(claim.owner.as_str())
+            .bind(lease)
+            .fetch_all(&self.writer)
+            .await?;
+        if inserted.len() == 1 {
+            return Ok(IdempotencyState::Claimed);
+        }
+        // Held already. Taken over only from a holder that is gone: a key older than the window
+        // (whatever it made), or a lease that ran out before its batch was committed. The
+        // conditions are re-checked by the UPDATE itself, so two requests never both take it.
+        let sql = format!(
+            "UPDATE idempotency_keys SET body_hash = $3, batch_id = $4, owner = $5, lease_until = {lease_until},
+                 created_at = {now}
+             WHERE partner = $1 AND key = $2
+               AND (created_at < {expired}
+                    OR (lease_until < {now}
+                        AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.id = idempotency_keys.batch_id)))
+             RETURNING key",
+            lease_until = D::now_plus("$6"),
+            now = D::NOW,
+            expired = D::now_minus("$7"),
+        );
+        let taken = sqlx::query::<D>(&sql)
+            .bind(claim.partner.as_str())
+            .bind(claim.key.as_str())
+            .bind(claim.body_hash.as_str())
+            .bind(D::id(claim.batch_id))
+            .bind(claim.owner.as_str())
+            .bind(lease)
+            .bind(window)
+            .fetch_all(&self.writer)
+            .await?;
+        if taken.len() == 1 {
+            return Ok(IdempotencyState::Claimed);
+        }
+        let row = sqlx::query::<D>(
+            "SELECT i.batch_id, i.body_hash, CAST(CASE WHEN b.id IS NULL THEN 0 ELSE 1 END AS BIGINT) AS committed
+             FROM idempotency_keys i LEFT JOIN batches b ON b.id = i.batch_id
+             WHERE i.partner = $1 AND i.key = $2",
+        )
+        .bind(claim.partner.as_str())
+        .bind(claim.key.as_str())
+        .fetch_optional(&self.writer)
+        .await?;
+        let Some(row) = row else {
+            // Released between the two statements: the caller asks again.
+            return Ok(IdempotencyState::InProgress { batch_id: claim.batch_id, body_hash: claim.body_hash.clone() });
+        };
+        let batch_id = D::uuid(get::<D, D::Id>(&row, "batch_id")?)?;
+        let body_hash = get::<D, String>(&row, "body_hash")?;
+        Ok(if get::<D, i64>(&row, "committed")? == 1 {
+            IdempotencyState::Committed { batch_id, body_hash }
+        } else {
+            IdempotencyState::InProgress { batch_id, body_hash }
+        })
+    }
+
+    async fn release_idempotency(&self, partner: &Partner, key: &str, batch_id: Uuid) -> Result<()> {
+        sqlx::query::<D>(
+            "DELETE FROM idempotency_keys WHERE partner = $1 AND key = $2 AND batch_id = $3
+                 AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.id = $3)",
+        )
+        .bind(partner.as_str())
+        .bind(key)
+        .bind(D::id(batch_id))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn release_idempotency_of(&self, owner: &str) -> Result<u64> {
+        let released = sqlx::query::<D>(
+            "DELETE FROM idempotency_keys WHERE owner = $1
+                 AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.id = idempotency_keys.batch_id)
+             RETURNING key",
+        )
+        .bind(owner)
+        .fetch_all(&self.writer)
+        .await?;
+        Ok(released.len() as u64)
+    }
+
+    async fn sweep_idempotency(&self, window: Duration) -> Result<u64> {
+        let sql = format!(
+            "DELETE FROM idempotency_keys WHERE created_at < {} AND lease_until < {} RETURNING key",
+            D::now_minus("$1"),
+            D::NOW
+        );
+        let window = seconds(window, Duration::from_secs(7 * 86_400));
+        let swept = sqlx::query::<D>(&sql).bind(window).fetch_all(&self.writer).await?;
+        Ok(swept.len() as u64)
     }
 }

@@ -47,9 +47,21 @@ pub async fn sweep_orphans(
     Ok(deleted)
 }
 
-/// Sweeps at start, then every `older_than`, until `cancel` fires.
-pub async fn run_sweeper(stage: Arc<Stage>, ledger: Arc<dyn Ledger>, older_than: Duration, cancel: CancellationToken) {
+/// Sweeps at start, then every `older_than`, until `cancel` fires; each round also forgets
+/// idempotency keys older than `idempotency_window`.
+pub async fn run_sweeper(
+    stage: Arc<Stage>,
+    ledger: Arc<dyn Ledger>,
+    older_than: Duration,
+    idempotency_window: Duration,
+    cancel: CancellationToken,
+) {
     loop {
+        match ledger.sweep_idempotency(idempotency_window).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(keys = n, "forgot idempotency keys older than idempotency.window_secs"),
+            Err(e) => tracing::warn!(error = %e, "idempotency key sweep failed; retried at the next sweep"),
+        }
         let swept = tokio::select! {
             _ = cancel.cancelled() => return,
             swept = sweep_orphans(&stage, ledger.as_ref(), older_than) => swept,

@@ -1,0 +1,31 @@
+-- Partner API keys: only a SHA-256 of the secret part is kept; `tables` is a JSON array of
+-- table names, `operator` true for keys that may do everything. Keys are revoked, never
+-- deleted, so that once the first key exists the gateway stays closed.
+CREATE TABLE api_keys (
+    id            text PRIMARY KEY,
+    secret_hash   text NOT NULL,
+    partner       text NOT NULL,
+    tables        text NOT NULL,
+    operator      boolean NOT NULL,
+    created_at    timestamptz NOT NULL,
+    last_used_at  timestamptz,
+    revoked_at    timestamptz
+);
+
+-- Idempotency keys, per partner: the batch a key made (or is making). The batch exists in
+-- `batches` once committed; until then `owner` (a replica) holds the key until `lease_until`.
+CREATE TABLE idempotency_keys (
+    partner       text NOT NULL,
+    key           text NOT NULL,
+    body_hash     text NOT NULL,
+    batch_id      uuid NOT NULL,
+    owner         text NOT NULL,
+    lease_until   timestamptz NOT NULL,
+    created_at    timestamptz NOT NULL,
+    PRIMARY KEY (partner, key)
+);
+CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
+
+-- The audit log names who changed a table: the partner whose batch added a column, or whoever
+-- declared it. Rows from before this migration have none.
+ALTER TABLE schema_changes ADD COLUMN partner text;
