@@ -240,6 +240,9 @@ pub struct Limits {
     /// Nesting depth of semi-structured values.
     pub max_depth: usize,
     pub max_records_per_request: usize,
+    /// Columns a table may have (its own, not snowgate's); `evolve` adds none past it, and new
+    /// fields are then rejected as `unknown_field` naming this limit.
+    pub max_columns: usize,
     /// Rows buffered or being flushed across all tables; past it, POSTs get 503.
     pub memory_budget_bytes: usize,
     /// Longest `wait=loaded` long-poll (key `max_wait_secs`).
@@ -266,6 +269,7 @@ impl Default for Limits {
             max_record_bytes: 1 << 20,
             max_depth: 64,
             max_records_per_request: 1_000_000,
+            max_columns: 1_000,
             memory_budget_bytes: 1 << 30,
             max_wait: Duration::from_secs(60),
             body_idle: Duration::from_secs(15),
@@ -443,6 +447,7 @@ impl Config {
         // A record is one level deeper than its values, and stays under the JSON parser's own limit.
         check((1..=100).contains(&l.max_depth), "limits.max_depth", "must be 1..=100")?;
         check(l.max_records_per_request >= 1, "limits.max_records_per_request", "must be at least 1")?;
+        check((1..=10_000).contains(&l.max_columns), "limits.max_columns", "must be 1..=10000")?;
         check(l.memory_budget_bytes >= 1 << 20, "limits.memory_budget_bytes", "must be at least 1048576")?;
         // The largest body must be parseable within the budget, at least when its records are
         // few and long (parsed, they take about three times their text, plus the text); a body of

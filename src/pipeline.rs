@@ -15,14 +15,14 @@ use crate::buffer::{BufferError, FlushPolicy, Submission};
 use crate::catalog::CatalogError;
 use crate::config::Config;
 use crate::ingest::decode::{self, DecodeError, DecodeLimits, Decoded};
-use crate::ingest::drift::{plan_new_columns, DriftPolicy};
+use crate::ingest::drift::{plan_new_columns, unknown_keys, DriftPolicy};
 use crate::ingest::reject::Reject;
-use crate::ingest::validate::KeyResolver;
-use crate::ingest::{check_records, Checked};
+use crate::ingest::validate::{KeyResolver, Unknown};
+use crate::ingest::{check_records, Checked, Rules};
 use crate::ledger::{
-    BatchRecord, BatchStatus, Counts, IdempotencyClaim, IdempotencyState, LedgerError, NewBatch, Partner,
+    BatchRecord, BatchStatus, Counts, DriftCounts, IdempotencyClaim, IdempotencyState, LedgerError, NewBatch, Partner,
 };
-use crate::schema::{Column, TableName, TableSchema};
+use crate::schema::{Column, ColumnName, ColumnType, TableName, TableSchema, RESCUED_DATA};
 
 /// A batch as received over HTTP.
 pub struct IngestRequest {
@@ -45,6 +45,8 @@ pub struct DryRunReport {
     pub dry_run: bool,
     pub counts: Counts,
     pub rejects_by_code: std::collections::BTreeMap<String, u64>,
+    /// What the drift policy would do to the accepted records.
+    pub drift: DriftCounts,
     /// Columns the drift policy would add.
     pub schema_changes: Vec<Column>,
     /// The first 1000 rejects.
@@ -77,9 +79,22 @@ pub enum IngestError {
     /// The `Idempotency-Key` made batch `.0` from another request.
     #[error("this Idempotency-Key was used for another request, which made batch {0}")]
     IdempotencyConflict(Uuid),
+    /// The table's policy is `freeze` and these fields (as sent) name no column.
+    #[error("table {table} is frozen (drift policy freeze) and the request carries {} field(s) it has no column for: {}", .fields.len(), frozen_list(.fields))]
+    Frozen { table: String, fields: Vec<String> },
     /// Another request with the same `Idempotency-Key` is still making batch `.0`.
     #[error("a request with this Idempotency-Key is still being stored (batch {0}); retry shortly")]
     IdempotencyInProgress(Uuid),
+}
+
+/// The first few of a frozen request's fields, for its message (`details.fields` has them all).
+fn frozen_list(fields: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut list = fields.iter().take(SHOWN).map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ");
+    if fields.len() > SHOWN {
+        list.push_str(&format!(" and {} more", fields.len() - SHOWN));
+    }
+    list
 }
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, IngestError> {
@@ -206,6 +221,7 @@ fn committed_record(batch: &NewBatch) -> BatchRecord {
         status,
         counts: batch.counts,
         rejects_by_code: batch.rejects_by_code.clone(),
+        drift: batch.drift,
         schema_changes: Vec::new(),
         files: Vec::new(),
         received_at: batch.received_at,
@@ -259,16 +275,45 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
     app.quotas.spend_records(&partner, records.len() as u64);
 
     let mut schema = table.schema();
-    let planned = match table.drift() {
-        DriftPolicy::Evolve => plan_new_columns(&mut KeyResolver::new(&schema), &records),
-        // Nothing is added: the validator rejects every record with an unknown field.
-        DriftPolicy::DiscardRow => Vec::new(),
+    let policy = table.drift();
+    let max_columns = app.config.limits.max_columns;
+    // Columns the policy adds before validating: evolve's new fields up to the column cap, or
+    // the rescue column the first time a rescue table gets a batch.
+    let (planned, column_cap) = match policy {
+        DriftPolicy::Evolve => {
+            let mut planned = plan_new_columns(&mut KeyResolver::new(&schema), &records);
+            let room = max_columns.saturating_sub(schema.columns.len());
+            let capped = planned.len() > room;
+            planned.truncate(room);
+            (planned, capped.then_some(max_columns))
+        }
+        DriftPolicy::Rescue if schema.position(RESCUED_DATA).is_none() => {
+            (vec![Column { name: ColumnName::rescued(), ty: ColumnType::Variant, nullable: true }], None)
+        }
+        DriftPolicy::Freeze => {
+            let fields = unknown_keys(&mut KeyResolver::new(&schema), &records);
+            if !fields.is_empty() {
+                return Err(IngestError::Frozen { table: table.name.to_string(), fields });
+            }
+            (Vec::new(), None)
+        }
+        DriftPolicy::Rescue | DriftPolicy::DiscardValue | DriftPolicy::DiscardRow => (Vec::new(), None),
     };
     let max_depth = app.config.limits.max_depth;
+    let rules = |schema: &TableSchema| Rules {
+        max_depth,
+        unknown: match (policy, schema.position(RESCUED_DATA)) {
+            (DriftPolicy::Rescue, Some(at)) => Unknown::Rescue(at),
+            (DriftPolicy::DiscardValue, _) => Unknown::Drop,
+            _ => Unknown::Reject,
+        },
+        column_cap,
+    };
     if request.dry_run {
         let mut preview = (*schema).clone();
         preview.columns.extend(planned.iter().cloned());
-        let checked = blocking(move || check_records(&preview, records, max_depth)).await?;
+        let rules = rules(&preview);
+        let checked = blocking(move || check_records(&preview, records, rules)).await?;
         return Ok(Prepared::DryRun(dry_run_report(&table.name, checked, planned)));
     }
     if !planned.is_empty() {
@@ -276,7 +321,8 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
     }
     crate::fault::crash_point(crate::fault::CrashPoint::Validating);
     let validate_schema: Arc<TableSchema> = schema.clone();
-    let checked = blocking(move || check_records(&validate_schema, records, max_depth)).await?;
+    let rules = rules(&validate_schema);
+    let checked = blocking(move || check_records(&validate_schema, records, rules)).await?;
     // The text and the parsed records are gone: from here on the request holds its rows.
     let mut grant = grant;
     grant.shrink_to(checked.bytes);
@@ -292,6 +338,7 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
         partner: request.partner,
         counts,
         rejects_by_code: checked.rejects_by_code(),
+        drift: DriftCounts { discarded_values: checked.discarded_values, rescued_values: checked.rescued_values },
         received_at,
         rejects: checked.rejects,
     };
@@ -311,6 +358,7 @@ fn dry_run_report(table: &str, checked: Checked, planned: Vec<Column>) -> DryRun
             loaded: 0,
         },
         rejects_by_code,
+        drift: DriftCounts { discarded_values: checked.discarded_values, rescued_values: checked.rescued_values },
         schema_changes: planned,
         rejects: checked.rejects.into_iter().take(1000).collect(),
     }

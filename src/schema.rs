@@ -11,6 +11,8 @@ pub const META_BATCH_ID: &str = "_BATCH_ID";
 pub const META_RECORD_INDEX: &str = "_RECORD_INDEX";
 pub const META_INGESTED_AT: &str = "_INGESTED_AT";
 pub const META_COLUMNS: [&str; 3] = [META_BATCH_ID, META_RECORD_INDEX, META_INGESTED_AT];
+/// The VARIANT column where the `rescue` policy keeps what did not fit: `{field: value as sent}`.
+pub const RESCUED_DATA: &str = "_RESCUED_DATA";
 
 /// Longest identifier accepted (Snowflake allows 255 characters).
 pub const MAX_IDENTIFIER_LEN: usize = 255;
@@ -191,7 +193,7 @@ pub enum IdentifierError {
     Empty,
     #[error("name is longer than {MAX_IDENTIFIER_LEN} characters")]
     TooLong,
-    #[error("name {0:?} is reserved for snowgate's metadata columns")]
+    #[error("name {0:?} is reserved for snowgate's own columns")]
     Reserved(String),
     #[error("name {0:?} is not an identifier: letters, digits, _ and $, not starting with a digit or $")]
     NotAnIdentifier(String),
@@ -260,25 +262,40 @@ impl<'de> Deserialize<'de> for TableName {
 }
 
 /// Per-table policy for fields the table does not have yet.
-///
-/// `evolve` and `discard_row` exist so far; the other policies of the design (rescue,
-/// discard_value, freeze) arrive with their own issue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DriftPolicy {
     /// Add a nullable column for every new field, typed from the batch.
     #[default]
     Evolve,
+    /// Keep every unknown field, and every value that does not fit its (nullable) column, in the
+    /// `_RESCUED_DATA` VARIANT column as `{field: value as sent}`; the rest of the row loads.
+    Rescue,
+    /// Drop unknown fields, counted per batch; the rest of the row loads.
+    DiscardValue,
     /// Reject each record that carries a field the table does not have (`unknown_field`); the
     /// table never changes.
     DiscardRow,
+    /// Refuse the whole request (422 `schema_frozen`) if any record carries an unknown field.
+    Freeze,
 }
 
 impl DriftPolicy {
+    pub const ALL: [DriftPolicy; 5] = [
+        DriftPolicy::Evolve,
+        DriftPolicy::Rescue,
+        DriftPolicy::DiscardValue,
+        DriftPolicy::DiscardRow,
+        DriftPolicy::Freeze,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DriftPolicy::Evolve => "evolve",
+            DriftPolicy::Rescue => "rescue",
+            DriftPolicy::DiscardValue => "discard_value",
             DriftPolicy::DiscardRow => "discard_row",
+            DriftPolicy::Freeze => "freeze",
         }
     }
 }
@@ -293,11 +310,12 @@ impl FromStr for DriftPolicy {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "evolve" => Ok(DriftPolicy::Evolve),
-            "discard_row" => Ok(DriftPolicy::DiscardRow),
-            other => Err(format!("unsupported drift policy {other:?}; supported: evolve, discard_row")),
-        }
+        let wanted = s.trim().to_ascii_lowercase();
+        DriftPolicy::ALL.into_iter().find(|p| p.as_str() == wanted).ok_or_else(|| {
+            format!(
+                "unsupported drift policy {wanted:?}; supported: evolve, rescue, discard_value, discard_row, freeze"
+            )
+        })
     }
 }
 
@@ -339,10 +357,15 @@ pub struct ColumnName(String);
 impl ColumnName {
     pub fn normalize(raw: &str) -> Result<Self, IdentifierError> {
         let normalized = normalize_identifier(raw)?;
-        if META_COLUMNS.contains(&normalized.as_str()) {
+        if META_COLUMNS.contains(&normalized.as_str()) || normalized == RESCUED_DATA {
             return Err(IdentifierError::Reserved(normalized));
         }
         Ok(ColumnName(normalized))
+    }
+
+    /// `_RESCUED_DATA`, which no JSON key can name.
+    pub fn rescued() -> Self {
+        ColumnName(RESCUED_DATA.to_string())
     }
 
     /// A column as the warehouse describes it; unquoted names fold to upper case there.

@@ -27,6 +27,7 @@ fn new_batch(table: &str, accepted: u64, rejects: Vec<Reject>) -> NewBatch {
         partner: "acme".parse().unwrap(),
         counts: Counts { received: accepted + rejected, accepted, rejected, loaded: 0 },
         rejects_by_code: by_code,
+        drift: Default::default(),
         received_at: Utc::now(),
         rejects,
     }

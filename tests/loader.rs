@@ -71,6 +71,7 @@ async fn copy_committed_but_not_recorded_is_skipped_on_retry() {
         partner: "acme".parse().unwrap(),
         counts: Counts { received: 50, accepted: 50, rejected: 0, loaded: 0 },
         rejects_by_code: BTreeMap::new(),
+        drift: Default::default(),
         received_at: Utc::now(),
         rejects: vec![],
     };
@@ -126,6 +127,7 @@ async fn a_file_missing_from_the_stage_holds_back_only_itself() {
             partner: "acme".parse().unwrap(),
             counts: Counts { received: 10, accepted: 10, rejected: 0, loaded: 0 },
             rejects_by_code: BTreeMap::new(),
+            drift: Default::default(),
             received_at: Utc::now(),
             rejects: vec![],
         };
@@ -182,6 +184,7 @@ async fn a_long_copy_renews_its_claims() {
         partner: "acme".parse().unwrap(),
         counts: Counts { received: 1_000_000, accepted: 1_000_000, rejected: 0, loaded: 0 },
         rejects_by_code: BTreeMap::new(),
+        drift: Default::default(),
         received_at: Utc::now(),
         rejects: vec![],
     };

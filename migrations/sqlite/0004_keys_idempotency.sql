@@ -29,3 +29,7 @@ CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
 -- The audit log names who changed a table: the partner whose batch added a column, or whoever
 -- declared it. Rows from before this migration have none.
 ALTER TABLE schema_changes ADD COLUMN partner TEXT;
+
+-- What the drift policy did to a batch's accepted records: fields dropped (discard_value) and
+-- fields or values kept in _RESCUED_DATA (rescue), as a JSON object.
+ALTER TABLE batches ADD COLUMN drift_counts TEXT NOT NULL DEFAULT '{}';

@@ -120,6 +120,7 @@ pub enum IngestResult {
         (status = 404, description = "Unknown table", body = ErrorBody),
         (status = 409, description = "Idempotency-Key used with another body (`idempotency_conflict`), or its first request is still being stored (`idempotency_in_progress`, with Retry-After)", body = ErrorBody),
         (status = 413, description = "Too large", body = ErrorBody),
+        (status = 422, description = "The table's drift policy is freeze and records carry unknown fields (`schema_frozen`, `details.fields`); nothing was stored", body = ErrorBody),
         (status = 408, description = "The body did not arrive in time", body = ErrorBody),
         (status = 415, description = "Unsupported content type or encoding", body = ErrorBody),
         (status = 500, description = "Internal fault, or the stage refused the gateway's credentials (`stage_misconfigured`); nothing was stored", body = ErrorBody),

@@ -63,6 +63,9 @@ pub enum ErrorCode {
     UnsupportedEncoding,
     /// 415: a `Content-Type` the endpoint does not take.
     UnsupportedMediaType,
+    /// 422: the table's drift policy is `freeze` and records carry fields it has no column for
+    /// (`details.fields` lists them as sent); nothing was stored.
+    SchemaFrozen,
     /// 429: the partner is over its quota; retry after `Retry-After`. Nothing was stored.
     QuotaExceeded,
     /// 500: an internal fault; the gateway log has the cause.
@@ -101,6 +104,7 @@ impl ErrorCode {
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             TableConflict | IdempotencyConflict | IdempotencyInProgress => StatusCode::CONFLICT,
             QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+            SchemaFrozen => StatusCode::UNPROCESSABLE_ENTITY,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedEncoding | UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Internal | StageMisconfigured => StatusCode::INTERNAL_SERVER_ERROR,
@@ -300,6 +304,9 @@ impl From<IngestError> for ApiError {
             IngestError::Ledger(e) => e.into(),
             IngestError::Task(cause) => ApiError::internal(cause),
             IngestError::Timeout(limit) => ApiError::timeout(limit),
+            IngestError::Frozen { fields, .. } => {
+                ApiError::new(ErrorCode::SchemaFrozen, message).with_details(json!({ "fields": fields }))
+            }
             IngestError::IdempotencyConflict(batch_id) => {
                 ApiError::new(ErrorCode::IdempotencyConflict, message).with_details(json!({ "batch_id": batch_id }))
             }

@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use super::decode::Decoded;
-use super::validate::{unknown_fields, KeyResolver};
+use super::validate::{unknown_fields, KeyResolver, KeyTarget};
 use crate::schema::{Column, ColumnType};
 
 pub use crate::schema::DriftPolicy;
@@ -46,6 +46,21 @@ pub fn plan_new_columns(keys: &mut KeyResolver<'_>, records: &[Decoded]) -> Vec<
         }
     }
     planned
+}
+
+/// The keys of a batch that name no column (nulls aside), as sent, each once, in order of first
+/// appearance: what a `freeze` policy refuses.
+pub fn unknown_keys(keys: &mut KeyResolver<'_>, records: &[Decoded]) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    for record in records {
+        let Decoded::Value(Value::Object(object)) = record else { continue };
+        for (key, value) in object {
+            if !value.is_null() && matches!(keys.resolve(key), KeyTarget::Unknown(_)) && !found.contains(key) {
+                found.push(key.clone());
+            }
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -100,6 +115,8 @@ mod tests {
     fn parses_policy_names() {
         assert_eq!("Evolve".parse::<DriftPolicy>().unwrap(), DriftPolicy::Evolve);
         assert_eq!("discard_row".parse::<DriftPolicy>().unwrap(), DriftPolicy::DiscardRow);
-        assert!("freeze".parse::<DriftPolicy>().is_err());
+        assert_eq!("freeze".parse::<DriftPolicy>().unwrap(), DriftPolicy::Freeze);
+        assert_eq!(" Discard_Value".parse::<DriftPolicy>().unwrap(), DriftPolicy::DiscardValue);
+        assert!("thaw".parse::<DriftPolicy>().is_err());
     }
 }

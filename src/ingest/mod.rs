@@ -13,7 +13,7 @@ use serde_json::Value;
 use coerce::Cell;
 use decode::Decoded;
 use reject::{Reject, RejectStage};
-use validate::Validator;
+use validate::{Unknown, Validator};
 
 use crate::schema::TableSchema;
 
@@ -48,6 +48,10 @@ pub struct Checked {
     pub rejects: Vec<Reject>,
     /// Approximate bytes held by `rows`.
     pub bytes: usize,
+    /// Fields dropped from accepted records (`discard_value`).
+    pub discarded_values: u64,
+    /// Fields and values kept in `_RESCUED_DATA` of accepted records (`rescue`).
+    pub rescued_values: u64,
 }
 
 impl Checked {
@@ -66,9 +70,20 @@ impl Checked {
     }
 }
 
+/// How one request's records are checked: the depth limit and the drift policy's treatment of
+/// fields the table has no column for.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    pub max_depth: usize,
+    pub unknown: Unknown,
+    /// Set when new fields were refused because the table is at `limits.max_columns`.
+    pub column_cap: Option<usize>,
+}
+
 /// Validates every decoded record against `schema`; one bad record never affects the others.
-pub fn check_records(schema: &TableSchema, records: Vec<Decoded>, max_depth: usize) -> Checked {
-    let mut validator = Validator::new(schema, max_depth);
+pub fn check_records(schema: &TableSchema, records: Vec<Decoded>, rules: Rules) -> Checked {
+    let mut validator =
+        Validator::new(schema, rules.max_depth).unknown_fields(rules.unknown).column_cap(rules.column_cap);
     let mut checked = Checked { received: records.len() as u64, ..Default::default() };
     for (index, record) in records.into_iter().enumerate() {
         let index = index as u64;
@@ -84,6 +99,8 @@ pub fn check_records(schema: &TableSchema, records: Vec<Decoded>, max_depth: usi
             Decoded::Rejected { record, error } => checked.rejects.push(gateway_reject(index, record, vec![error])),
         }
     }
+    checked.discarded_values = validator.discarded_values;
+    checked.rescued_values = validator.rescued_values;
     checked
 }
 

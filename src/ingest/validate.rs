@@ -49,17 +49,58 @@ impl<'s> KeyResolver<'s> {
     }
 }
 
+/// What validation does with a field the table has no column for (the drift policy, applied
+/// where the record is checked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unknown {
+    /// The record is rejected with `unknown_field` (`discard_row`; under `evolve`, a key that
+    /// cannot become a column, or one past the column cap).
+    Reject,
+    /// The field is dropped and counted (`discard_value`).
+    Drop,
+    /// The field is kept in the rescue column at this position, and so is a value that does not
+    /// fit its nullable column (`rescue`).
+    Rescue(usize),
+}
+
 /// Validates records of one batch against one schema.
 pub struct Validator<'s> {
     keys: KeyResolver<'s>,
     max_depth: usize,
+    unknown: Unknown,
+    /// Set when new fields were refused because the table has `limits.max_columns` columns.
+    column_cap: Option<usize>,
     /// Scratch: which key filled each column in the current record.
     seen: Vec<Option<usize>>,
+    /// Fields dropped from accepted records (`discard_value`).
+    pub discarded_values: u64,
+    /// Fields and values kept in the rescue column of accepted records (`rescue`).
+    pub rescued_values: u64,
 }
 
 impl<'s> Validator<'s> {
     pub fn new(schema: &'s TableSchema, max_depth: usize) -> Self {
-        Validator { keys: KeyResolver::new(schema), max_depth, seen: vec![None; schema.columns.len()] }
+        Validator {
+            keys: KeyResolver::new(schema),
+            max_depth,
+            unknown: Unknown::Reject,
+            column_cap: None,
+            seen: vec![None; schema.columns.len()],
+            discarded_values: 0,
+            rescued_values: 0,
+        }
+    }
+
+    /// Handles unknown fields as `unknown` says.
+    pub fn unknown_fields(mut self, unknown: Unknown) -> Self {
+        self.unknown = unknown;
+        self
+    }
+
+    /// Says in `unknown_field` rejects that the table is at its cap of `cap` columns.
+    pub fn column_cap(mut self, cap: Option<usize>) -> Self {
+        self.column_cap = cap;
+        self
     }
 
     /// Typed cells in schema column order, or every problem found in the record.
@@ -78,9 +119,15 @@ impl<'s> Validator<'s> {
         let schema = self.keys.schema();
         let mut cells = vec![Cell::Null; schema.columns.len()];
         let mut errors = Vec::new();
+        let mut rescued = Map::new();
+        let mut discarded = 0;
         self.seen.iter_mut().for_each(|s| *s = None);
         for (position, (key, value)) in object.iter().enumerate() {
             match self.keys.resolve(key).clone() {
+                KeyTarget::Column(i) if matches!(self.unknown, Unknown::Rescue(_)) && self.seen[i].is_some() => {
+                    // A second key for one column: kept as sent rather than lost.
+                    rescued.insert(key.clone(), value.clone());
+                }
                 KeyTarget::Column(i) => {
                     if let Some(first) = self.seen[i] {
                         let other = object.keys().nth(first).map(String::as_str).unwrap_or_default();
@@ -107,6 +154,10 @@ impl<'s> Validator<'s> {
                     }
                     match coerce(value, column.ty, self.max_depth) {
                         Ok(cell) => cells[i] = cell,
+                        // A value that does not fit a nullable column is kept as sent.
+                        Err(_) if column.nullable && matches!(self.unknown, Unknown::Rescue(_)) => {
+                            rescued.insert(key.clone(), value.clone());
+                        }
                         Err(e) => errors.push(FieldError {
                             path: pointer(key),
                             column: Some(column.name.to_string()),
@@ -116,14 +167,35 @@ impl<'s> Validator<'s> {
                     }
                 }
                 KeyTarget::Unknown(_) if value.is_null() => {}
+                KeyTarget::Unknown(_) if self.unknown == Unknown::Drop => discarded += 1,
+                KeyTarget::Unknown(_) if matches!(self.unknown, Unknown::Rescue(_)) => {
+                    rescued.insert(key.clone(), value.clone());
+                }
                 KeyTarget::Unknown(target) => errors.push(FieldError {
                     path: pointer(key),
                     column: target.as_ref().ok().map(ColumnName::to_string),
                     code: RejectCode::UnknownField,
-                    message: match target {
-                        Ok(name) => format!("no column {name} in table {}", schema.name),
-                        Err(e) => format!("field cannot become a column: {e}"),
+                    message: match (target, self.column_cap) {
+                        (Ok(name), Some(cap)) => format!(
+                            "no column {name} in table {}, and no column is added past limits.max_columns ({cap})",
+                            schema.name
+                        ),
+                        (Ok(name), None) => format!("no column {name} in table {}", schema.name),
+                        (Err(e), _) => format!("field cannot become a column: {e}"),
                     },
+                }),
+            }
+        }
+        let rescued_count = rescued.len() as u64;
+        if let (Unknown::Rescue(at), false) = (self.unknown, rescued.is_empty()) {
+            // One level deeper than the values it holds, as the record was.
+            match coerce(&Value::Object(rescued), schema.columns[at].ty, self.max_depth + 1) {
+                Ok(cell) => cells[at] = cell,
+                Err(e) => errors.push(FieldError {
+                    path: String::new(),
+                    column: Some(schema.columns[at].name.to_string()),
+                    code: e.code,
+                    message: e.message,
                 }),
             }
         }
@@ -138,6 +210,8 @@ impl<'s> Validator<'s> {
             }
         }
         if errors.is_empty() {
+            self.discarded_values += discarded;
+            self.rescued_values += rescued_count;
             Ok(cells)
         } else {
             Err(errors)

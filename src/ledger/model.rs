@@ -115,6 +115,16 @@ pub struct Counts {
     pub loaded: u64,
 }
 
+/// What a batch's drift policy did to its accepted records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct DriftCounts {
+    /// Unknown fields dropped (`discard_value`).
+    pub discarded_values: u64,
+    /// Unknown fields, and values that did not fit their column, kept in `_RESCUED_DATA` (`rescue`).
+    pub rescued_values: u64,
+}
+
 /// A batch about to be recorded, with its gateway rejects.
 #[derive(Debug, Clone)]
 pub struct NewBatch {
@@ -123,6 +133,7 @@ pub struct NewBatch {
     pub partner: Partner,
     pub counts: Counts,
     pub rejects_by_code: BTreeMap<String, u64>,
+    pub drift: DriftCounts,
     pub received_at: DateTime<Utc>,
     pub rejects: Vec<Reject>,
 }
@@ -238,6 +249,8 @@ pub struct BatchRecord {
     pub status: BatchStatus,
     pub counts: Counts,
     pub rejects_by_code: BTreeMap<String, u64>,
+    /// What the table's drift policy did to the accepted records.
+    pub drift: DriftCounts,
     pub schema_changes: Vec<AppliedChange>,
     pub files: Vec<BatchFile>,
     pub received_at: DateTime<Utc>,

@@ -174,6 +174,7 @@ where
             loaded: count::<D, u64>(row, "loaded")?,
         },
         rejects_by_code: from_json(&get::<D, String>(row, "rejects_by_code")?)?,
+        drift: from_json(&get::<D, String>(row, "drift_counts")?)?,
         schema_changes: Vec::new(),
         files: Vec::new(),
         received_at: D::datetime(get::<D, D::Time>(row, "received_at")?)?,
@@ -377,8 +378,8 @@ where
             let status = BatchStatus::on_commit(batch.counts.accepted);
             let sql = format!(
                 "INSERT INTO batches (id, table_name, partner, status, received, accepted, rejected, loaded,
-                     rejects_by_code, received_at, staged_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, CASE WHEN $10 THEN {} END)",
+                     rejects_by_code, received_at, staged_at, drift_counts)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, CASE WHEN $10 THEN {} END, $11)",
                 D::NOW
             );
             sqlx::query::<D>(&sql)
@@ -392,6 +393,7 @@ where
                 .bind(to_json(&batch.rejects_by_code)?)
                 .bind(D::time(batch.received_at))
                 .bind(status == BatchStatus::Staged)
+                .bind(to_json(&batch.drift)?)
                 .execute(&mut *tx)
                 .await?;
             for chunk in batch.rejects.chunks(ROWS_PER_INSERT) {

@@ -1,0 +1,179 @@
+//! Schema drift as policy, end to end on DuckDB and on Snowflake (fakesnow): a partner sends
+//! 1,000 records, then 1,000 carrying a field the table does not have, under each policy.
+
+mod common;
+
+use std::time::Duration;
+
+use common::production::{one_number, Peers};
+use common::{spawn_app_with, test_config, TestApp};
+use serde_json::{json, Value};
+use snowgate::config::TableOverrides;
+use snowgate::schema::{DriftPolicy, TableName};
+use snowgate::warehouse::snowflake::SnowflakeWarehouse;
+
+const N: usize = 1000;
+
+fn records(from: usize, with_reference: bool) -> Value {
+    let records: Vec<Value> = (from..from + N)
+        .map(|i| {
+            let mut record = json!({"id": i, "amount": format!("{i}.50")});
+            if with_reference {
+                record["partner_reference_id"] = json!(format!("ref-{i}"));
+            }
+            record
+        })
+        .collect();
+    Value::Array(records)
+}
+
+async fn post(app: &TestApp, table: &str, body: &Value) -> (u16, Value) {
+    let response = app.post_json(table, body).await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+async fn declare(app: &TestApp, table: &str, drift: Option<&str>) {
+    let mut declaration = json!({"columns": [
+        {"name": "id", "type": "NUMBER", "nullable": false},
+        {"name": "amount", "type": "NUMBER(12,2)"}
+    ]});
+    if let Some(drift) = drift {
+        declaration["drift"] = json!(drift);
+    }
+    let response = app.put_table(table, declaration).await;
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+}
+
+async fn loaded(app: &TestApp, body: &Value) -> Value {
+    app.wait_final(body["id"].as_str().unwrap(), Duration::from_secs(60)).await
+}
+
+async fn column_names(app: &TestApp, table: &str) -> Vec<String> {
+    let (_, table) = app.get_json(&format!("/v1/tables/{table}")).await;
+    table["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_string()).collect()
+}
+
+/// Posts the scenario under every policy and checks what the API says; returns the queries whose
+/// answers the warehouse must give, as `(sql, expected count)`.
+async fn scenario(app: &TestApp) -> Vec<(String, usize)> {
+    for policy in ["evolve", "rescue", "discard_value", "discard_row", "freeze"] {
+        declare(app, &format!("t_{policy}"), Some(policy)).await;
+        let (status, first) = post(app, &format!("t_{policy}"), &records(0, false)).await;
+        assert_eq!(status, 202, "{policy}: {first}");
+        assert_eq!(loaded(app, &first).await["counts"]["loaded"], N);
+    }
+
+    // evolve: the column appears; the first rows hold NULL there, the later ones the value.
+    let (status, batch) = post(app, "t_evolve", &records(N, true)).await;
+    assert_eq!(status, 202, "{batch}");
+    let batch = loaded(app, &batch).await;
+    assert_eq!(batch["counts"]["loaded"], N);
+    assert_eq!(batch["schema_changes"][0]["column"], "PARTNER_REFERENCE_ID", "the batch lists the change");
+    let (_, changes) = app.get_json("/v1/tables/t_evolve/schema-changes").await;
+    assert_eq!(changes["changes"][0]["partner"], "anonymous", "the audit log names who changed it");
+
+    // rescue: no new column; the value is kept as sent, and so is one that does not fit.
+    let (status, batch) = post(app, "t_rescue", &records(N, true)).await;
+    assert_eq!(status, 202, "{batch}");
+    let batch = loaded(app, &batch).await;
+    assert_eq!(
+        (batch["counts"]["loaded"].as_u64(), batch["drift"]["rescued_values"].as_u64()),
+        (Some(N as u64), Some(N as u64))
+    );
+    let (status, misfit) = post(app, "t_rescue", &json!([{"id": 5000, "amount": "N/A"}])).await;
+    assert_eq!(status, 202, "{misfit}");
+    assert_eq!(loaded(app, &misfit).await["counts"]["loaded"], 1, "a value that does not fit is rescued, not rejected");
+    let columns = column_names(app, "t_rescue").await;
+    assert_eq!(columns, ["ID", "AMOUNT", "_RESCUED_DATA"]);
+
+    // discard_value: loaded without the field, counted.
+    let (status, batch) = post(app, "t_discard_value", &records(N, true)).await;
+    assert_eq!(status, 202, "{batch}");
+    let batch = loaded(app, &batch).await;
+    assert_eq!(batch["counts"]["loaded"], N);
+    assert_eq!(batch["drift"]["discarded_values"], N);
+    assert_eq!(column_names(app, "t_discard_value").await, ["ID", "AMOUNT"]);
+
+    // discard_row: every record rejected with unknown_field (final at once: 200).
+    let (status, batch) = post(app, "t_discard_row", &records(N, true)).await;
+    assert_eq!(status, 200, "{batch}");
+    assert_eq!(batch["status"], "rejected");
+    assert_eq!(batch["rejects_by_code"]["unknown_field"], N);
+
+    // freeze: the whole request refused, naming the field; nothing stored.
+    let (status, refused) = post(app, "t_freeze", &records(N, true)).await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["error"]["code"], "schema_frozen");
+    assert_eq!(refused["error"]["details"]["fields"], json!(["partner_reference_id"]));
+    let (_, listed) = app.get_json("/v1/batches?table=t_freeze").await;
+    assert_eq!(listed["batches"].as_array().unwrap().len(), 1, "the frozen request made no batch");
+
+    [
+        ("SELECT COUNT(*) FROM T_EVOLVE WHERE PARTNER_REFERENCE_ID IS NULL", N),
+        ("SELECT COUNT(*) FROM T_EVOLVE WHERE PARTNER_REFERENCE_ID LIKE 'ref-%'", N),
+        ("SELECT COUNT(*) FROM T_RESCUE", 2 * N + 1),
+        ("SELECT COUNT(*) FROM T_RESCUE WHERE _RESCUED_DATA IS NULL", N),
+        ("SELECT COUNT(*) FROM T_RESCUE WHERE CAST(_RESCUED_DATA AS VARCHAR) LIKE '%partner_reference_id%ref-%'", N),
+        ("SELECT COUNT(*) FROM T_RESCUE WHERE AMOUNT IS NULL AND CAST(_RESCUED_DATA AS VARCHAR) LIKE '%N/A%'", 1),
+        ("SELECT COUNT(*) FROM T_DISCARD_VALUE", 2 * N),
+        ("SELECT COUNT(*) FROM T_DISCARD_ROW", N),
+        ("SELECT COUNT(*) FROM T_FREEZE", N),
+    ]
+    .into_iter()
+    .map(|(sql, n)| (sql.to_string(), n))
+    .collect()
+}
+
+#[tokio::test]
+async fn every_policy_on_duckdb() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(test_config(dir.path())).await;
+    let expected = scenario(&app).await;
+    app.shutdown().await;
+    for (sql, n) in expected {
+        assert_eq!(common::duckdb_count(dir.path(), &sql), n as i64, "{sql}");
+    }
+}
+
+#[tokio::test]
+async fn every_policy_on_snowflake() {
+    let peers = Peers::start().await;
+    let app = spawn_app_with(peers.config(&peers.dir.path().join("gateway"))).await;
+    let expected = scenario(&app).await;
+    let warehouse: SnowflakeWarehouse = peers.warehouse();
+    for (sql, n) in expected {
+        assert_eq!(one_number(&warehouse, &sql).await, n.to_string(), "{sql}");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_config_policy_applies_to_a_table_declared_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    let frozen = TableOverrides { drift: Some(DriftPolicy::Freeze), ..Default::default() };
+    config.tables.insert(TableName::parse("loans").unwrap(), frozen.clone());
+    config.tables.insert(TableName::parse("explicit").unwrap(), frozen);
+    config.limits.max_columns = 3;
+    let app = spawn_app_with(config).await;
+    declare(&app, "loans", None).await;
+    let (status, refused) = post(&app, "loans", &json!([{"id": 1, "note": "x"}])).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (422, Some("schema_frozen")), "{refused}");
+    // A policy given in the declaration wins over the config's.
+    declare(&app, "explicit", Some("evolve")).await;
+    let (status, batch) = post(&app, "explicit", &json!([{"id": 1, "note": "x"}])).await;
+    assert_eq!(status, 202, "{batch}");
+
+    // The column cap: one more column fits (3), the others are rejects naming the limit.
+    declare(&app, "capped", None).await;
+    let (status, batch) = post(&app, "capped", &json!([{"id": 1, "a": 1}, {"id": 2, "b": 2, "c": 3}])).await;
+    assert_eq!(status, 202, "{batch}");
+    assert_eq!((batch["counts"]["accepted"].as_u64(), batch["counts"]["rejected"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(column_names(&app, "capped").await, ["ID", "AMOUNT", "A"]);
+    let id = batch["id"].as_str().unwrap();
+    let (_, rejects) = app.get_json(&format!("/v1/batches/{id}/rejects")).await;
+    let message = rejects["rejects"][0]["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("limits.max_columns (3)"), "{message}");
+    app.shutdown().await;
+}
