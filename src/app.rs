@@ -18,7 +18,7 @@ use crate::config::{Config, LedgerBackend, WarehouseBackend};
 use crate::ledger::postgres::PostgresLedger;
 use crate::ledger::sqlite::SqliteLedger;
 use crate::ledger::Ledger;
-use crate::loader::{run_sweeper, supervise, Loader, LoaderHealth};
+use crate::loader::{run_idempotency_sweeper, run_sweeper, supervise, Loader, LoaderHealth};
 use crate::replica::ReplicaId;
 use crate::stage::Stage;
 use crate::warehouse::duckdb::DuckDbWarehouse;
@@ -39,8 +39,8 @@ pub enum StartError {
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
     /// Serving as configured would expose the gateway without keys (names `auth.mode`).
-    #[error("auth.mode: {0}")]
-    Exposed(String),
+    #[error(transparent)]
+    Exposed(#[from] crate::auth::ExposureError),
 }
 
 /// Everything a request handler or background task needs.
@@ -170,7 +170,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let addr = listener.local_addr()?;
-    crate::auth::check_exposure(app.config.auth.mode, app.ledger.as_ref(), addr).await.map_err(StartError::Exposed)?;
+    crate::auth::check_exposure(app.config.auth.mode, app.ledger.as_ref(), addr).await?;
     // Keys this replica's previous process held for requests it never finished are free again.
     let released = app.ledger.release_idempotency_of(app.replica.name()).await?;
     if released > 0 {
@@ -188,9 +188,13 @@ pub async fn serve(
     // One sweeper per loader: deleting a file nobody committed is idempotent across replicas.
     let sweeper = state.config.loader.enabled.then(|| {
         let (stage, ledger) = (state.stage.clone(), state.ledger.clone());
-        let (orphan_after, window) = (state.config.loader.orphan_after, state.config.idempotency.window);
-        tokio::spawn(run_sweeper(stage, ledger, orphan_after, window, cancel.child_token()))
+        tokio::spawn(run_sweeper(stage, ledger, state.config.loader.orphan_after, cancel.child_token()))
     });
+    let idempotency_sweeper = tokio::spawn(run_idempotency_sweeper(
+        state.ledger.clone(),
+        state.config.idempotency.window,
+        cancel.child_token(),
+    ));
     let router = crate::http::router(state.clone());
     tracing::info!(addr = %addr, auth = ?state.config.auth.mode, ledger = state.ledger.backend(), warehouse = state.warehouse.backend(),
         stage = state.stage.url(), "snowgate listening");
@@ -208,6 +212,7 @@ pub async fn serve(
     if let Some(sweeper) = sweeper {
         let _ = sweeper.await;
     }
+    let _ = idempotency_sweeper.await;
     if let Some(Err(e)) = match loader {
         Some(task) => Some(task.await),
         None => None,

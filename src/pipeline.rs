@@ -76,8 +76,8 @@ pub enum IngestError {
     /// was buffered.
     #[error("the request was not ready to stage within limits.processing_secs ({}s)", .0.as_secs())]
     Timeout(Duration),
-    /// The `Idempotency-Key` made batch `.0` from another request.
-    #[error("this Idempotency-Key was used for another request, which made batch {0}")]
+    /// The `Idempotency-Key` belongs to another request, whose batch is `.0`.
+    #[error("this Idempotency-Key was used for another request (batch {0})")]
     IdempotencyConflict(Uuid),
     /// The table's policy is `freeze` and these fields (as sent) name no column.
     #[error("table {table} is frozen (drift policy freeze) and the request carries {} field(s) it has no column for: {}", .fields.len(), frozen_list(.fields))]
@@ -106,6 +106,16 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 /// the request waits for the outcome of its flush (bounded by the linger and the stage and ledger
 /// timeouts), so that a request is never answered 503 while its rows go on to be stored.
 pub async fn ingest(app: &App, request: IngestRequest) -> Result<IngestOutcome, IngestError> {
+    ingest_holding(app, request, None).await
+}
+
+/// [`ingest`], marking `submitted` just before the rows are handed to the buffers: from then on
+/// the batch may be committed even if this request ends early.
+async fn ingest_holding(
+    app: &App,
+    request: IngestRequest,
+    submitted: Option<&mut bool>,
+) -> Result<IngestOutcome, IngestError> {
     let processing = app.config.limits.processing;
     let prepared = tokio::time::timeout(processing, prepare(app, request))
         .await
@@ -116,6 +126,9 @@ pub async fn ingest(app: &App, request: IngestRequest) -> Result<IngestOutcome, 
     };
     let committed = committed_record(&submission.batch);
     let (batch_id, counts) = (committed.id, committed.counts);
+    if let Some(submitted) = submitted {
+        *submitted = true;
+    }
     app.buffers.submit(submission, policy).await?;
     tracing::info!(batch_id = %batch_id, table = %committed.table, received = counts.received,
         accepted = counts.accepted, rejected = counts.rejected, "batch staged");
@@ -157,12 +170,11 @@ pub async fn ingest_once(app: &App, request: IngestRequest, key: String) -> Resu
     loop {
         match app.ledger.claim_idempotency(&claim).await? {
             IdempotencyState::Claimed => {
-                let outcome = ingest(app, request).await;
-                if outcome.is_err() {
-                    if let Err(e) = app.ledger.release_idempotency(&claim.partner, &claim.key, claim.batch_id).await {
-                        tracing::warn!(error = %e, batch_id = %claim.batch_id,
-                            "could not release an idempotency key after a failed request; it frees when its lease ends");
-                    }
+                let mut hold = KeyHold { app, claim: &claim, submitted: false, settled: false };
+                let outcome = ingest_holding(app, request, Some(&mut hold.submitted)).await;
+                match &outcome {
+                    Err(e) if !hold.submitted || e.before_commit() => hold.release().await,
+                    _ => hold.settled = true,
                 }
                 return outcome.map(Stored::Fresh);
             }
@@ -187,12 +199,75 @@ pub async fn ingest_once(app: &App, request: IngestRequest, key: String) -> Resu
     }
 }
 
+/// An `Idempotency-Key` a request holds while it makes its batch. A request that ends before its
+/// rows reach the buffers (an error, or a client that went away and dropped the handler) lets
+/// the key go, so that a retry is stored; once they are there the batch may be committed, and the
+/// key is kept unless the failure is known to come before the commit.
+struct KeyHold<'a> {
+    app: &'a App,
+    claim: &'a IdempotencyClaim,
+    submitted: bool,
+    settled: bool,
+}
+
+impl KeyHold<'_> {
+    async fn release(mut self) {
+        self.settled = true;
+        let claim = self.claim;
+        if let Err(e) = self.app.ledger.release_idempotency(&claim.partner, &claim.key, claim.batch_id).await {
+            tracing::warn!(error = %e, batch_id = %claim.batch_id,
+                "could not release an idempotency key after a failed request; it frees when its lease ends");
+        }
+    }
+}
+
+impl Drop for KeyHold<'_> {
+    fn drop(&mut self) {
+        if self.settled || self.submitted {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (ledger, claim) = (self.app.ledger.clone(), self.claim.clone());
+        runtime.spawn(async move {
+            if let Err(e) = ledger.release_idempotency(&claim.partner, &claim.key, claim.batch_id).await {
+                tracing::warn!(error = %e, batch_id = %claim.batch_id,
+                    "could not release the idempotency key of an abandoned request; it frees when its lease ends");
+            }
+        });
+    }
+}
+
+impl IngestError {
+    /// Whether the batch certainly was not committed: the failure came before the ledger commit
+    /// began. A ledger failure or timeout during the commit leaves its outcome unknown.
+    fn before_commit(&self) -> bool {
+        match self {
+            IngestError::Decode(_) | IngestError::Catalog(_) | IngestError::Timeout(_) | IngestError::Frozen { .. } => {
+                true
+            }
+            IngestError::Buffer(e) => matches!(
+                e,
+                BufferError::OverBudget
+                    | BufferError::ShuttingDown
+                    | BufferError::StageUnavailable(_)
+                    | BufferError::StageDenied(_)
+            ),
+            IngestError::Ledger(_)
+            | IngestError::Task(_)
+            | IngestError::IdempotencyConflict(_)
+            | IngestError::IdempotencyInProgress(_) => false,
+        }
+    }
+}
+
 /// How long a request holds its `Idempotency-Key` before another may take it: longer than the
-/// request can take to commit (its processing, then the stage write and the ledger commit of its
-/// flush), so a live request is never taken over. A holder that died is released sooner, when
-/// its replica restarts.
-fn idempotency_lease(config: &Config) -> Duration {
-    config.limits.processing + config.stage.timeout + 2 * config.ledger.timeout + Duration::from_secs(60)
+/// request can take to commit (its processing, the longest linger of its rows in a buffer, then
+/// the stage write and the ledger commit of their flush), so a live request is never taken over.
+/// A holder that died is released sooner, when its replica restarts.
+pub(crate) fn idempotency_lease(config: &Config) -> Duration {
+    let linger =
+        config.tables.keys().map(|t| config.table_settings(t).linger).fold(config.defaults.linger, Duration::max);
+    config.limits.processing + linger + config.stage.timeout + 2 * config.ledger.timeout + Duration::from_secs(60)
 }
 
 /// What makes two requests the same: their table, content type, encoding and body as sent.

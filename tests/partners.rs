@@ -77,6 +77,15 @@ async fn keys_scopes_and_visibility(config: snowgate::Config) {
     let acme = create_key(&app, Some(&operator), json!({"partner": "acme", "tables": ["loans"]})).await;
     let beta = create_key(&app, Some(&operator), json!({"partner": "beta", "tables": ["Loans"]})).await;
 
+    for (request, why) in [
+        (json!({"partner": "anonymous", "tables": ["loans"]}), "a reserved partner name"),
+        (json!({"operator": true, "tables": ["loans"]}), "an operator key with tables"),
+        (json!({"partner": "gamma"}), "a partner key without tables"),
+    ] {
+        let response = app.client.post(app.url("/v1/keys")).bearer_auth(&operator).json(&request).send().await;
+        assert_eq!(response.unwrap().status(), 400, "{why}");
+    }
+
     let (status, batch) = post_loans(&app, "loans", Some(&acme), json!([loan(1), loan(2)])).await;
     assert_eq!(status, 202, "{batch}");
     assert_eq!(batch["partner"], "acme");
@@ -106,13 +115,26 @@ async fn keys_scopes_and_visibility(config: snowgate::Config) {
     let (_, listed) = get(&app, "/v1/batches?partner=acme", Some(&beta)).await;
     assert_eq!(listed["batches"], json!([]), "beta cannot list acme's batches");
     let (_, listed) = get(&app, "/v1/batches", Some(&acme)).await;
-    assert_eq!(listed["batches"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["batches"].as_array().unwrap().len(), 1, "{listed}");
     let (_, listed) = get(&app, "/v1/batches?partner=acme", Some(&operator)).await;
     assert_eq!(listed["batches"][0]["id"], id.as_str());
     let (_, tables) = get(&app, "/v1/tables", Some(&acme)).await;
     let names: Vec<&str> = tables["tables"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["LOANS"], "a partner lists the tables it may write");
     assert_eq!(get(&app, "/v1/tables/other", Some(&acme)).await.0, 403);
+    // The audit log names who added a column, to the operator and to that partner only.
+    let mut widened = loan(9);
+    widened["acme_ref"] = json!("r-9");
+    assert_eq!(post_loans(&app, "loans", Some(&acme), json!([widened])).await.0, 202);
+    let changes = |key: String| {
+        let app = &app;
+        async move { get(app, "/v1/tables/loans/schema-changes", Some(&key)).await.1["changes"][0].clone() }
+    };
+    assert_eq!(changes(acme.clone()).await["partner"], "acme");
+    assert_eq!(changes(operator.clone()).await["partner"], "acme");
+    let seen_by_beta = changes(beta.clone()).await;
+    assert_eq!((seen_by_beta["column"].as_str(), &seen_by_beta["partner"]), (Some("ACME_REF"), &Value::Null));
+    assert_eq!(seen_by_beta["batch_id"], Value::Null);
 
     // Keys are listed without their secrets; a revoked key is refused at once on this replica.
     let (status, keys) = get(&app, "/v1/keys", Some(&operator)).await;

@@ -125,6 +125,10 @@ pub fn generate_key(partner: Partner, tables: &[TableName], operator: bool) -> R
 pub enum CreateKeyError {
     #[error("a partner key must name at least one table it may write")]
     NoTables,
+    #[error("an operator key writes every table; leave `tables` out")]
+    OperatorTables,
+    #[error("partner name {0:?} is reserved; a partner key needs another")]
+    ReservedPartner(String),
     #[error("no randomness for a key: {0}")]
     Random(getrandom::Error),
     #[error(transparent)]
@@ -140,6 +144,12 @@ pub async fn create_key(
 ) -> Result<NewKey, CreateKeyError> {
     if !operator && tables.is_empty() {
         return Err(CreateKeyError::NoTables);
+    }
+    if operator && !tables.is_empty() {
+        return Err(CreateKeyError::OperatorTables);
+    }
+    if !operator && RESERVED_PARTNERS.contains(&partner.as_str()) {
+        return Err(CreateKeyError::ReservedPartner(partner.to_string()));
     }
     let new = generate_key(partner, tables, operator).map_err(CreateKeyError::Random)?;
     ledger.insert_key(&new.record).await?;
@@ -265,21 +275,32 @@ impl Authenticator {
     }
 }
 
+/// Why the gateway may not serve where it was asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum ExposureError {
+    #[error(
+        "auth.mode: no API key exists and {0} is not a loopback address, so the gateway would be open to \
+         the network: create a key first (`snowgate keys create --operator`), or set auth.mode = \"open\" \
+         to serve without keys"
+    )]
+    Exposed(SocketAddr),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
 /// Refuses to serve on `addr` when no key exists, the mode is `keys` and the address is not
 /// loopback: such a gateway would be open to its whole network.
-pub async fn check_exposure(mode: AuthMode, ledger: &dyn Ledger, addr: SocketAddr) -> Result<(), String> {
-    if mode == AuthMode::Open || addr.ip().is_loopback() {
+pub async fn check_exposure(mode: AuthMode, ledger: &dyn Ledger, addr: SocketAddr) -> Result<(), ExposureError> {
+    if mode == AuthMode::Open || addr.ip().is_loopback() || ledger.any_keys().await? {
         return Ok(());
     }
-    match ledger.any_keys().await {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(format!(
-            "no API key exists and {addr} is not a loopback address, so the gateway would be open to the network: \
-             create a key first (`snowgate keys create --operator`), or set auth.mode = \"open\" to serve without keys"
-        )),
-        Err(e) => Err(format!("cannot tell whether API keys exist: {e}")),
-    }
+    Err(ExposureError::Exposed(addr))
 }
+
+/// Partner names a partner key may not take: `anonymous` is who requests without a key are,
+/// `operator` whom operator keys act as by default; a partner key under either name would read
+/// their batches.
+pub const RESERVED_PARTNERS: [&str; 2] = ["anonymous", "operator"];
 
 #[cfg(test)]
 mod tests {

@@ -118,7 +118,8 @@ pub enum IngestResult {
         (status = 400, description = "Unparseable body, invalid table name, query or Idempotency-Key", body = ErrorBody),
         (status = 403, description = "The key may not write this table", body = ErrorBody),
         (status = 404, description = "Unknown table", body = ErrorBody),
-        (status = 409, description = "Idempotency-Key used with another body (`idempotency_conflict`), or its first request is still being stored (`idempotency_in_progress`, with Retry-After)", body = ErrorBody),
+        (status = 409, description = "Idempotency-Key used with another body (`idempotency_conflict`), or its first request is still being stored (`idempotency_in_progress`, with Retry-After)", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "With `idempotency_in_progress`: seconds to wait before retrying"))),
         (status = 413, description = "Too large", body = ErrorBody),
         (status = 422, description = "The table's drift policy is freeze and records carry unknown fields (`schema_frozen`, `details.fields`); nothing was stored", body = ErrorBody),
         (status = 408, description = "The body did not arrive in time", body = ErrorBody),
@@ -142,8 +143,12 @@ pub async fn ingest(
         return Err(ApiError::new(ErrorCode::Forbidden, format!("this API key may not write table {table}")));
     }
     let idempotency_key = idempotency_key(&headers)?;
+    // A declared length is spent before the body is read, so that many concurrent requests let
+    // in at once cannot each spend the whole bucket; the rest once it has arrived.
+    let declared = content_length(&headers).unwrap_or(0) as u64;
+    app.quotas.spend_bytes(&principal.partner, declared);
     let (body, grant) = read_body(&app, &headers, body).await?;
-    app.quotas.spend_bytes(&principal.partner, body.len() as u64);
+    app.quotas.spend_bytes(&principal.partner, (body.len() as u64).saturating_sub(declared));
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let dry_run = params.dry_run.unwrap_or(false);
     let request = IngestRequest {
@@ -210,8 +215,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<(Bytes, Grant), ApiError> {
     let limit = app.config.limits.max_body_bytes;
     let too_large = || ApiError::new(ErrorCode::PayloadTooLarge, "request body is larger than limits.max_body_bytes");
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-    if declared.is_some_and(|n: usize| n > limit) {
+    let declared = content_length(headers);
+    if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
     let upfront = declared.unwrap_or(0).min(UPFRONT_BYTES);
@@ -244,6 +249,11 @@ async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<(B
         received.extend_from_slice(&chunk);
     }
     Ok((received.freeze(), grant))
+}
+
+/// The `Content-Length` a request declares, if any.
+fn content_length(headers: &HeaderMap) -> Option<usize> {
+    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }
 
 /// Most of a declared body reserved before it arrives.

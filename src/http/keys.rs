@@ -27,8 +27,8 @@ pub struct KeyRequest {
     pub operator: bool,
 }
 
-/// A new key: `key` is shown this once and stored nowhere.
-#[derive(Debug, Serialize, ToSchema)]
+/// A new key: `key` is shown this once and stored nowhere (and so has no `Debug`).
+#[derive(Serialize, ToSchema)]
 pub struct CreatedKey {
     /// Send as `Authorization: Bearer <key>`.
     pub key: String,
@@ -58,7 +58,7 @@ fn operator_only(principal: &Principal) -> Result<(), ApiError> {
     request_body = KeyRequest,
     responses(
         (status = 201, description = "Created; the key is in the body this once", body = CreatedKey),
-        (status = 400, description = "Invalid request (a partner key without tables, a bad table name)", body = ErrorBody),
+        (status = 400, description = "Invalid request (a partner key without tables or with a reserved name, an operator key with tables, a bad table name)", body = ErrorBody),
         (status = 403, description = "Not an operator key", body = ErrorBody),
         (status = 413, description = "Body larger than limits.max_body_bytes", body = ErrorBody),
         (status = 415, description = "Body is not application/json", body = ErrorBody),
@@ -82,7 +82,9 @@ pub async fn create(
         None => return Err(ApiError::new(ErrorCode::InvalidDefinition, "a partner key must name its partner")),
     };
     let created = create_key(app.ledger.as_ref(), partner, &tables, request.operator).await.map_err(|e| match e {
-        CreateKeyError::NoTables => ApiError::new(ErrorCode::InvalidDefinition, e.to_string()),
+        CreateKeyError::NoTables | CreateKeyError::OperatorTables | CreateKeyError::ReservedPartner(_) => {
+            ApiError::new(ErrorCode::InvalidDefinition, e.to_string())
+        }
         CreateKeyError::Random(e) => ApiError::internal(e),
         CreateKeyError::Ledger(e) => e.into(),
     })?;
@@ -116,6 +118,7 @@ pub async fn list(
     params(("id" = String, Path, description = "The key's public id")),
     responses(
         (status = 200, description = "Revoked (revoking again keeps the first time)", body = ApiKey),
+        (status = 400, description = "An id the ledger cannot compare (a NUL character)", body = ErrorBody),
         (status = 403, description = "Not an operator key", body = ErrorBody),
         (status = 404, description = "No such key", body = ErrorBody),
         (status = 503, description = "Ledger unavailable", body = ErrorBody),

@@ -81,21 +81,25 @@ impl Modify for KeysAndQuotas {
             .content("application/json", error())
             .header("WWW-Authenticate", HeaderBuilder::new().schema(String::schema()).build())
             .build();
+        let count = |what: &str| HeaderBuilder::new().schema(u64::schema()).description(Some(what)).build();
         let over_quota = ResponseBuilder::new()
             .description("Over the partner's quota; nothing was stored")
             .content("application/json", error())
-            .header(
-                "Retry-After",
-                HeaderBuilder::new().schema(u64::schema()).description(Some("Seconds to wait")).build(),
-            )
+            .header("Retry-After", count("Seconds to wait"))
+            .header("RateLimit-Limit", count("What the partner's most used quota bucket holds when full"))
+            .header("RateLimit-Remaining", count("What it holds now"))
+            .header("RateLimit-Reset", count("Seconds until it is full again"))
             .build();
-        let requirement = utoipa::openapi::security::SecurityRequirement::new("api_key", Vec::<String>::new());
+        // A key is required once the first exists; before that on loopback, and with
+        // auth.mode = "open" anywhere, requests without one are served.
+        let keyed = utoipa::openapi::security::SecurityRequirement::new("api_key", Vec::<String>::new());
+        let requirements = vec![keyed, utoipa::openapi::security::SecurityRequirement::default()];
         for (path, item) in openapi.paths.paths.iter_mut() {
             if !path.starts_with("/v1/") {
                 continue;
             }
             for operation in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete].into_iter().flatten() {
-                operation.security = Some(vec![requirement.clone()]);
+                operation.security = Some(requirements.clone());
                 operation.responses.responses.insert("401".into(), unauthorized.clone().into());
                 operation.responses.responses.insert("429".into(), over_quota.clone().into());
             }

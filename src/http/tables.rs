@@ -222,5 +222,11 @@ pub async fn schema_changes(
 ) -> Result<Json<SchemaChangeList>, ApiError> {
     readable(&principal, &name)?;
     app.catalog.record(&name).await?;
-    Ok(Json(SchemaChangeList { changes: app.ledger.schema_changes(&name).await? }))
+    let mut changes = app.ledger.schema_changes(&name).await?;
+    // A partner sees every column added, but not which other partner or batch added it.
+    for change in changes.iter_mut().filter(|c| !c.partner.as_ref().is_some_and(|p| principal.may_read(p))) {
+        change.partner = None;
+        change.batch_id = None;
+    }
+    Ok(Json(SchemaChangeList { changes }))
 }

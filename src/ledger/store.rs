@@ -800,16 +800,15 @@ where
         if inserted.len() == 1 {
             return Ok(IdempotencyState::Claimed);
         }
-        // Held already. Taken over only from a holder that is gone: a key older than the window
-        // (whatever it made), or a lease that ran out before its batch was committed. The
+        // Held already. Taken over only from a holder whose lease is over: a key older than the
+        // window (whatever it made), or one whose batch was never committed. The
         // conditions are re-checked by the UPDATE itself, so two requests never both take it.
         let sql = format!(
             "UPDATE idempotency_keys SET body_hash = $3, batch_id = $4, owner = $5, lease_until = {lease_until},
                  created_at = {now}
-             WHERE partner = $1 AND key = $2
+             WHERE partner = $1 AND key = $2 AND lease_until < {now}
                AND (created_at < {expired}
-                    OR (lease_until < {now}
-                        AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.id = idempotency_keys.batch_id)))
+                    OR NOT EXISTS (SELECT 1 FROM batches b WHERE b.id = idempotency_keys.batch_id))
              RETURNING key",
             lease_until = D::now_plus("$6"),
             now = D::NOW,

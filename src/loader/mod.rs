@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use supervisor::{supervise, ConfigurationError, LoaderHealth, LoaderState, LoaderStatus};
-pub use sweeper::{run_sweeper, sweep_orphans, SweepError};
+pub use sweeper::{run_idempotency_sweeper, run_sweeper, sweep_orphans, SweepError};
 
 use crate::config::LoaderConfig;
 use crate::ledger::{ClaimedFile, FileOutcome, Ledger, LedgerError};

@@ -47,21 +47,9 @@ pub async fn sweep_orphans(
     Ok(deleted)
 }
 
-/// Sweeps at start, then every `older_than`, until `cancel` fires; each round also forgets
-/// idempotency keys older than `idempotency_window`.
-pub async fn run_sweeper(
-    stage: Arc<Stage>,
-    ledger: Arc<dyn Ledger>,
-    older_than: Duration,
-    idempotency_window: Duration,
-    cancel: CancellationToken,
-) {
+/// Sweeps at start, then every `older_than`, until `cancel` fires.
+pub async fn run_sweeper(stage: Arc<Stage>, ledger: Arc<dyn Ledger>, older_than: Duration, cancel: CancellationToken) {
     loop {
-        match ledger.sweep_idempotency(idempotency_window).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(keys = n, "forgot idempotency keys older than idempotency.window_secs"),
-            Err(e) => tracing::warn!(error = %e, "idempotency key sweep failed; retried at the next sweep"),
-        }
         let swept = tokio::select! {
             _ = cancel.cancelled() => return,
             swept = sweep_orphans(&stage, ledger.as_ref(), older_than) => swept,
@@ -75,6 +63,29 @@ pub async fn run_sweeper(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(older_than) => {}
+        }
+    }
+}
+
+/// How often every replica forgets idempotency keys past their window.
+const IDEMPOTENCY_SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// Forgets idempotency keys older than `window` (whose lease is over) at start, then hourly,
+/// until `cancel` fires. Every replica runs one, loader or not; a sweep is idempotent.
+pub async fn run_idempotency_sweeper(ledger: Arc<dyn Ledger>, window: Duration, cancel: CancellationToken) {
+    loop {
+        let swept = tokio::select! {
+            _ = cancel.cancelled() => return,
+            swept = ledger.sweep_idempotency(window) => swept,
+        };
+        match swept {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(keys = n, "forgot idempotency keys older than idempotency.window_secs"),
+            Err(e) => tracing::warn!(error = %e, "idempotency key sweep failed; retried at the next sweep"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(IDEMPOTENCY_SWEEP_EVERY) => {}
         }
     }
 }
