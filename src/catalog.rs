@@ -11,7 +11,7 @@ use crate::buffer::encode::arrow_type;
 use crate::config::Config;
 use crate::ingest::drift::DriftPolicy;
 use crate::ledger::{ChangeCause, Ledger, LedgerError, Partner, TableRecord};
-use crate::schema::{Column, TableName, TableSchema};
+use crate::schema::{Column, ColumnName, TableName, TableSchema};
 use crate::warehouse::{Warehouse, WarehouseError};
 
 /// Catalog failures.
@@ -34,6 +34,7 @@ pub struct TableEntry {
     pub name: TableName,
     schema: RwLock<Arc<TableSchema>>,
     drift: RwLock<DriftPolicy>,
+    aliases: RwLock<Arc<BTreeMap<String, String>>>,
     /// The ledger's version of the table the entry reflects, and when that was last compared.
     version: Mutex<(u64, Instant)>,
 }
@@ -44,6 +45,7 @@ impl TableEntry {
             name: name.clone(),
             schema: RwLock::new(Arc::new(TableSchema { name: name.to_string(), columns: record.columns.clone() })),
             drift: RwLock::new(record.drift),
+            aliases: RwLock::new(Arc::new(record.aliases.clone())),
             version: Mutex::new((record.version, Instant::now())),
         }
     }
@@ -54,6 +56,11 @@ impl TableEntry {
 
     pub fn drift(&self) -> DriftPolicy {
         *self.drift.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Renamed fields: normalised field name to the column it loads into.
+    pub fn aliases(&self) -> Arc<BTreeMap<String, String>> {
+        self.aliases.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// True when the entry was compared with the ledger less than `max_age` ago.
@@ -70,6 +77,7 @@ impl TableEntry {
             let schema = TableSchema { name: self.name.to_string(), columns: record.columns.clone() };
             *self.schema.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(schema);
             *self.drift.write().unwrap_or_else(|p| p.into_inner()) = record.drift;
+            *self.aliases.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(record.aliases.clone());
         }
         version.1 = Instant::now();
     }
@@ -179,14 +187,15 @@ impl Catalog {
                 if !desc.has_metadata {
                     self.warehouse.add_metadata_columns(name).await?;
                 }
-                let (drift, created_at, known_columns) = match known {
-                    Some(k) => (k.drift, k.created_at, k.columns),
-                    None => (self.configured_drift(name), now, Vec::new()),
+                let (drift, created_at, known_columns, aliases) = match known {
+                    Some(k) => (k.drift, k.created_at, k.columns, k.aliases),
+                    None => (self.configured_drift(name), now, Vec::new(), BTreeMap::new()),
                 };
                 let record = TableRecord {
                     name: name.to_string(),
                     drift,
                     columns: merge(&desc.columns, &known_columns),
+                    aliases,
                     created_at,
                     updated_at: now,
                     version: 0,
@@ -205,6 +214,7 @@ impl Catalog {
         name: &TableName,
         columns: Vec<Column>,
         drift: Option<DriftPolicy>,
+        aliases: Option<BTreeMap<String, String>>,
         by: &Partner,
     ) -> Result<(TableRecord, bool), CatalogError> {
         let mut declared: Vec<Column> = Vec::with_capacity(columns.len());
@@ -219,17 +229,23 @@ impl Catalog {
         let _replicas = self.ledger.lock_ddl(name).await?;
         let known = self.ledger.get_table(name).await?;
         let drift = drift.or(known.as_ref().map(|k| k.drift)).unwrap_or_else(|| self.configured_drift(name));
+        let aliases = match aliases {
+            Some(aliases) => normalize_aliases(aliases)?,
+            None => known.as_ref().map(|k| k.aliases.clone()).unwrap_or_default(),
+        };
         let now = Utc::now();
         let created_at = known.as_ref().map(|k| k.created_at).unwrap_or(now);
         let Some(desc) = self.warehouse.describe(name).await? else {
             if declared.is_empty() {
                 return Err(CatalogError::InvalidDefinition("a new table needs at least one column".into()));
             }
+            check_aliases(&aliases, &declared)?;
             self.warehouse.create_table(name, &declared).await?;
             let record = TableRecord {
                 name: name.to_string(),
                 drift,
                 columns: declared,
+                aliases,
                 created_at,
                 updated_at: now,
                 version: 0,
@@ -273,7 +289,9 @@ impl Catalog {
                 column.nullable = column.nullable && d.nullable;
             }
         }
-        let record = TableRecord { name: name.to_string(), drift, columns, created_at, updated_at: now, version: 0 };
+        check_aliases(&aliases, &columns)?;
+        let record =
+            TableRecord { name: name.to_string(), drift, columns, aliases, created_at, updated_at: now, version: 0 };
         self.ledger.put_table(&record).await?;
         if !missing.is_empty() {
             let cause = ChangeCause { batch_id: None, partner: by.clone() };
@@ -365,11 +383,43 @@ impl Catalog {
             name: name.to_string(),
             drift: self.configured_drift(name),
             columns: desc.columns,
+            aliases: BTreeMap::new(),
             created_at: now,
             updated_at: now,
             version: 0,
         })
     }
+}
+
+/// Declared aliases with both sides normalised as field names are: `{"loanAmount": "amount"}`
+/// becomes `LOANAMOUNT -> AMOUNT`.
+fn normalize_aliases(aliases: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, CatalogError> {
+    let mut normalized = BTreeMap::new();
+    for (field, column) in aliases {
+        let invalid = |e: crate::schema::IdentifierError| {
+            CatalogError::InvalidDefinition(format!("alias {field:?} -> {column:?}: {e}"))
+        };
+        let (from, to) =
+            (ColumnName::normalize(&field).map_err(invalid)?, ColumnName::normalize(&column).map_err(invalid)?);
+        if normalized.insert(from.to_string(), to.to_string()).is_some() {
+            return Err(CatalogError::InvalidDefinition(format!("alias {field:?} is declared twice")));
+        }
+    }
+    Ok(normalized)
+}
+
+/// Every alias names a column of the table and is not itself a column's name.
+fn check_aliases(aliases: &BTreeMap<String, String>, columns: &[Column]) -> Result<(), CatalogError> {
+    let has = |name: &str| columns.iter().any(|c| c.name.as_str() == name);
+    for (field, column) in aliases {
+        if has(field) {
+            return Err(CatalogError::InvalidDefinition(format!("alias {field} is the name of a column")));
+        }
+        if !has(column) {
+            return Err(CatalogError::InvalidDefinition(format!("alias {field} names no column {column}")));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

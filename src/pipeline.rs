@@ -351,12 +351,14 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
 
     let mut schema = table.schema();
     let policy = table.drift();
+    let aliases = table.aliases();
+    let keys = |schema| KeyResolver::new(schema).with_aliases(&aliases);
     let max_columns = app.config.limits.max_columns;
     // Columns the policy adds before validating: evolve's new fields up to the column cap, or
     // the rescue column the first time a rescue table gets a batch.
     let (planned, column_cap) = match policy {
         DriftPolicy::Evolve => {
-            let mut planned = plan_new_columns(&mut KeyResolver::new(&schema), &records);
+            let mut planned = plan_new_columns(&mut keys(&schema), &records);
             let room = max_columns.saturating_sub(schema.columns.len());
             let capped = planned.len() > room;
             planned.truncate(room);
@@ -366,7 +368,7 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
             (vec![Column { name: ColumnName::rescued(), ty: ColumnType::Variant, nullable: true }], None)
         }
         DriftPolicy::Freeze => {
-            let fields = unknown_keys(&mut KeyResolver::new(&schema), &records);
+            let fields = unknown_keys(&mut keys(&schema), &records);
             if !fields.is_empty() {
                 return Err(IngestError::Frozen { table: table.name.to_string(), fields });
             }
@@ -377,6 +379,7 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
     let max_depth = app.config.limits.max_depth;
     let rules = |schema: &TableSchema| Rules {
         max_depth,
+        aliases: aliases.clone(),
         unknown: match (policy, schema.position(RESCUED_DATA)) {
             (DriftPolicy::Rescue, Some(at)) => Unknown::Rescue(at),
             (DriftPolicy::DiscardValue, _) => Unknown::Drop,

@@ -177,3 +177,33 @@ async fn the_config_policy_applies_to_a_table_declared_without_one() {
     assert!(message.contains("limits.max_columns (3)"), "{message}");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_renamed_field_lands_in_its_aliased_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(test_config(dir.path())).await;
+    let declaration = json!({
+        "columns": [{"name": "id", "type": "NUMBER", "nullable": false}, {"name": "amount", "type": "NUMBER(12,2)"}],
+        "drift": "freeze",
+        "aliases": {"loanAmount": "amount"}
+    });
+    let response = app.put_table("loans", declaration).await;
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let (_, table) = app.get_json("/v1/tables/loans").await;
+    assert_eq!(table["aliases"], json!({"LOANAMOUNT": "AMOUNT"}));
+    // Even a frozen table takes the renamed field: it is not unknown.
+    let (status, batch) = post(&app, "loans", &json!([{"id": 1, "loanAmount": "12.50"}, {"id": 2, "amount": 3}])).await;
+    assert_eq!(status, 202, "{batch}");
+    assert_eq!(loaded(&app, &batch).await["counts"]["loaded"], 2);
+    assert_eq!(column_names(&app, "loans").await, ["ID", "AMOUNT"], "no column for the renamed field");
+    // Both names in one record is one column named twice: a reject, never a silent pick.
+    let (_, both) = post(&app, "loans", &json!([{"id": 3, "amount": 1, "LoanAmount": 2}])).await;
+    assert_eq!(both["rejects_by_code"]["unknown_field"], 1, "{both}");
+    // An alias must name a column, and must not be one.
+    for aliases in [json!({"x": "missing"}), json!({"amount": "id"})] {
+        let response = app.put_table("loans", json!({"columns": [], "aliases": aliases})).await;
+        assert_eq!(response.status(), 400, "{aliases}");
+    }
+    app.shutdown().await;
+    assert_eq!(common::duckdb_count(dir.path(), "SELECT COUNT(*) FROM loans WHERE amount = 12.50"), 1);
+}

@@ -49,7 +49,8 @@ fn reject(index: u64) -> Reject {
 
 fn file(table: &str, rows: u64) -> NewFile {
     let id = Uuid::now_v7();
-    NewFile { id, table: table.into(), path: format!("{table}/{id}.parquet"), rows, bytes: 100 }
+    let columns = vec![Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: false }];
+    NewFile { id, table: table.into(), path: format!("{table}/{id}.parquet"), rows, bytes: 100, columns }
 }
 
 fn commit(file: NewFile, parts: Vec<(Uuid, u64)>, completed: Vec<NewBatch>, pending: bool) -> StageCommit {
@@ -65,6 +66,7 @@ pub async fn tables_and_schema_changes(ledger: Arc<dyn Ledger>) {
         name: "LOANS".into(),
         drift: DriftPolicy::Evolve,
         columns,
+        aliases: [("LOANAMOUNT".to_string(), "ID".to_string())].into(),
         created_at: now,
         updated_at: now,
         version: 0,
@@ -72,6 +74,7 @@ pub async fn tables_and_schema_changes(ledger: Arc<dyn Ledger>) {
     ledger.put_table(&record).await.unwrap();
     let got = ledger.get_table("LOANS").await.unwrap().unwrap();
     assert_eq!(got.columns, record.columns);
+    assert_eq!(got.aliases, record.aliases);
     assert_eq!(got.created_at.timestamp_micros(), now.timestamp_micros());
     assert_eq!(got.version, 1, "the ledger numbers versions");
     assert!(ledger.get_table("OTHER").await.unwrap().is_none());

@@ -16,7 +16,7 @@ use snowgate::loader::Loader;
 use snowgate::schema::{Column, ColumnName, ColumnType, TableSchema};
 use snowgate::stage::Stage;
 use snowgate::warehouse::duckdb::DuckDbWarehouse;
-use snowgate::warehouse::Warehouse;
+use snowgate::warehouse::{StagedFile, Warehouse};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -82,7 +82,8 @@ async fn copy_committed_but_not_recorded_is_skipped_on_retry() {
     // A loader claims the file, COPYs it, and dies before telling the ledger.
     let claimed = ledger.claim_files("crashed", Duration::from_millis(200), 10).await.unwrap();
     assert_eq!(claimed.len(), 1);
-    warehouse.copy_files("T", &[claimed[0].path.clone()]).await.unwrap();
+    let staged = StagedFile { path: claimed[0].path.clone(), columns: claimed[0].columns.clone() };
+    warehouse.copy_files("T", &[staged]).await.unwrap();
     assert_eq!(ledger.get_batch(id).await.unwrap().unwrap().status, BatchStatus::Loading);
 
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -175,8 +176,14 @@ async fn a_long_copy_renews_its_claims() {
     let bytes =
         parquet_bytes(&record_batch(&schema, &[RowGroup { batch_id: &id, ingested_at: 0, rows: &rows }]).unwrap())
             .unwrap();
-    let file =
-        NewFile { id: Uuid::now_v7(), table: "T".into(), path: "T/big.parquet".into(), rows: 1_000_000, bytes: 0 };
+    let file = NewFile {
+        id: Uuid::now_v7(),
+        table: "T".into(),
+        path: "T/big.parquet".into(),
+        rows: 1_000_000,
+        bytes: 0,
+        columns: vec![],
+    };
     stage.put_new(&file.path, bytes).await.unwrap();
     let batch = NewBatch {
         id: batch_id,

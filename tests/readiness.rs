@@ -11,7 +11,7 @@ use snowgate::ingest::coerce::Cell;
 use snowgate::ingest::Row;
 use snowgate::schema::{Column, ColumnName, TableSchema};
 use snowgate::warehouse::duckdb::DuckDbWarehouse;
-use snowgate::warehouse::Warehouse;
+use snowgate::warehouse::{StagedFile, Warehouse};
 use snowgate::App;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -34,7 +34,9 @@ async fn readyz_stays_ready_during_a_long_copy() {
     let group = RowGroup { batch_id: &batch_id, ingested_at: 1_700_000_000_000_000, rows: &rows };
     stage.put_new("BIG/big.parquet", parquet_bytes(&record_batch(&schema, &[group]).unwrap()).unwrap()).await.unwrap();
 
-    let copy = tokio::spawn(async move { warehouse.copy_files("BIG", &["BIG/big.parquet".to_string()]).await });
+    let copy = tokio::spawn(async move {
+        warehouse.copy_files("BIG", &[StagedFile { path: "BIG/big.parquet".into(), columns: None }]).await
+    });
     let (mut during, mut slowest) = (0, Duration::ZERO);
     while !copy.is_finished() {
         let started = Instant::now();

@@ -12,7 +12,7 @@ use snowgate::ingest::coerce::Cell;
 use snowgate::ingest::Row;
 use snowgate::schema::{Column, ColumnName, TableSchema};
 use snowgate::stage::Stage;
-use snowgate::warehouse::{CopyStatus, ErrorKind, Warehouse};
+use snowgate::warehouse::{CopyStatus, ErrorKind, StagedFile, Warehouse};
 
 /// Runs SQL on the backend and returns rows of text (columns must be cast to text by the query).
 type Peek = Box<dyn Fn(String) -> BoxFuture<'static, Vec<Vec<Option<String>>>> + Send + Sync>;
@@ -55,13 +55,14 @@ fn all_types() -> Vec<Column> {
 }
 
 /// Writes rows as a stage file, the way the gateway does, and returns its path.
-async fn stage_file(h: &Harness, table: &str, columns: &[Column], rows: Vec<Row>, name: &str) -> String {
+/// Stages a file written with `columns`, and returns it as the loader would hand it over.
+async fn stage_file(h: &Harness, table: &str, columns: &[Column], rows: Vec<Row>, name: &str) -> StagedFile {
     let schema = TableSchema { name: table.into(), columns: columns.to_vec() };
     let batch = record_batch(&schema, &[RowGroup { batch_id: "b-1", ingested_at: 1_700_000_000_000_000, rows: &rows }])
         .unwrap();
     let path = format!("{table}/{name}.parquet");
     h.stage.put_new(&path, parquet_bytes(&batch).unwrap()).await.unwrap();
-    path
+    StagedFile { path, columns: Some(columns.to_vec()) }
 }
 
 async fn count(h: &Harness, sql: &str) -> i64 {
@@ -286,7 +287,9 @@ async fn duckdb_probes_and_describes_never_wait_behind_a_copy() {
     harness.stage.put_new("BIG/big.parquet", bytes).await.unwrap();
 
     let warehouse = harness.warehouse.clone();
-    let copy = tokio::spawn(async move { warehouse.copy_files("BIG", &["BIG/big.parquet".to_string()]).await });
+    let copy = tokio::spawn(async move {
+        warehouse.copy_files("BIG", &[StagedFile { path: "BIG/big.parquet".into(), columns: None }]).await
+    });
     let mut answered_during_copy = 0;
     let mut slowest = std::time::Duration::ZERO;
     while !copy.is_finished() {
@@ -303,4 +306,23 @@ async fn duckdb_probes_and_describes_never_wait_behind_a_copy() {
     assert_eq!(results[0].rows_loaded, 1_000_000);
     assert!(answered_during_copy > 0, "the COPY finished before a probe could overlap it");
     assert!(slowest < std::time::Duration::from_secs(2), "a probe waited {slowest:?} behind the COPY");
+}
+
+/// Semi-structured values land as navigable JSON, not as JSON text, and files written with
+/// different column lists load in one transaction, each with NULL where it has no column.
+#[tokio::test]
+async fn snowflake_variants_are_objects_and_older_files_load_null_in_newer_columns() {
+    let h = snowflake().await;
+    let w = &h.warehouse;
+    let before = vec![col("ID", "NUMBER(38,0)", false)];
+    w.create_table("DOCS", &before).await.unwrap();
+    let old = stage_file(&h, "DOCS", &before, vec![Row { index: 0, cells: vec![Cell::Decimal(1)] }], "old").await;
+    let after = vec![col("ID", "NUMBER(38,0)", false), col("V", "VARIANT", true)];
+    w.add_columns("DOCS", &after[1..]).await.unwrap();
+    let doc = Cell::Str(r#"{"a":{"b":1},"tags":["x","y"]}"#.into());
+    let new = stage_file(&h, "DOCS", &after, vec![Row { index: 0, cells: vec![Cell::Decimal(2), doc] }], "new").await;
+    let results = w.copy_files("DOCS", &[old, new]).await.unwrap();
+    assert!(results.iter().all(|r| r.status == CopyStatus::Loaded && r.rows_loaded == 1), "{results:?}");
+    assert_eq!(count(&h, "SELECT CAST(V:a.b AS NUMBER) FROM DOCS WHERE ID = 2").await, 1, "V:a.b navigates the object");
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM DOCS WHERE ID = 1 AND V IS NULL").await, 1, "the older file has no V");
 }

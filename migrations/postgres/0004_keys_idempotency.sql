@@ -33,3 +33,11 @@ ALTER TABLE schema_changes ADD COLUMN partner text;
 -- What the drift policy did to a batch's accepted records: fields dropped (discard_value) and
 -- fields or values kept in _RESCUED_DATA (rescue), as a JSON object.
 ALTER TABLE batches ADD COLUMN drift_counts text NOT NULL DEFAULT '{}';
+
+-- The columns (name, type, nullable) a staged file was written with, as JSON: the loader selects
+-- them by name and type. NULL for files staged before this migration.
+ALTER TABLE files ADD COLUMN columns text;
+
+-- Field aliases of a table, as a JSON object from a normalised field name to the column it
+-- lands in: a partner's renamed field keeps loading into the old column.
+ALTER TABLE tables ADD COLUMN aliases text NOT NULL DEFAULT '{}';

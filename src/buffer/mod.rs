@@ -408,7 +408,8 @@ async fn flush(
     let bytes = data.len() as u64;
     inner.stage.put_new(&path, data).await?;
     crate::fault::crash_point(crate::fault::CrashPoint::StagedBeforeCommit);
-    let file = NewFile { id, table: schema.name.clone(), path, rows: rows as u64, bytes };
+    let file =
+        NewFile { id, table: schema.name.clone(), path, rows: rows as u64, bytes, columns: schema.columns.clone() };
     let commit = StageCommit { file: Some(file), parts, completed, pending };
     inner.commit(&commit).await?;
     tracing::debug!(table = %schema.name, file_id = %id, rows, bytes, "staged file");

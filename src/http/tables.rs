@@ -25,6 +25,9 @@ pub struct TableDeclaration {
     pub columns: Vec<ColumnDeclaration>,
     /// Drift policy for unknown fields (default: the configured default, `evolve`).
     pub drift: Option<DriftPolicy>,
+    /// Renamed fields: a field name to the column it loads into (`{"loanAmount": "amount"}`);
+    /// both normalised as columns are. Replaces the table's aliases; absent keeps them.
+    pub aliases: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// One declared column.
@@ -135,7 +138,8 @@ pub async fn put_table(
         })?;
         columns.push(Column { name, ty, nullable: column.nullable });
     }
-    let (record, created) = app.catalog.declare(&name, columns, declaration.drift, &principal.partner).await?;
+    let (record, created) =
+        app.catalog.declare(&name, columns, declaration.drift, declaration.aliases, &principal.partner).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(record)))
 }

@@ -70,11 +70,13 @@ impl Checked {
     }
 }
 
-/// How one request's records are checked: the depth limit and the drift policy's treatment of
-/// fields the table has no column for.
-#[derive(Debug, Clone, Copy)]
+/// How one request's records are checked: the depth limit, the table's field aliases, and the
+/// drift policy's treatment of fields the table has no column for.
+#[derive(Debug, Clone)]
 pub struct Rules {
     pub max_depth: usize,
+    /// Normalised field name to the column it loads into.
+    pub aliases: std::sync::Arc<BTreeMap<String, String>>,
     pub unknown: Unknown,
     /// Set when new fields were refused because the table is at `limits.max_columns`.
     pub column_cap: Option<usize>,
@@ -82,8 +84,10 @@ pub struct Rules {
 
 /// Validates every decoded record against `schema`; one bad record never affects the others.
 pub fn check_records(schema: &TableSchema, records: Vec<Decoded>, rules: Rules) -> Checked {
-    let mut validator =
-        Validator::new(schema, rules.max_depth).unknown_fields(rules.unknown).column_cap(rules.column_cap);
+    let mut validator = Validator::new(schema, rules.max_depth)
+        .aliases(&rules.aliases)
+        .unknown_fields(rules.unknown)
+        .column_cap(rules.column_cap);
     let mut checked = Checked { received: records.len() as u64, ..Default::default() };
     for (index, record) in records.into_iter().enumerate() {
         let index = index as u64;

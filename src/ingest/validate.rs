@@ -1,6 +1,6 @@
 //! Checks one record against a table schema and turns it into typed cells.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Map, Value};
 
@@ -20,13 +20,25 @@ pub enum KeyTarget {
 pub struct KeyResolver<'s> {
     schema: &'s TableSchema,
     by_name: HashMap<&'s str, usize>,
+    /// Renamed fields: normalised field name to the position of the column they load into.
+    aliases: HashMap<String, usize>,
     cache: HashMap<String, KeyTarget>,
 }
 
 impl<'s> KeyResolver<'s> {
     pub fn new(schema: &'s TableSchema) -> Self {
         let by_name = schema.columns.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
-        KeyResolver { schema, by_name, cache: HashMap::new() }
+        KeyResolver { schema, by_name, aliases: HashMap::new(), cache: HashMap::new() }
+    }
+
+    /// Also resolves renamed fields: `aliases` maps a normalised field name to its column's.
+    pub fn with_aliases(mut self, aliases: &BTreeMap<String, String>) -> Self {
+        for (field, column) in aliases {
+            if let Some(&i) = self.by_name.get(column.as_str()) {
+                self.aliases.insert(field.clone(), i);
+            }
+        }
+        self
     }
 
     pub fn schema(&self) -> &'s TableSchema {
@@ -37,7 +49,7 @@ impl<'s> KeyResolver<'s> {
     pub fn resolve(&mut self, key: &str) -> &KeyTarget {
         if !self.cache.contains_key(key) {
             let target = match ColumnName::normalize(key) {
-                Ok(name) => match self.by_name.get(name.as_str()) {
+                Ok(name) => match self.by_name.get(name.as_str()).or_else(|| self.aliases.get(name.as_str())) {
                     Some(&i) => KeyTarget::Column(i),
                     None => KeyTarget::Unknown(Ok(name)),
                 },
@@ -94,6 +106,12 @@ impl<'s> Validator<'s> {
     /// Handles unknown fields as `unknown` says.
     pub fn unknown_fields(mut self, unknown: Unknown) -> Self {
         self.unknown = unknown;
+        self
+    }
+
+    /// Resolves renamed fields to their columns (see [`KeyResolver::with_aliases`]).
+    pub fn aliases(mut self, aliases: &BTreeMap<String, String>) -> Self {
+        self.keys = self.keys.with_aliases(aliases);
         self
     }
 

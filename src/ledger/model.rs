@@ -146,6 +146,8 @@ pub struct NewFile {
     pub path: String,
     pub rows: u64,
     pub bytes: u64,
+    /// The table's columns the file was written with, in file order.
+    pub columns: Vec<Column>,
 }
 
 /// One group commit: a staged file, the batches with rows in it, and the batches it completes.
@@ -172,6 +174,8 @@ pub struct ClaimedFile {
     pub attempts: u32,
     /// COPY failures of no known kind so far (see `release_files`).
     pub statement_failures: u32,
+    /// The columns the file was written with; `None` for files staged before they were kept.
+    pub columns: Option<Vec<Column>>,
 }
 
 /// What the warehouse did with one claimed file.
@@ -209,6 +213,9 @@ pub struct TableRecord {
     pub name: String,
     pub drift: DriftPolicy,
     pub columns: Vec<Column>,
+    /// Renamed fields: a field name (normalised as columns are) to the column it loads into.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Grows by one with every change the ledger records; replicas compare it to know when their

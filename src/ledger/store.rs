@@ -147,6 +147,7 @@ where
         name: get::<D, String>(row, "name")?,
         drift: parse(&get::<D, String>(row, "drift")?)?,
         columns: from_json(&get::<D, String>(row, "columns")?)?,
+        aliases: from_json(&get::<D, String>(row, "aliases")?)?,
         created_at: D::datetime(get::<D, D::Time>(row, "created_at")?)?,
         updated_at: D::datetime(get::<D, D::Time>(row, "updated_at")?)?,
         version: count::<D, u64>(row, "version")?,
@@ -262,15 +263,17 @@ where
 
     async fn put_table(&self, table: &TableRecord) -> Result<()> {
         sqlx::query::<D>(
-            "INSERT INTO tables (name, drift, columns, created_at, updated_at, version) VALUES ($1, $2, $3, $4, $5, 1)
+            "INSERT INTO tables (name, drift, columns, created_at, updated_at, version, aliases)
+             VALUES ($1, $2, $3, $4, $5, 1, $6)
              ON CONFLICT (name) DO UPDATE SET drift = excluded.drift, columns = excluded.columns,
-                 updated_at = excluded.updated_at, version = tables.version + 1",
+                 aliases = excluded.aliases, updated_at = excluded.updated_at, version = tables.version + 1",
         )
         .bind(table.name.as_str())
         .bind(table.drift.as_str())
         .bind(to_json(&table.columns)?)
         .bind(D::time(table.created_at))
         .bind(D::time(table.updated_at))
+        .bind(to_json(&table.aliases)?)
         .execute(&self.writer)
         .await?;
         Ok(())
@@ -350,8 +353,8 @@ where
         if let Some(file) = &commit.file {
             let status = if commit.pending { FileStatus::Pending } else { FileStatus::Staged };
             let sql = format!(
-                "INSERT INTO files (id, table_name, path, rows, bytes, status, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, {})",
+                "INSERT INTO files (id, table_name, path, rows, bytes, status, columns, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, {})",
                 D::NOW
             );
             sqlx::query::<D>(&sql)
@@ -361,6 +364,7 @@ where
                 .bind(int(file.rows))
                 .bind(int(file.bytes))
                 .bind(status.as_str())
+                .bind(to_json(&file.columns)?)
                 .execute(&mut *tx)
                 .await?;
             for chunk in commit.parts.chunks(ROWS_PER_INSERT) {
@@ -441,7 +445,7 @@ where
                  ORDER BY created_at LIMIT $3{skip_locked})
              UPDATE files SET status = $5, claimed_by = $1, lease_until = {lease_until}, attempts = attempts + 1
              FROM picked WHERE id = picked.picked_id
-             RETURNING id, table_name, path, rows, attempts, statement_failures",
+             RETURNING id, table_name, path, rows, attempts, statement_failures, columns",
             now = D::NOW,
             skip_locked = D::SKIP_LOCKED,
             lease_until = D::now_plus("$2"),
@@ -463,6 +467,7 @@ where
                 rows: count::<D, u64>(row, "rows")?,
                 attempts: count::<D, u32>(row, "attempts")?,
                 statement_failures: count::<D, u32>(row, "statement_failures")?,
+                columns: get::<D, Option<String>>(row, "columns")?.as_deref().map(from_json).transpose()?,
             });
         }
         let ids: Vec<Uuid> = claimed.iter().map(|f| f.id).collect();

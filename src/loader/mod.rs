@@ -15,7 +15,7 @@ pub use sweeper::{run_idempotency_sweeper, run_sweeper, sweep_orphans, SweepErro
 
 use crate::config::LoaderConfig;
 use crate::ledger::{ClaimedFile, FileOutcome, Ledger, LedgerError};
-use crate::warehouse::{ErrorKind, Warehouse, WarehouseError};
+use crate::warehouse::{ErrorKind, StagedFile, Warehouse, WarehouseError};
 
 /// Longest delay between retries of a file.
 const MAX_RETRY: Duration = Duration::from_secs(300);
@@ -128,8 +128,9 @@ impl Loader {
     /// One COPY for all files of a table. A data error retries the files one by one so that a
     /// bad file cannot hold back the good ones.
     async fn load(&self, table: &str, files: Vec<ClaimedFile>) -> Result<(), LedgerError> {
-        let paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
-        let error = match self.warehouse.copy_files(table, &paths).await {
+        let staged: Vec<StagedFile> =
+            files.iter().map(|f| StagedFile { path: f.path.clone(), columns: f.columns.clone() }).collect();
+        let error = match self.warehouse.copy_files(table, &staged).await {
             Ok(results) => {
                 crate::fault::crash_point(crate::fault::CrashPoint::AfterCopy);
                 let outcomes: Vec<FileOutcome> = files

@@ -19,7 +19,7 @@ use duckdb::Connection;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use uuid::Uuid;
 
-use super::{CopyResult, CopyStatus, ErrorKind, TableDescription, Warehouse, WarehouseError};
+use super::{CopyResult, CopyStatus, ErrorKind, StagedFile, TableDescription, Warehouse, WarehouseError};
 use crate::schema::{
     quote_ident, Column, ColumnName, ColumnType, META_BATCH_ID, META_COLUMNS, META_INGESTED_AT, META_RECORD_INDEX,
 };
@@ -278,9 +278,10 @@ impl Warehouse for DuckDbWarehouse {
         self.execute_all(add_column_statements(table, added)).await
     }
 
-    async fn copy_files(&self, table: &str, paths: &[String]) -> Result<Vec<CopyResult>, WarehouseError> {
-        let mut files = Vec::with_capacity(paths.len());
-        for path in paths {
+    async fn copy_files(&self, table: &str, staged: &[StagedFile]) -> Result<Vec<CopyResult>, WarehouseError> {
+        // Inserted by name: a file written before a column existed loads NULL there.
+        let mut files = Vec::with_capacity(staged.len());
+        for path in staged.iter().map(|f| &f.path) {
             let data = self.stage.get(path).await.map_err(|e| match e {
                 // The ledger says the file was staged: if it is not there, the stage is not the
                 // one the gateway wrote to (a changed stage.url, a wrong data folder).

@@ -185,7 +185,15 @@ pub trait Warehouse: Send + Sync + 'static {
     /// Adds whichever metadata columns are missing (for tables created outside snowgate).
     async fn add_metadata_columns(&self, table: &str) -> Result<(), WarehouseError>;
 
-    /// Loads stage files (paths relative to the stage root) into the table as one statement.
-    /// Files in the load history are skipped. All or nothing: on error no file is loaded.
-    async fn copy_files(&self, table: &str, paths: &[String]) -> Result<Vec<CopyResult>, WarehouseError>;
+    /// Loads stage files into the table, all in one transaction. Files in the load history are
+    /// skipped. All or nothing: on error no file is loaded.
+    async fn copy_files(&self, table: &str, files: &[StagedFile]) -> Result<Vec<CopyResult>, WarehouseError>;
+}
+
+/// A staged file to load: its path relative to the stage root, and the columns it was written
+/// with (the table's own, in file order), or `None` for a file staged before the ledger kept them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagedFile {
+    pub path: String,
+    pub columns: Option<Vec<Column>>,
 }

@@ -12,7 +12,7 @@ use snowflake_api::{
 };
 
 use super::snowflake_http::{result_rows, with_query_id, BaseUrl, QueryIdRecorder, Rows};
-use super::{CopyResult, CopyStatus, ErrorKind, TableDescription, Warehouse, WarehouseError};
+use super::{CopyResult, CopyStatus, ErrorKind, StagedFile, TableDescription, Warehouse, WarehouseError};
 use crate::config::SnowflakeConfig;
 use crate::schema::{
     quote_ident, quote_literal, Column, ColumnName, ColumnType, META_BATCH_ID, META_COLUMNS, META_INGESTED_AT,
@@ -280,17 +280,19 @@ impl Warehouse for SnowflakeWarehouse {
         Ok(())
     }
 
-    async fn copy_files(&self, table: &str, paths: &[String]) -> Result<Vec<CopyResult>, WarehouseError> {
-        if paths.is_empty() {
+    async fn copy_files(&self, table: &str, files: &[StagedFile]) -> Result<Vec<CopyResult>, WarehouseError> {
+        if files.is_empty() {
             return Ok(Vec::new());
         }
-        let files: Vec<String> = paths.iter().map(|p| quote_literal(p)).collect();
-        let sql = format!(
-            "COPY INTO {} FROM @{} FILES = ({}) FILE_FORMAT = (TYPE = PARQUET) MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE",
-            quote_ident(table),
-            self.stage,
-            files.join(", ")
-        );
+        // One COPY per column list: each selects its files' columns by name and type.
+        let mut groups: Vec<(Option<&[Column]>, Vec<String>)> = Vec::new();
+        for file in files {
+            let columns = file.columns.as_deref();
+            match groups.iter_mut().find(|(c, _)| *c == columns) {
+                Some((_, paths)) => paths.push(file.path.clone()),
+                None => groups.push((columns, vec![file.path.clone()])),
+            }
+        }
         // An explicit transaction makes a multi-file COPY all or nothing on every engine; with
         // ON_ERROR = ABORT_STATEMENT Snowflake does that anyway, its emulator does not.
         let session = self.loads.lock().await;
@@ -298,10 +300,20 @@ impl Warehouse for SnowflakeWarehouse {
         // transaction open does nothing).
         let _ = exec(&session, "ROLLBACK").await;
         exec(&session, "BEGIN").await?;
-        let copied = match exec(&session, &sql).await {
-            Ok(executed) => copy_results(paths, &executed),
-            Err(e) => Err(e),
-        };
+        let mut copied = Ok(Vec::with_capacity(files.len()));
+        for (columns, paths) in &groups {
+            let sql = copy_statement(table, &self.stage, *columns, paths);
+            copied = match (copied, exec(&session, &sql).await) {
+                (Ok(mut results), Ok(executed)) => copy_results(paths, &executed).map(|more| {
+                    results.extend(more);
+                    results
+                }),
+                (Ok(_), Err(e)) | (Err(e), _) => Err(e),
+            };
+            if copied.is_err() {
+                break;
+            }
+        }
         crate::fault::crash_point(crate::fault::CrashPoint::DuringCopy);
         let committed = match copied {
             Ok(results) => exec(&session, "COMMIT").await.map(|_| results),
@@ -314,6 +326,45 @@ impl Warehouse for SnowflakeWarehouse {
         }
         committed
     }
+}
+
+/// The COPY of `paths` into `table`. Files whose columns are known are loaded through a
+/// transformation that selects each column by name and casts it to the type it was validated
+/// as, semi-structured ones through `PARSE_JSON` (the file holds them as JSON text; loaded by
+/// column name they would stay VARIANT strings); columns the files lack stay NULL. Files staged
+/// before their columns were recorded are matched by name.
+fn copy_statement(table: &str, stage: &str, columns: Option<&[Column]>, paths: &[String]) -> String {
+    let files: Vec<String> = paths.iter().map(|p| quote_literal(p)).collect();
+    let Some(columns) = columns else {
+        return format!(
+            "COPY INTO {} FROM @{stage} FILES = ({}) FILE_FORMAT = (TYPE = PARQUET) MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE",
+            quote_ident(table),
+            files.join(", ")
+        );
+    };
+    let typed = columns
+        .iter()
+        .map(|c| {
+            (
+                c.name.as_str(),
+                c.ty.to_string(),
+                matches!(c.ty, ColumnType::Variant | ColumnType::Object | ColumnType::Array),
+            )
+        })
+        .chain(metadata_types().into_iter().map(|(name, ty)| (name, ty.to_string(), false)));
+    let (mut targets, mut selects) = (Vec::new(), Vec::new());
+    for (name, ty, json) in typed {
+        let field = format!("$1:{}", quote_ident(name));
+        targets.push(quote_ident(name));
+        selects.push(if json { format!("PARSE_JSON({field}::VARCHAR)::{ty}") } else { format!("{field}::{ty}") });
+    }
+    format!(
+        "COPY INTO {} ({}) FROM (SELECT {} FROM @{stage}) FILES = ({}) FILE_FORMAT = (TYPE = PARQUET)",
+        quote_ident(table),
+        targets.join(", "),
+        selects.join(", "),
+        files.join(", ")
+    )
 }
 
 fn metadata_types() -> [(&'static str, &'static str); 3] {
@@ -366,6 +417,32 @@ fn copy_results(paths: &[String], executed: &Executed) -> Result<Vec<CopyResult>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The exact statement matters where the emulator is lenient: fakesnow parses JSON text into
+    /// VARIANT whichever way it is loaded, Snowflake only through PARSE_JSON.
+    #[test]
+    fn copies_select_each_column_by_name_and_parse_semi_structured_ones() {
+        let columns = vec![
+            Column { name: ColumnName::normalize("id").unwrap(), ty: ColumnType::INTEGER, nullable: false },
+            Column { name: ColumnName::normalize("doc").unwrap(), ty: ColumnType::Variant, nullable: true },
+            Column { name: ColumnName::normalize("tags").unwrap(), ty: ColumnType::Array, nullable: true },
+        ];
+        let paths = ["T/a.parquet".to_string(), "T/it's.parquet".to_string()];
+        assert_eq!(
+            copy_statement("T", "STG", Some(&columns), &paths),
+            "COPY INTO \"T\" (\"ID\", \"DOC\", \"TAGS\", \"_BATCH_ID\", \"_RECORD_INDEX\", \"_INGESTED_AT\") \
+             FROM (SELECT $1:\"ID\"::NUMBER(38,0), PARSE_JSON($1:\"DOC\"::VARCHAR)::VARIANT, \
+             PARSE_JSON($1:\"TAGS\"::VARCHAR)::ARRAY, $1:\"_BATCH_ID\"::VARCHAR, \
+             $1:\"_RECORD_INDEX\"::NUMBER(38,0), $1:\"_INGESTED_AT\"::TIMESTAMP_TZ FROM @STG) \
+             FILES = ('T/a.parquet', 'T/it''s.parquet') FILE_FORMAT = (TYPE = PARQUET)"
+        );
+        assert_eq!(
+            copy_statement("T", "STG", None, &paths[..1]),
+            "COPY INTO \"T\" FROM @STG FILES = ('T/a.parquet') FILE_FORMAT = (TYPE = PARQUET) \
+             MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE",
+            "a file staged before its columns were recorded is matched by name"
+        );
+    }
 
     #[test]
     fn copy_rows_match_files_by_suffix_and_status() {
