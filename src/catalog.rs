@@ -233,6 +233,9 @@ impl Catalog {
             Some(aliases) => normalize_aliases(aliases)?,
             None => known.as_ref().map(|k| k.aliases.clone()).unwrap_or_default(),
         };
+        if let Some(known) = &known {
+            unchanged_columns(name, &known.columns, &declared)?;
+        }
         let now = Utc::now();
         let created_at = known.as_ref().map(|k| k.created_at).unwrap_or(now);
         let Some(desc) = self.warehouse.describe(name).await? else {
@@ -389,6 +392,29 @@ impl Catalog {
             version: 0,
         })
     }
+}
+
+/// A re-declaration never changes a column the gateway already enforces: a narrower or wider
+/// type, or a nullability either way (tightening it would refuse rows the table took; loosening
+/// it would drop a constraint) is a conflict naming the column. Widening in place (a longer
+/// VARCHAR, a wider NUMBER) is not done yet: it is refused too rather than half applied.
+fn unchanged_columns(table: &TableName, known: &[Column], declared: &[Column]) -> Result<(), CatalogError> {
+    for column in declared {
+        let Some(existing) = known.iter().find(|k| k.name == column.name) else { continue };
+        let change = if existing.ty != column.ty {
+            format!("is {} and cannot be re-declared {}", existing.ty, column.ty)
+        } else if existing.nullable != column.nullable {
+            let (was, now) = if existing.nullable { ("nullable", "NOT NULL") } else { ("NOT NULL", "nullable") };
+            format!("is {was} and cannot be re-declared {now}")
+        } else {
+            continue;
+        };
+        return Err(CatalogError::Conflict {
+            table: table.clone(),
+            reason: format!("column {} {change}", column.name),
+        });
+    }
+    Ok(())
 }
 
 /// Declared aliases with both sides normalised as field names are: `{"loanAmount": "amount"}`

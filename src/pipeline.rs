@@ -15,7 +15,7 @@ use crate::buffer::{BufferError, FlushPolicy, Submission};
 use crate::catalog::CatalogError;
 use crate::config::Config;
 use crate::ingest::decode::{self, DecodeError, DecodeLimits, Decoded};
-use crate::ingest::drift::{plan_new_columns, unknown_keys, DriftPolicy};
+use crate::ingest::drift::{plan_from_accepted, unknown_keys, DriftPolicy};
 use crate::ingest::reject::Reject;
 use crate::ingest::validate::{KeyResolver, Unknown};
 use crate::ingest::{check_records, Checked, Rules};
@@ -329,7 +329,7 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
     let mut grant = request.grant;
     let budget = app.budget.max();
     let partner = request.partner.clone();
-    let (records, grant): (Vec<Decoded>, Grant) = blocking(move || {
+    let (mut records, grant): (Vec<Decoded>, Grant) = blocking(move || {
         let held = body.len();
         let plain = decode::decompress(body, encoding.as_deref(), limits.max_decompressed_bytes, &mut |n| {
             grant.grow_to(held + n).is_ok()
@@ -358,7 +358,13 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
     // the rescue column the first time a rescue table gets a batch.
     let (planned, column_cap) = match policy {
         DriftPolicy::Evolve => {
-            let mut planned = plan_new_columns(&mut keys(&schema), &records);
+            let (planning_schema, planning_aliases) = (schema.clone(), aliases.clone());
+            let max_depth = app.config.limits.max_depth;
+            let (mut planned, back) = blocking(move || {
+                (plan_from_accepted(&planning_schema, &planning_aliases, &records, max_depth), records)
+            })
+            .await?;
+            records = back;
             let room = max_columns.saturating_sub(schema.columns.len());
             let capped = planned.len() > room;
             planned.truncate(room);

@@ -207,3 +207,39 @@ async fn a_renamed_field_lands_in_its_aliased_column() {
     app.shutdown().await;
     assert_eq!(common::duckdb_count(dir.path(), "SELECT COUNT(*) FROM loans WHERE amount = 12.50"), 1);
 }
+
+#[tokio::test]
+async fn only_accepted_records_shape_the_table_and_redeclarations_never_change_it_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(test_config(dir.path())).await;
+    let code = json!({"columns": [
+        {"name": "id", "type": "NUMBER", "nullable": false},
+        {"name": "code", "type": "VARCHAR(3)"}
+    ]});
+    assert_eq!(app.put_table("loans", code.clone()).await.status(), 201);
+
+    // The only record with `ghost` is rejected for its null id: no GHOST column.
+    let (status, batch) = post(&app, "loans", &json!([{"id": null, "ghost": "x"}, {"id": 1, "seen": true}])).await;
+    assert_eq!(status, 202, "{batch}");
+    assert_eq!((batch["counts"]["accepted"].as_u64(), batch["counts"]["rejected"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(column_names(&app, "loans").await, ["ID", "CODE", "SEEN"]);
+
+    // Re-declaring a column differently is a conflict naming it; the same declaration is fine.
+    assert_eq!(app.put_table("loans", code).await.status(), 200);
+    for (column, why) in [
+        (json!({"name": "code", "type": "VARCHAR"}), "dropping the length check"),
+        (json!({"name": "code", "type": "VARCHAR(2)"}), "narrowing"),
+        (json!({"name": "code", "type": "VARCHAR(3)", "nullable": false}), "tightening nullability"),
+        (json!({"name": "id", "type": "NUMBER", "nullable": true}), "removing NOT NULL"),
+    ] {
+        let response = app.put_table("loans", json!({"columns": [column]})).await;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!((status, body["error"]["code"].as_str()), (409, Some("table_conflict")), "{why}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("CODE") || message.contains("ID"), "names the column: {message}");
+    }
+    let (status, batch) = post(&app, "loans", &json!([{"id": 2, "code": "ABCD"}])).await;
+    assert_eq!((status, batch["rejects_by_code"]["too_long"].as_u64()), (200, Some(1)), "the length check stands");
+    app.shutdown().await;
+}

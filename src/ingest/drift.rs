@@ -3,7 +3,10 @@
 use serde_json::Value;
 
 use super::decode::Decoded;
-use super::validate::{unknown_fields, KeyResolver, KeyTarget};
+use std::collections::BTreeMap;
+
+use super::validate::{unknown_fields, KeyResolver, KeyTarget, Unknown, Validator};
+use crate::schema::TableSchema;
 use crate::schema::{Column, ColumnType};
 
 pub use crate::schema::DriftPolicy;
@@ -33,7 +36,7 @@ pub fn widen(a: ColumnType, b: ColumnType) -> ColumnType {
 
 /// Columns that `evolve` adds for a batch: every unknown field with a non-null value, in order of
 /// first appearance, typed by widening over all its values.
-pub fn plan_new_columns(keys: &mut KeyResolver<'_>, records: &[Decoded]) -> Vec<Column> {
+pub fn plan_new_columns<'r>(keys: &mut KeyResolver<'_>, records: impl IntoIterator<Item = &'r Decoded>) -> Vec<Column> {
     let mut planned: Vec<Column> = Vec::new();
     for record in records {
         let Decoded::Value(Value::Object(object)) = record else { continue };
@@ -46,6 +49,26 @@ pub fn plan_new_columns(keys: &mut KeyResolver<'_>, records: &[Decoded]) -> Vec<
         }
     }
     planned
+}
+
+/// Columns `evolve` adds for a batch, planned only from the records that would be accepted: a
+/// field that appears only on records rejected for other reasons adds no column. Records are
+/// checked a second time only when the batch has new fields at all.
+pub fn plan_from_accepted(
+    schema: &TableSchema,
+    aliases: &BTreeMap<String, String>,
+    records: &[Decoded],
+    max_depth: usize,
+) -> Vec<Column> {
+    let planned = plan_new_columns(&mut KeyResolver::new(schema).with_aliases(aliases), records);
+    if planned.is_empty() {
+        return planned;
+    }
+    // New columns are nullable, so a record that passes with its unknown fields dropped passes
+    // with them as columns too.
+    let mut validator = Validator::new(schema, max_depth).aliases(aliases).unknown_fields(Unknown::Drop);
+    let accepted = records.iter().filter(|r| matches!(r, Decoded::Value(v) if validator.validate(v).is_ok()));
+    plan_new_columns(&mut KeyResolver::new(schema).with_aliases(aliases), accepted)
 }
 
 /// The keys of a batch that name no column (nulls aside), as sent, each once, in order of first
