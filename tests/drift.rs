@@ -243,3 +243,73 @@ async fn only_accepted_records_shape_the_table_and_redeclarations_never_change_i
     assert_eq!((status, batch["rejects_by_code"]["too_long"].as_u64()), (200, Some(1)), "the length check stands");
     app.shutdown().await;
 }
+
+/// Hostile field names each get a defined outcome, a column with a safe quoted name or a reject
+/// naming why, and the table and its rows survive them; on DuckDB and on Snowflake.
+async fn hostile_keys(app: &TestApp) -> Vec<(String, usize)> {
+    declare(app, "hostile", None).await;
+    let long = "k".repeat(300);
+    let records = json!([
+        {"id": 1, "a\"b": "quote"},
+        {"id": 2, "x; DROP TABLE hostile; --": "sql"},
+        {"id": 3, "ünïcode": "accents"},
+        {"id": 4, "": "empty"},
+        {"id": 5, long.clone(): "too long"},
+        {"id": 6, "nul\u{0}byte": "nul"},
+        {"id": 7, "Ref": 1, "ref": 2},
+        {"id": 8, "_batch_id": "forged"},
+    ]);
+    let (status, batch) = post(app, "hostile", &records).await;
+    assert_eq!(status, 202, "{batch}");
+    let batch = loaded(app, &batch).await;
+    assert_eq!(
+        (batch["counts"]["loaded"].as_u64(), batch["counts"]["rejected"].as_u64()),
+        (Some(4), Some(4)),
+        "{batch}"
+    );
+    let id = batch["id"].as_str().unwrap();
+    let (_, rejects) = app.get_json(&format!("/v1/batches/{id}/rejects")).await;
+    let rejected: Vec<(u64, String)> = rejects["rejects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["index"].as_u64().unwrap(), r["errors"][0]["message"].as_str().unwrap().to_string()))
+        .collect();
+    let indexes: Vec<u64> = rejected.iter().map(|(i, _)| *i).collect();
+    assert_eq!(indexes, [3, 4, 6, 7], "{rejected:?}");
+    assert!(rejected[0].1.contains("empty"), "{rejected:?}");
+    assert!(rejected[1].1.contains("longer than"), "{rejected:?}");
+    assert!(rejected[2].1.contains("both name column REF"), "{rejected:?}");
+    assert!(rejected[3].1.contains("reserved"), "{rejected:?}");
+    let columns = column_names(app, "hostile").await;
+    // REF comes from record 7, whose two keys are only ambiguous once the column exists.
+    assert_eq!(columns, ["ID", "AMOUNT", "A_B", "X__DROP_TABLE_HOSTILE____", "_N_CODE", "NUL_BYTE", "REF"]);
+    vec![
+        ("SELECT COUNT(*) FROM HOSTILE".into(), 4),
+        ("SELECT COUNT(*) FROM HOSTILE WHERE \"X__DROP_TABLE_HOSTILE____\" = 'sql'".into(), 1),
+        ("SELECT COUNT(*) FROM HOSTILE WHERE NUL_BYTE = 'nul' AND A_B IS NULL".into(), 1),
+    ]
+}
+
+#[tokio::test]
+async fn hostile_keys_on_duckdb() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(test_config(dir.path())).await;
+    let expected = hostile_keys(&app).await;
+    app.shutdown().await;
+    for (sql, n) in expected {
+        assert_eq!(common::duckdb_count(dir.path(), &sql), n as i64, "{sql}");
+    }
+}
+
+#[tokio::test]
+async fn hostile_keys_on_snowflake() {
+    let peers = Peers::start().await;
+    let app = spawn_app_with(peers.config(&peers.dir.path().join("gateway"))).await;
+    let expected = hostile_keys(&app).await;
+    let warehouse = peers.warehouse();
+    for (sql, n) in expected {
+        assert_eq!(one_number(&warehouse, &sql).await, n.to_string(), "{sql}");
+    }
+    app.shutdown().await;
+}
