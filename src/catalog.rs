@@ -281,10 +281,24 @@ impl Catalog {
                 None => missing.push(column.clone()),
             }
         }
+        // Checked before any DDL, so that a refused declaration changes nothing.
+        let all: Vec<Column> = desc.columns.iter().chain(missing.iter()).cloned().collect();
+        check_aliases(&aliases, &all)?;
         if !missing.is_empty() {
             self.warehouse.add_columns(name, &missing).await?;
         }
-        let mut columns = merge(&desc.columns, &declared);
+        // Each warehouse column refined by its declaration, else by what the ledger already
+        // enforces: a re-declaration that leaves a column out keeps its type (VARIANT or
+        // VARCHAR(n) where DuckDB says VARCHAR) and its NOT NULL.
+        let known_columns = known.as_ref().map(|k| k.columns.as_slice()).unwrap_or(&[]);
+        let mut columns: Vec<Column> = desc
+            .columns
+            .iter()
+            .map(|w| {
+                let declared = declared.iter().find(|d| d.name == w.name);
+                refine(w, declared.or_else(|| known_columns.iter().find(|k| k.name == w.name)))
+            })
+            .collect();
         columns.extend(missing.iter().cloned());
         // Declared NOT NULL is enforced by the gateway even where the warehouse column is nullable.
         for column in &mut columns {
@@ -292,7 +306,6 @@ impl Catalog {
                 column.nullable = column.nullable && d.nullable;
             }
         }
-        check_aliases(&aliases, &columns)?;
         let record =
             TableRecord { name: name.to_string(), drift, columns, aliases, created_at, updated_at: now, version: 0 };
         self.ledger.put_table(&record).await?;

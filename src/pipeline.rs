@@ -87,7 +87,11 @@ pub enum IngestError {
     IdempotencyInProgress(Uuid),
 }
 
-/// The first few of a frozen request's fields, for its message (`details.fields` has them all).
+/// Most unknown fields a `schema_frozen` answer lists in `details.fields`.
+const MAX_FROZEN_FIELDS: usize = 1000;
+
+/// The first few of a frozen request's fields, for its message (`details.fields` has up to
+/// [`MAX_FROZEN_FIELDS`]).
 fn frozen_list(fields: &[String]) -> String {
     const SHOWN: usize = 10;
     let mut list = fields.iter().take(SHOWN).map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ");
@@ -376,6 +380,8 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
         DriftPolicy::Freeze => {
             let fields = unknown_keys(&mut keys(&schema), &records);
             if !fields.is_empty() {
+                let mut fields = fields;
+                fields.truncate(MAX_FROZEN_FIELDS);
                 return Err(IngestError::Frozen { table: table.name.to_string(), fields });
             }
             (Vec::new(), None)

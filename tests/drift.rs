@@ -239,8 +239,19 @@ async fn only_accepted_records_shape_the_table_and_redeclarations_never_change_i
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains("CODE") || message.contains("ID"), "names the column: {message}");
     }
+    // A declaration that leaves columns out keeps what the ledger enforces (DuckDB says VARCHAR).
+    assert_eq!(app.put_table("loans", json!({"columns": [], "aliases": {"kode": "code"}})).await.status(), 200);
     let (status, batch) = post(&app, "loans", &json!([{"id": 2, "code": "ABCD"}])).await;
     assert_eq!((status, batch["rejects_by_code"]["too_long"].as_u64()), (200, Some(1)), "the length check stands");
+
+    // The same for a rescue table's _RESCUED_DATA, which no declaration can name.
+    declare(&app, "rescued", Some("rescue")).await;
+    let (_, first) = post(&app, "rescued", &json!([{"id": 1, "extra": 1}])).await;
+    assert_eq!(loaded(&app, &first).await["drift"]["rescued_values"], 1);
+    assert_eq!(app.put_table("rescued", json!({"columns": [], "aliases": {"amt": "amount"}})).await.status(), 200);
+    let (status, again) = post(&app, "rescued", &json!([{"id": 2, "extra": 2}])).await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(loaded(&app, &again).await["drift"]["rescued_values"], 1, "still rescued after the re-declaration");
     app.shutdown().await;
 }
 
