@@ -324,3 +324,30 @@ async fn hostile_keys_on_snowflake() {
     }
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_drift_report_counts_mismatches_per_column_and_partner() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(test_config(dir.path())).await;
+    declare(&app, "loans", Some("discard_row")).await;
+    let records = json!([
+        {"id": 1, "amount": "N/A"}, {"id": 2, "amount": "N/A"}, {"id": 3, "amount": true},
+        {"id": null, "amount": 1}, {"id": 5, "amount": 2, "surprise": 1}, {"id": 6, "amount": 3}
+    ]);
+    let (status, batch) = post(&app, "loans", &records).await;
+    assert_eq!(status, 202, "{batch}");
+    let (status, report) = app.get_json("/v1/tables/loans/drift?window_secs=3600").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!((report["scanned"].as_u64(), report["truncated"].as_bool()), (Some(5), Some(false)));
+    let amount = &report["columns"][0];
+    assert_eq!((amount["column"].as_str(), amount["mismatches"].as_u64()), (Some("AMOUNT"), Some(3)), "{report}");
+    assert_eq!(amount["by_partner"][0]["partner"], "anonymous");
+    assert_eq!(amount["by_partner"][0]["codes"]["type_mismatch"], 3);
+    let columns: Vec<&str> =
+        report["columns"].as_array().unwrap().iter().map(|c| c["column"].as_str().unwrap()).collect();
+    assert_eq!(columns.len(), 3, "AMOUNT, then ID and SURPRISE: {columns:?}");
+    assert!(columns.contains(&"ID") && columns.contains(&"SURPRISE"), "{columns:?}");
+    assert_eq!(app.get_json("/v1/tables/loans/drift?window_secs=0").await.0, 400);
+    assert_eq!(app.get_json("/v1/tables/nothing/drift").await.0, 404);
+    app.shutdown().await;
+}

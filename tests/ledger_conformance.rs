@@ -226,6 +226,15 @@ pub async fn rejects_and_batch_lists(ledger: Arc<dyn Ledger>) {
     let rest = ledger.list_rejects(rejected_id, Some(9), 100).await.unwrap();
     assert_eq!(rest.len(), 15);
     assert_eq!(rest[0].index, 10);
+    // The drift report's source: rejects of a table's batches in a window, by partner.
+    let hour_ago = Utc::now() - chrono::Duration::hours(1);
+    let errors = ledger.reject_errors("T", hour_ago, None, 1000).await.unwrap();
+    assert_eq!(errors.len(), 25);
+    assert_eq!((errors[0].0.as_str(), errors[0].1[0].column.as_deref()), ("acme", Some("ID")));
+    assert_eq!(ledger.reject_errors("T", hour_ago, None, 10).await.unwrap().len(), 10, "bounded");
+    let globex = "globex".parse().unwrap();
+    assert!(ledger.reject_errors("T", hour_ago, Some(&globex), 1000).await.unwrap().is_empty());
+    assert!(ledger.reject_errors("T", Utc::now() + chrono::Duration::hours(1), None, 1000).await.unwrap().is_empty());
 
     let mut other = new_batch("U", 1, vec![]);
     other.partner = "globex".parse().unwrap();

@@ -45,6 +45,7 @@ use error::{ApiError, ErrorCode};
         tables::list_tables,
         tables::get_table,
         tables::schema_changes,
+        tables::drift_report,
         keys::create,
         keys::list,
         keys::revoke,
@@ -238,6 +239,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tables", get(tables::list_tables))
         .route("/v1/tables/{table}", put(tables::put_table).get(tables::get_table))
         .route("/v1/tables/{table}/schema-changes", get(tables::schema_changes))
+        .route("/v1/tables/{table}/drift", get(tables::drift_report))
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}", delete(keys::revoke))
         .route_layer(middleware::from_fn_with_state(state.clone(), processing_deadline));

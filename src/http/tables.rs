@@ -1,19 +1,21 @@
 //! `/v1/tables`: declare and inspect tables.
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::State;
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::TablePath;
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::ingest::drift::DriftPolicy;
-use crate::ledger::{SchemaChange, TableRecord};
+use crate::ledger::{Partner, SchemaChange, TableRecord};
 use crate::schema::{Column, ColumnName, TableName};
 
 /// A table declaration.
@@ -233,4 +235,109 @@ pub async fn schema_changes(
         change.batch_id = None;
     }
     Ok(Json(SchemaChangeList { changes }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DriftParams {
+    /// How far back to look, in seconds: 1 to 2592000 (30 days), default 86400.
+    #[param(minimum = 1, maximum = 2592000)]
+    pub window_secs: Option<u64>,
+}
+
+/// One partner's mismatches on one column.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PartnerDrift {
+    pub partner: Partner,
+    pub mismatches: u64,
+    /// Mismatches by reject code (`type_mismatch`, `too_long`, ...).
+    pub codes: BTreeMap<String, u64>,
+}
+
+/// The mismatches of one column (`column` is null for problems of a whole record).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ColumnDrift {
+    pub column: Option<String>,
+    pub mismatches: u64,
+    pub by_partner: Vec<PartnerDrift>,
+}
+
+/// Where a table's partners stopped fitting it: rejected values per column and partner.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DriftReport {
+    pub table: String,
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// Rejects read; at most 100,000, the report is then `truncated`.
+    pub scanned: u64,
+    pub truncated: bool,
+    /// Most mismatches first.
+    pub columns: Vec<ColumnDrift>,
+}
+
+/// Rejects read for one drift report at most.
+const DRIFT_SCAN_LIMIT: u32 = 100_000;
+
+/// A table's drift report: rejected values per column and partner over a window, so that an
+/// operator sees a partner's contract breaking (a NUMBER that starts arriving as "N/A"). A
+/// partner key sees its own.
+#[utoipa::path(
+    get,
+    path = "/v1/tables/{table}/drift",
+    tag = "tables",
+    params(("table" = String, Path, description = "Table name: an identifier, case-insensitive", pattern = r"^[A-Za-z_][A-Za-z0-9_$]{0,254}$"), DriftParams),
+    responses(
+        (status = 200, body = DriftReport),
+        (status = 400, description = "Invalid table name or query", body = ErrorBody),
+        (status = 403, description = "The key may not write (so not read) this table", body = ErrorBody),
+        (status = 404, description = "No such table", body = ErrorBody),
+        (status = 503, description = "Ledger or warehouse unavailable", body = ErrorBody),
+    )
+)]
+pub async fn drift_report(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    TablePath(name): TablePath,
+    params: Result<Query<DriftParams>, QueryRejection>,
+) -> Result<Json<DriftReport>, ApiError> {
+    let Query(params) = params?;
+    let window = match params.window_secs.unwrap_or(86_400) {
+        secs @ 1..=2_592_000 => secs,
+        other => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidQuery,
+                format!("window_secs must be 1 to 2592000, not {other}"),
+            ))
+        }
+    };
+    readable(&principal, &name)?;
+    app.catalog.record(&name).await?;
+    let since = chrono::Utc::now() - chrono::Duration::seconds(window as i64);
+    let partner = (!principal.is_operator()).then_some(&principal.partner);
+    let rejects = app.ledger.reject_errors(&name, since, partner, DRIFT_SCAN_LIMIT).await?;
+    let scanned = rejects.len() as u64;
+    let mut columns: BTreeMap<Option<String>, BTreeMap<Partner, BTreeMap<String, u64>>> = BTreeMap::new();
+    for (partner, errors) in rejects {
+        for error in errors {
+            let codes = columns.entry(error.column).or_default().entry(partner.clone()).or_default();
+            *codes.entry(error.code.as_str().to_string()).or_default() += 1;
+        }
+    }
+    let mut columns: Vec<ColumnDrift> = columns
+        .into_iter()
+        .map(|(column, partners)| {
+            let by_partner: Vec<PartnerDrift> = partners
+                .into_iter()
+                .map(|(partner, codes)| PartnerDrift { partner, mismatches: codes.values().sum(), codes })
+                .collect();
+            ColumnDrift { column, mismatches: by_partner.iter().map(|p| p.mismatches).sum(), by_partner }
+        })
+        .collect();
+    columns.sort_by(|a, b| b.mismatches.cmp(&a.mismatches));
+    Ok(Json(DriftReport {
+        table: name.to_string(),
+        since,
+        scanned,
+        truncated: scanned == u64::from(DRIFT_SCAN_LIMIT),
+        columns,
+    }))
 }

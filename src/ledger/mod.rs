@@ -179,6 +179,16 @@ pub trait Ledger: Send + Sync + 'static {
     /// Rejects of a batch ordered by index, starting after `after`.
     async fn list_rejects(&self, batch: Uuid, after: Option<u64>, limit: u32) -> Result<Vec<Reject>>;
 
+    /// The errors of up to `limit` rejects of batches sent to `table` since `since` (by `partner`
+    /// only, when given), each with the partner that sent it: the raw material of the drift report.
+    async fn reject_errors(
+        &self,
+        table: &str,
+        since: chrono::DateTime<chrono::Utc>,
+        partner: Option<&Partner>,
+        limit: u32,
+    ) -> Result<Vec<(Partner, Vec<crate::ingest::reject::FieldError>)>>;
+
     /// Records a new API key; `Conflict` if its id is taken.
     async fn insert_key(&self, key: &ApiKey) -> Result<()>;
 

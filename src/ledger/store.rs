@@ -16,7 +16,7 @@ use super::{
     DdlGuard, FileOutcome, FileStatus, IdempotencyClaim, IdempotencyState, Ledger, LedgerError, Partner, Result,
     SchemaChange, StageCommit, TableRecord,
 };
-use crate::ingest::reject::{Reject, RejectStage};
+use crate::ingest::reject::{FieldError, Reject, RejectStage};
 use crate::schema::Column;
 
 /// Rows per bulk insert: five parameters a row stays under SQLite's 32766 and Postgres's 65535.
@@ -737,6 +737,28 @@ where
                     stage: reject_stage(&get::<D, String>(row, "stage")?)?,
                 })
             })
+            .collect()
+    }
+
+    async fn reject_errors(
+        &self,
+        table: &str,
+        since: DateTime<Utc>,
+        partner: Option<&Partner>,
+        limit: u32,
+    ) -> Result<Vec<(Partner, Vec<FieldError>)>> {
+        let rows = sqlx::query::<D>(
+            "SELECT b.partner, r.errors FROM rejects r JOIN batches b ON b.id = r.batch_id
+             WHERE b.table_name = $1 AND b.received_at >= $2 AND ($3 IS NULL OR b.partner = $3) LIMIT $4",
+        )
+        .bind(table)
+        .bind(D::time(since))
+        .bind(partner.map(Partner::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((parse(&get::<D, String>(row, "partner")?)?, from_json(&get::<D, String>(row, "errors")?)?)))
             .collect()
     }
 
