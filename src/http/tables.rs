@@ -332,7 +332,7 @@ pub async fn drift_report(
             ColumnDrift { column, mismatches: by_partner.iter().map(|p| p.mismatches).sum(), by_partner }
         })
         .collect();
-    columns.sort_by(|a, b| b.mismatches.cmp(&a.mismatches));
+    columns.sort_by_key(|c| std::cmp::Reverse(c.mismatches));
     Ok(Json(DriftReport {
         table: name.to_string(),
         since,
