@@ -351,7 +351,6 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
         Ok((decode::parse_records(&plain, format, &limits)?, grant))
     })
     .await??;
-    app.quotas.spend_records(&partner, records.len() as u64);
 
     let mut schema = table.schema();
     let policy = table.drift();
@@ -388,6 +387,8 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
         }
         DriftPolicy::Rescue | DriftPolicy::DiscardValue | DriftPolicy::DiscardRow => (Vec::new(), None),
     };
+    // Spent once the request is known to go on (a frozen table's 422 spends nothing).
+    app.quotas.spend_records(&partner, records.len() as u64);
     let max_depth = app.config.limits.max_depth;
     let rules = |schema: &TableSchema| Rules {
         max_depth,
