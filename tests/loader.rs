@@ -226,3 +226,58 @@ async fn a_long_copy_renews_its_claims() {
     assert!(checks_past_the_first_lease > 0, "the COPY ended within its first lease; nothing was shown");
     assert_eq!(ledger.get_batch(batch_id).await.unwrap().unwrap().status, BatchStatus::Loaded);
 }
+
+/// Two requests of one table validated against the same number of columns in different orders
+/// (two replicas added X and Y at once) never share a file: rows are written by position.
+#[tokio::test]
+async fn requests_with_columns_in_another_order_never_share_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stage, ledger, duck) = backends(dir.path()).await;
+    let warehouse: Arc<dyn Warehouse> = duck.clone();
+    let col =
+        |name: &str, ty: ColumnType, nullable| Column { name: ColumnName::normalize(name).unwrap(), ty, nullable };
+    let id = col("ID", ColumnType::INTEGER, false);
+    let (x, y) = (col("X", ColumnType::VARCHAR, true), col("Y", ColumnType::INTEGER, true));
+    warehouse.create_table("T", &[id.clone(), x.clone(), y.clone()]).await.unwrap();
+
+    let buffers = buffers(&stage, &ledger);
+    let policy = FlushPolicy { max_rows: 1000, max_bytes: 1 << 20, linger: Duration::from_millis(200) };
+    let submission = |columns: Vec<Column>, cells: Vec<Cell>| {
+        let batch = NewBatch {
+            id: Uuid::now_v7(),
+            table: "T".into(),
+            partner: "acme".parse().unwrap(),
+            counts: Counts { received: 1, accepted: 1, rejected: 0, loaded: 0 },
+            rejects_by_code: BTreeMap::new(),
+            drift: Default::default(),
+            received_at: Utc::now(),
+            rejects: vec![],
+        };
+        let schema = Arc::new(TableSchema { name: "T".into(), columns });
+        Submission { batch, schema, rows: vec![Row { index: 0, cells }], bytes: 100, grant: None }
+    };
+    let with_x = submission(vec![id.clone(), x.clone()], vec![Cell::Decimal(1), Cell::Str("x-value".into())]);
+    let with_y = submission(vec![id.clone(), y.clone()], vec![Cell::Decimal(2), Cell::Decimal(42)]);
+    let (a, b) = tokio::join!(buffers.submit(with_x, policy), buffers.submit(with_y, policy));
+    a.unwrap();
+    b.unwrap();
+
+    let loader = Loader::new(
+        ledger.clone(),
+        warehouse.clone(),
+        settings(Duration::from_secs(60)),
+        "me".into(),
+        Arc::new(Notify::new()),
+        Arc::new(Notify::new()),
+    );
+    assert_eq!(loader.round().await.unwrap(), 2, "two files, one per column order");
+    let conn = duck.connection().unwrap();
+    let row = |id: i64| {
+        conn.query_row("SELECT CAST(\"X\" AS VARCHAR), CAST(\"Y\" AS VARCHAR) FROM \"T\" WHERE \"ID\" = ?", [id], |r| {
+            Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<String>>(1)?))
+        })
+        .unwrap()
+    };
+    assert_eq!(row(1), (Some("x-value".into()), None));
+    assert_eq!(row(2), (None, Some("42".into())));
+}

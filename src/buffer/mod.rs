@@ -237,8 +237,12 @@ impl Buffers {
         let table = self.table(&submission.schema.name);
         let mut buffer = table.lock().expect("buffer lock");
         let rows = submission.rows.len();
+        // Rows are written by position, missing trailing cells as NULL: a submission joins only a
+        // segment whose columns begin with its own, by name and type. Two replicas adding columns
+        // at once can hand requests one table's columns in different orders.
         let fits = |s: &Segment| {
             s.schema.columns.len() >= submission.schema.columns.len()
+                && s.schema.columns.iter().zip(&submission.schema.columns).all(|(a, b)| a == b)
                 && s.rows + rows <= policy.max_rows
                 && s.bytes + submission.bytes <= policy.max_bytes
         };
