@@ -343,8 +343,19 @@ impl Catalog {
         let lock = self.ddl_lock(&entry.name);
         let _guard = lock.lock().await;
         let _replicas = self.ledger.lock_ddl(&entry.name).await?;
+        // Another replica may have changed the table since this one read it (a column, an
+        // alias): what it holds now, under the lock, decides what is still missing. A planned
+        // column that is now an alias key is not added, or it would shadow the alias for good.
+        if let Some(record) = self.ledger.get_table(&entry.name).await? {
+            entry.refresh(&record);
+        }
         let current = entry.schema();
-        let missing: Vec<Column> = planned.iter().filter(|p| current.position(&p.name).is_none()).cloned().collect();
+        let aliases = entry.aliases();
+        let missing: Vec<Column> = planned
+            .iter()
+            .filter(|p| current.position(&p.name).is_none() && !aliases.contains_key(p.name.as_str()))
+            .cloned()
+            .collect();
         if missing.is_empty() {
             return Ok(current);
         }

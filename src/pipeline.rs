@@ -390,9 +390,9 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
     // Spent once the request is known to go on (a frozen table's 422 spends nothing).
     app.quotas.spend_records(&partner, records.len() as u64);
     let max_depth = app.config.limits.max_depth;
-    let rules = |schema: &TableSchema| Rules {
+    let rules = |schema: &TableSchema, aliases: Arc<std::collections::BTreeMap<String, String>>| Rules {
         max_depth,
-        aliases: aliases.clone(),
+        aliases,
         unknown: match (policy, schema.position(RESCUED_DATA)) {
             (DriftPolicy::Rescue, Some(at)) => Unknown::Rescue(at),
             (DriftPolicy::DiscardValue, _) => Unknown::Drop,
@@ -403,7 +403,7 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
     if request.dry_run {
         let mut preview = (*schema).clone();
         preview.columns.extend(planned.iter().cloned());
-        let rules = rules(&preview);
+        let rules = rules(&preview, aliases.clone());
         let checked = blocking(move || check_records(&preview, records, rules)).await?;
         return Ok(Prepared::DryRun(dry_run_report(&table.name, checked, planned)));
     }
@@ -412,7 +412,8 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
     }
     crate::fault::crash_point(crate::fault::CrashPoint::Validating);
     let validate_schema: Arc<TableSchema> = schema.clone();
-    let rules = rules(&validate_schema);
+    // The aliases as of the evolve (which re-reads the table under its DDL lock).
+    let rules = rules(&validate_schema, table.aliases());
     let checked = blocking(move || check_records(&validate_schema, records, rules)).await?;
     // The text and the parsed records are gone: from here on the request holds its rows.
     let mut grant = grant;

@@ -58,3 +58,38 @@ async fn a_declaration_or_policy_change_through_one_replica_is_used_by_the_other
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A replica whose cache predates an alias another replica declared does not add a column for
+/// the aliased field (which would shadow the alias for good): it re-reads the table under the
+/// DDL lock, and the field lands in its column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_replica_never_adds_a_column_for_a_new_alias() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = PgSchema::create().await;
+    let stage_url = format!("file://{}", dir.path().join("stage").display());
+    let stage = Arc::new(Stage::open(&stage_url, &StageConfig::default()).unwrap());
+    let warehouse: Arc<dyn Warehouse> =
+        Arc::new(DuckDbWarehouse::open(&dir.path().join("w.duckdb"), stage.clone()).unwrap());
+    let mut config = test_config(dir.path());
+    // B trusts its cache for the whole test.
+    config.server.schema_refresh = Duration::from_secs(600);
+    config.loader.enabled = false;
+    let a = serve_app(App::from_parts(config.clone(), stage.clone(), pg.ledger().await, warehouse.clone())).await;
+    let b = serve_app(App::from_parts(config, stage.clone(), pg.ledger().await, warehouse.clone())).await;
+
+    let loans = json!({"columns": [{"name": "id", "type": "NUMBER", "nullable": false}, {"name": "amount", "type": "NUMBER(12,2)"}]});
+    assert_eq!(a.put_table("loans", loans).await.status(), 201);
+    let first: Value = b.post_json("loans", &json!([{"id": 1, "amount": 1}])).await.json().await.unwrap();
+    assert_eq!(first["counts"]["accepted"], 1, "B caches the table: {first}");
+
+    let renamed = json!({"columns": [], "aliases": {"loanAmount": "amount"}});
+    assert_eq!(a.put_table("loans", renamed).await.status(), 200);
+    let batch: Value = b.post_json("loans", &json!([{"id": 2, "loanAmount": 5}])).await.json().await.unwrap();
+    assert_eq!(batch["counts"]["accepted"], 1, "{batch}");
+    assert_eq!(batch["schema_changes"], json!([]), "no LOANAMOUNT column: {batch}");
+    let (_, table) = a.get_json("/v1/tables/loans").await;
+    let names: Vec<&str> = table["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ID", "AMOUNT"]);
+    a.shutdown().await;
+    b.shutdown().await;
+}
