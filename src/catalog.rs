@@ -11,7 +11,7 @@ use crate::buffer::encode::arrow_type;
 use crate::config::Config;
 use crate::ingest::drift::DriftPolicy;
 use crate::ledger::{ChangeCause, Ledger, LedgerError, Partner, TableRecord};
-use crate::schema::{Column, ColumnName, TableName, TableSchema};
+use crate::schema::{Column, ColumnName, TableName, TableSchema, RESCUED_DATA};
 use crate::warehouse::{Warehouse, WarehouseError};
 
 /// Catalog failures.
@@ -351,9 +351,16 @@ impl Catalog {
         }
         let current = entry.schema();
         let aliases = entry.aliases();
+        // And the policy as of now: a table frozen (or set to discard) meanwhile gets no column.
+        let policy = entry.drift();
+        let allowed = |column: &Column| match policy {
+            DriftPolicy::Evolve => true,
+            DriftPolicy::Rescue => column.name.as_str() == RESCUED_DATA,
+            DriftPolicy::DiscardValue | DriftPolicy::DiscardRow | DriftPolicy::Freeze => false,
+        };
         let missing: Vec<Column> = planned
             .iter()
-            .filter(|p| current.position(&p.name).is_none() && !aliases.contains_key(p.name.as_str()))
+            .filter(|p| current.position(&p.name).is_none() && !aliases.contains_key(p.name.as_str()) && allowed(p))
             .cloned()
             .collect();
         if missing.is_empty() {

@@ -61,7 +61,7 @@ async fn a_declaration_or_policy_change_through_one_replica_is_used_by_the_other
 
 /// A replica whose cache predates an alias another replica declared does not add a column for
 /// the aliased field (which would shadow the alias for good): it re-reads the table under the
-/// DDL lock, and the field lands in its column.
+/// DDL lock, and the field lands in its column. Nor does it evolve a table frozen meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_replica_never_adds_a_column_for_a_new_alias() {
     let dir = tempfile::tempdir().unwrap();
@@ -87,6 +87,11 @@ async fn a_stale_replica_never_adds_a_column_for_a_new_alias() {
     let batch: Value = b.post_json("loans", &json!([{"id": 2, "loanAmount": 5}])).await.json().await.unwrap();
     assert_eq!(batch["counts"]["accepted"], 1, "{batch}");
     assert_eq!(batch["schema_changes"], json!([]), "no LOANAMOUNT column: {batch}");
+    // The same for a policy: A freezes the table, B (stale) adds no column for a new field.
+    let frozen = json!({"columns": [], "drift": "freeze"});
+    assert_eq!(a.put_table("loans", frozen).await.status(), 200);
+    let batch: Value = b.post_json("loans", &json!([{"id": 3, "colour": "red"}])).await.json().await.unwrap();
+    assert_eq!(batch["rejects_by_code"], json!({"unknown_field": 1}), "{batch}");
     let (_, table) = a.get_json("/v1/tables/loans").await;
     let names: Vec<&str> = table["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["ID", "AMOUNT"]);
