@@ -217,11 +217,15 @@ struct KeyHold<'a> {
 impl KeyHold<'_> {
     async fn release(mut self) {
         self.settled = true;
-        let claim = self.claim;
-        if let Err(e) = self.app.ledger.release_idempotency(&claim.partner, &claim.key, claim.batch_id).await {
-            tracing::warn!(error = %e, batch_id = %claim.batch_id,
-                "could not release an idempotency key after a failed request; it frees when its lease ends");
-        }
+        free_key(self.app.ledger.as_ref(), self.claim).await;
+    }
+}
+
+/// Lets go of a request's key; if the ledger refuses, the key frees when its lease ends.
+async fn free_key(ledger: &dyn crate::ledger::Ledger, claim: &IdempotencyClaim) {
+    if let Err(e) = ledger.release_idempotency(&claim.partner, &claim.key, claim.batch_id).await {
+        tracing::warn!(error = %e, batch_id = %claim.batch_id,
+            "could not release the idempotency key of a request that stored nothing; it frees when its lease ends");
     }
 }
 
@@ -232,12 +236,7 @@ impl Drop for KeyHold<'_> {
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let (ledger, claim) = (self.app.ledger.clone(), self.claim.clone());
-        runtime.spawn(async move {
-            if let Err(e) = ledger.release_idempotency(&claim.partner, &claim.key, claim.batch_id).await {
-                tracing::warn!(error = %e, batch_id = %claim.batch_id,
-                    "could not release the idempotency key of an abandoned request; it frees when its lease ends");
-            }
-        });
+        runtime.spawn(async move { free_key(ledger.as_ref(), &claim).await });
     }
 }
 
@@ -355,7 +354,6 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
     let mut schema = table.schema();
     let policy = table.drift();
     let aliases = table.aliases();
-    let keys = |schema| KeyResolver::new(schema).with_aliases(&aliases);
     let max_columns = app.config.limits.max_columns;
     // Columns the policy adds before validating: evolve's new fields up to the column cap, or
     // the rescue column the first time a rescue table gets a batch.
@@ -377,7 +375,7 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
             (vec![Column { name: ColumnName::rescued(), ty: ColumnType::Variant, nullable: true }], None)
         }
         DriftPolicy::Freeze => {
-            let fields = unknown_keys(&mut keys(&schema), &records);
+            let fields = unknown_keys(&mut KeyResolver::new(&schema).with_aliases(&aliases), &records);
             if !fields.is_empty() {
                 let mut fields = fields;
                 fields.truncate(MAX_FROZEN_FIELDS);
@@ -430,12 +428,17 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
         partner: request.partner,
         counts,
         rejects_by_code: checked.rejects_by_code(),
-        drift: DriftCounts { discarded_values: checked.discarded_values, rescued_values: checked.rescued_values },
+        drift: drift_counts(&checked),
         received_at,
         rejects: checked.rejects,
     };
     let submission = Submission { batch, schema, rows: checked.rows, bytes: checked.bytes, grant: Some(grant) };
     Ok(Prepared::Store(submission, FlushPolicy::from_settings(&app.config.table_settings(&table.name))))
+}
+
+/// What the drift policy did to a request's accepted records.
+fn drift_counts(checked: &Checked) -> DriftCounts {
+    DriftCounts { discarded_values: checked.discarded_values, rescued_values: checked.rescued_values }
 }
 
 fn dry_run_report(table: &str, checked: Checked, planned: Vec<Column>) -> DryRunReport {
@@ -450,7 +453,7 @@ fn dry_run_report(table: &str, checked: Checked, planned: Vec<Column>) -> DryRun
             loaded: 0,
         },
         rejects_by_code,
-        drift: DriftCounts { discarded_values: checked.discarded_values, rescued_values: checked.rescued_values },
+        drift: drift_counts(&checked),
         schema_changes: planned,
         rejects: checked.rejects.into_iter().take(1000).collect(),
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::postgres::PgSchema;
-use common::{serve_app, test_config};
+use common::{serve_app, test_config, TestApp};
 use serde_json::{json, Value};
 use snowgate::config::StageConfig;
 use snowgate::stage::Stage;
@@ -15,8 +15,10 @@ use snowgate::warehouse::duckdb::DuckDbWarehouse;
 use snowgate::warehouse::Warehouse;
 use snowgate::App;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_declaration_or_policy_change_through_one_replica_is_used_by_the_other() {
+/// Two gateways (no loader) on one Postgres ledger, stage folder and DuckDB warehouse, each
+/// trusting its cached tables for `schema_refresh`. The folder and schema live as long as the
+/// first two values.
+async fn two_replicas(schema_refresh: Duration) -> (tempfile::TempDir, PgSchema, TestApp, TestApp) {
     let dir = tempfile::tempdir().unwrap();
     let pg = PgSchema::create().await;
     let stage_url = format!("file://{}", dir.path().join("stage").display());
@@ -24,11 +26,17 @@ async fn a_declaration_or_policy_change_through_one_replica_is_used_by_the_other
     let warehouse: Arc<dyn Warehouse> =
         Arc::new(DuckDbWarehouse::open(&dir.path().join("w.duckdb"), stage.clone()).unwrap());
     let mut config = test_config(dir.path());
-    config.server.schema_refresh = Duration::from_millis(300);
+    config.server.schema_refresh = schema_refresh;
     config.loader.enabled = false;
     // Each replica has its own pool to the one schema, as separate processes would.
     let a = serve_app(App::from_parts(config.clone(), stage.clone(), pg.ledger().await, warehouse.clone())).await;
-    let b = serve_app(App::from_parts(config, stage.clone(), pg.ledger().await, warehouse.clone())).await;
+    let b = serve_app(App::from_parts(config, stage, pg.ledger().await, warehouse)).await;
+    (dir, pg, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declaration_or_policy_change_through_one_replica_is_used_by_the_other() {
+    let (_dir, _pg, a, b) = two_replicas(Duration::from_millis(300)).await;
 
     let codes = json!({"columns": [{"name": "id", "type": "NUMBER", "nullable": false}]});
     assert_eq!(a.put_table("codes", codes).await.status(), 201);
@@ -64,18 +72,8 @@ async fn a_declaration_or_policy_change_through_one_replica_is_used_by_the_other
 /// DDL lock, and the field lands in its column. Nor does it evolve a table frozen meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_replica_never_adds_a_column_for_a_new_alias() {
-    let dir = tempfile::tempdir().unwrap();
-    let pg = PgSchema::create().await;
-    let stage_url = format!("file://{}", dir.path().join("stage").display());
-    let stage = Arc::new(Stage::open(&stage_url, &StageConfig::default()).unwrap());
-    let warehouse: Arc<dyn Warehouse> =
-        Arc::new(DuckDbWarehouse::open(&dir.path().join("w.duckdb"), stage.clone()).unwrap());
-    let mut config = test_config(dir.path());
     // B trusts its cache for the whole test.
-    config.server.schema_refresh = Duration::from_secs(600);
-    config.loader.enabled = false;
-    let a = serve_app(App::from_parts(config.clone(), stage.clone(), pg.ledger().await, warehouse.clone())).await;
-    let b = serve_app(App::from_parts(config, stage.clone(), pg.ledger().await, warehouse.clone())).await;
+    let (_dir, _pg, a, b) = two_replicas(Duration::from_secs(600)).await;
 
     let loans = json!({"columns": [{"name": "id", "type": "NUMBER", "nullable": false}, {"name": "amount", "type": "NUMBER(12,2)"}]});
     assert_eq!(a.put_table("loans", loans).await.status(), 201);

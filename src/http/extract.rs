@@ -1,5 +1,6 @@
 //! Path extractors that parse once, at the edge, and answer in the API's error shape.
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use uuid::Uuid;
@@ -10,6 +11,15 @@ use crate::schema::TableName;
 /// A table name from a URL path or query: an identifier, or 400 `invalid_table_name`.
 pub fn table_name(raw: &str) -> Result<TableName, ApiError> {
     TableName::parse(raw).map_err(|e| ApiError::new(ErrorCode::InvalidTableName, format!("invalid table name: {e}")))
+}
+
+/// A JSON definition body (a table declaration, a key request): well-formed JSON of the wrong
+/// shape is 400 `invalid_definition`; other rejections keep their own code.
+pub fn definition<T>(body: Result<axum::Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|axum::Json(value)| value).map_err(|e| match e {
+        JsonRejection::JsonDataError(e) => ApiError::new(ErrorCode::InvalidDefinition, e.body_text()),
+        other => other.into(),
+    })
 }
 
 /// The `{table}` of a path, parsed into a [`TableName`].

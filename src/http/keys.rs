@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody, ErrorCode};
-use super::extract::table_name;
+use super::extract::{definition, table_name};
 use crate::app::AppState;
 use crate::auth::{create_key, CreateKeyError, Principal};
 use crate::ledger::{ApiKey, Partner};
@@ -71,10 +71,7 @@ pub async fn create(
     body: Result<Json<KeyRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     operator_only(&principal)?;
-    let Json(request) = body.map_err(|e| match e {
-        JsonRejection::JsonDataError(e) => ApiError::new(ErrorCode::InvalidDefinition, e.body_text()),
-        other => other.into(),
-    })?;
+    let request = definition(body)?;
     let tables = request.tables.iter().map(|t| table_name(t)).collect::<Result<Vec<_>, _>>()?;
     let partner = match request.partner {
         Some(partner) => partner,

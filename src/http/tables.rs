@@ -11,7 +11,7 @@ use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody, ErrorCode};
-use super::extract::TablePath;
+use super::extract::{definition, TablePath};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::ingest::drift::DriftPolicy;
@@ -123,10 +123,7 @@ pub async fn put_table(
     if !principal.is_operator() {
         return Err(ApiError::new(ErrorCode::Forbidden, "only an operator key may declare tables"));
     }
-    let Json(declaration) = body.map_err(|e| match e {
-        JsonRejection::JsonDataError(e) => ApiError::new(ErrorCode::InvalidDefinition, e.body_text()),
-        other => other.into(),
-    })?;
+    let declaration = definition(body)?;
     let mut columns = Vec::with_capacity(declaration.columns.len());
     for (at, column) in declaration.columns.into_iter().enumerate() {
         let ty = column.ty.parse().map_err(|e| {
