@@ -138,6 +138,7 @@ impl App {
         Loader::new(
             self.ledger.clone(),
             self.warehouse.clone(),
+            self.stage.clone(),
             self.config.loader.clone(),
             self.replica.name().to_string(),
             self.staged.clone(),

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::buffer::encode::arrow_type;
 use crate::config::Config;
 use crate::ingest::drift::DriftPolicy;
-use crate::ledger::{ChangeCause, Ledger, LedgerError, Partner, TableRecord};
+use crate::ledger::{ChangeCause, ColumnChange, Ledger, LedgerError, Partner, TableRecord};
 use crate::schema::{Column, ColumnName, TableName, TableSchema, RESCUED_DATA};
 use crate::warehouse::{Warehouse, WarehouseError};
 
@@ -259,9 +259,15 @@ impl Catalog {
         if !desc.has_metadata {
             self.warehouse.add_metadata_columns(name).await?;
         }
-        let mut missing = Vec::new();
+        let known_columns = known.as_ref().map(|k| k.columns.as_slice()).unwrap_or(&[]);
+        let (mut missing, mut widened, mut altered) = (Vec::new(), Vec::new(), Vec::new());
         for column in &declared {
             match desc.columns.iter().find(|c| c.name == column.name) {
+                // The warehouse's own type is narrower: widened there, then here.
+                Some(existing) if existing.ty.widens_to(column.ty) => {
+                    altered.push(column.clone());
+                    widened.push(column.clone());
+                }
                 Some(existing) if arrow_type(existing.ty) != arrow_type(column.ty) => {
                     return Err(CatalogError::Conflict {
                         table: name.clone(),
@@ -271,7 +277,13 @@ impl Catalog {
                         ),
                     });
                 }
-                Some(_) => {}
+                // Only the gateway's check is narrower (a VARCHAR(n) over an unbounded column).
+                Some(_) => {
+                    let known = known_columns.iter().find(|k| k.name == column.name);
+                    if known.is_some_and(|k| k.ty.widens_to(column.ty)) {
+                        widened.push(column.clone());
+                    }
+                }
                 None if !column.nullable => {
                     return Err(CatalogError::Conflict {
                         table: name.clone(),
@@ -284,22 +296,25 @@ impl Catalog {
         // Checked before any DDL, so that a refused declaration changes nothing.
         let all: Vec<Column> = desc.columns.iter().chain(missing.iter()).cloned().collect();
         check_aliases(&aliases, &all)?;
+        for column in &altered {
+            self.warehouse.widen_column(name, column).await?;
+        }
         if !missing.is_empty() {
             self.warehouse.add_columns(name, &missing).await?;
         }
         // Each warehouse column refined by its declaration, else by what the ledger already
         // enforces: a re-declaration that leaves a column out keeps its type (VARIANT or
-        // VARCHAR(n) where DuckDB says VARCHAR) and its NOT NULL.
-        let known_columns = known.as_ref().map(|k| k.columns.as_slice()).unwrap_or(&[]);
+        // VARCHAR(n) where DuckDB says VARCHAR) and its NOT NULL. Widened and added columns are
+        // left as they were here: the ledger applies and audits them next.
         let mut columns: Vec<Column> = desc
             .columns
             .iter()
             .map(|w| {
-                let declared = declared.iter().find(|d| d.name == w.name);
-                refine(w, declared.or_else(|| known_columns.iter().find(|k| k.name == w.name)))
+                let known = known_columns.iter().find(|k| k.name == w.name);
+                let declared = declared.iter().find(|d| d.name == w.name && !widened.contains(d));
+                refine(w, declared.or(known))
             })
             .collect();
-        columns.extend(missing.iter().cloned());
         // Declared NOT NULL is enforced by the gateway even where the warehouse column is nullable.
         for column in &mut columns {
             if let Some(d) = declared.iter().find(|d| d.name == column.name) {
@@ -309,9 +324,11 @@ impl Catalog {
         let record =
             TableRecord { name: name.to_string(), drift, columns, aliases, created_at, updated_at: now, version: 0 };
         self.ledger.put_table(&record).await?;
-        if !missing.is_empty() {
+        let changes: Vec<ColumnChange> =
+            widened.drain(..).map(ColumnChange::Widened).chain(missing.drain(..).map(ColumnChange::Added)).collect();
+        if !changes.is_empty() {
             let cause = ChangeCause { batch_id: None, partner: by.clone() };
-            self.ledger.add_columns(name, &missing, &cause).await?;
+            self.ledger.change_columns(name, &changes, &cause).await?;
         }
         Ok((self.recorded(name, record).await, false))
     }
@@ -425,14 +442,14 @@ impl Catalog {
     }
 }
 
-/// A re-declaration never changes a column the gateway already enforces: a narrower or wider
-/// type, or a nullability either way (tightening it would refuse rows the table took; loosening
-/// it would drop a constraint) is a conflict naming the column. Widening in place (a longer
-/// VARCHAR, a wider NUMBER) is not done yet: it is refused too rather than half applied.
+/// A re-declaration never narrows a column the gateway already enforces: another type (other
+/// than a widening: a longer VARCHAR, a NUMBER with more digits and the same scale), or a
+/// nullability either way (tightening it would refuse rows the table took; loosening it would
+/// drop a constraint) is a conflict naming the column.
 fn unchanged_columns(table: &TableName, known: &[Column], declared: &[Column]) -> Result<(), CatalogError> {
     for column in declared {
         let Some(existing) = known.iter().find(|k| k.name == column.name) else { continue };
-        let change = if existing.ty != column.ty {
+        let change = if existing.ty != column.ty && !existing.ty.widens_to(column.ty) {
             format!("is {} and cannot be re-declared {}", existing.ty, column.ty)
         } else if existing.nullable != column.nullable {
             let (was, now) = if existing.nullable { ("nullable", "NOT NULL") } else { ("NOT NULL", "nullable") };

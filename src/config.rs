@@ -145,7 +145,7 @@ pub struct WarehouseConfig {
 /// Snowflake connection. The password comes from `SNOWFLAKE_PASSWORD` (or this section's
 /// `password`, best set through `SNOWGATE_WAREHOUSE__SNOWFLAKE__PASSWORD`); key-pair auth reads
 /// `private_key_path` (an unencrypted PKCS#8 PEM file).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SnowflakeConfig {
     pub account: String,
@@ -160,6 +160,29 @@ pub struct SnowflakeConfig {
     pub stage: String,
     /// Replaces `https://<account>.snowflakecomputing.com` (proxies, emulators).
     pub base_url: Option<String>,
+    /// Longest wait for one statement's answer, login and result included (key
+    /// `statement_timeout_secs`). A COPY that takes longer is abandoned as a transient failure:
+    /// its session is replaced (which rolls back its open transaction) and the files are retried.
+    #[serde(rename = "statement_timeout_secs", with = "secs")]
+    pub statement_timeout: Duration,
+}
+
+impl Default for SnowflakeConfig {
+    fn default() -> Self {
+        SnowflakeConfig {
+            account: String::new(),
+            user: String::new(),
+            password: None,
+            private_key_path: None,
+            role: None,
+            warehouse: None,
+            database: String::new(),
+            schema: String::new(),
+            stage: String::new(),
+            base_url: None,
+            statement_timeout: Duration::from_secs(600),
+        }
+    }
 }
 
 /// A secret: deserialised from config or env, never printed (Debug and Serialize show `***`).
@@ -306,6 +329,10 @@ pub struct LoaderConfig {
     /// Times a file is tried when the warehouse answers with an error of no known kind (neither
     /// transient, configuration nor data) before the file is marked failed.
     pub statement_attempts: u32,
+    /// Most COPY statements spent isolating the rows the warehouse refuses in one file (k bad
+    /// rows in n take about k·log2(n)); past it the parts still refused fail whole instead of
+    /// holding the loader for hours when every row is refused.
+    pub isolation_statements: u32,
 }
 
 impl Default for LoaderConfig {
@@ -319,6 +346,7 @@ impl Default for LoaderConfig {
             configuration_retry: Duration::from_secs(60),
             orphan_after: Duration::from_secs(3600),
             statement_attempts: 3,
+            isolation_statements: 1000,
         }
     }
 }
@@ -477,6 +505,7 @@ impl Config {
         )?;
         check(self.loader.orphan_after >= Duration::from_secs(1), "loader.orphan_after_secs", "must be at least 1")?;
         check((1..=100).contains(&self.loader.statement_attempts), "loader.statement_attempts", "must be 1..=100")?;
+        check(self.loader.isolation_statements >= 1, "loader.isolation_statements", "must be at least 1")?;
         check(self.stage.timeout >= Duration::from_secs(1), "stage.timeout_secs", "must be at least 1")?;
         check(self.ledger.timeout >= Duration::from_secs(1), "ledger.timeout_secs", "must be at least 1")?;
         check(l.processing >= Duration::from_secs(1), "limits.processing_secs", "must be at least 1")?;
@@ -528,6 +557,11 @@ impl Config {
             ] {
                 check(!value.trim().is_empty(), &format!("warehouse.snowflake.{key}"), "must be set")?;
             }
+            check(
+                sf.statement_timeout >= Duration::from_secs(1),
+                "warehouse.snowflake.statement_timeout_secs",
+                "must be at least 1",
+            )?;
             let has_password = sf.password.is_some() || std::env::var_os("SNOWFLAKE_PASSWORD").is_some();
             check(
                 has_password || sf.private_key_path.is_some(),

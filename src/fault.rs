@@ -20,19 +20,25 @@ pub enum CrashPoint {
     DuringCopy,
     /// COPY has committed; the ledger does not know yet.
     AfterCopy,
+    /// The two parts of a file being split are in the stage; the ledger does not know them yet.
+    PartsStaged,
+    /// Inside the ledger transaction that records a split, before it commits.
+    DuringSplit,
     /// Shutdown has begun: rows of requests still waiting for their linger are buffered, not
     /// yet flushed.
     Shutdown,
 }
 
 impl CrashPoint {
-    pub const ALL: [CrashPoint; 7] = [
+    pub const ALL: [CrashPoint; 9] = [
         CrashPoint::Receiving,
         CrashPoint::Validating,
         CrashPoint::StagedBeforeCommit,
         CrashPoint::DuringCommit,
         CrashPoint::DuringCopy,
         CrashPoint::AfterCopy,
+        CrashPoint::PartsStaged,
+        CrashPoint::DuringSplit,
         CrashPoint::Shutdown,
     ];
 
@@ -44,6 +50,8 @@ impl CrashPoint {
             CrashPoint::DuringCommit => "during_commit",
             CrashPoint::DuringCopy => "during_copy",
             CrashPoint::AfterCopy => "after_copy",
+            CrashPoint::PartsStaged => "parts_staged",
+            CrashPoint::DuringSplit => "during_split",
             CrashPoint::Shutdown => "shutdown",
         }
     }

@@ -41,6 +41,22 @@ impl ColumnType {
     pub const INTEGER: ColumnType = ColumnType::Number { precision: 38, scale: 0 };
     pub const VARCHAR: ColumnType = ColumnType::Varchar { max_len: MAX_VARCHAR_LEN };
 
+    /// Whether a column of this type can become `to` in place, keeping every value it holds: a
+    /// longer VARCHAR with a length still given (a bare VARCHAR would drop the check, not widen
+    /// it), or a NUMBER with more digits and the same scale (what Snowflake's
+    /// `ALTER COLUMN ... SET DATA TYPE` allows).
+    pub fn widens_to(self, to: ColumnType) -> bool {
+        match (self, to) {
+            (ColumnType::Varchar { max_len: from }, ColumnType::Varchar { max_len: to }) => {
+                to > from && to < MAX_VARCHAR_LEN
+            }
+            (ColumnType::Number { precision: p1, scale: s1 }, ColumnType::Number { precision: p2, scale: s2 }) => {
+                s1 == s2 && p2 > p1
+            }
+            _ => false,
+        }
+    }
+
     /// True for the types whose values are JSON documents.
     pub fn is_semi_structured(self) -> bool {
         matches!(self, ColumnType::Variant | ColumnType::Object | ColumnType::Array)

@@ -168,21 +168,37 @@ async fn declare(base: &str) {
 async fn recover_and_reconcile(stack: &Stack, acked: &[String]) {
     let started = Instant::now();
     let gateway = stack.recovery(&stack.data_dir(), &[]).await;
-    reconcile(stack, gateway, acked, started + RESUME_WITHIN).await;
+    reconcile(stack, gateway, acked, started + RESUME_WITHIN, None).await;
 }
 
 /// Checks, through `gateway`, that the acknowledged batches, and only they, are loaded exactly
-/// once by `deadline`, and that the stage holds exactly the files the ledger knows.
-async fn reconcile(stack: &Stack, gateway: Process, acked: &[String], deadline: Instant) {
+/// once by `deadline`, and that the stage holds exactly the files the ledger knows. `refused`
+/// names the good record the warehouse refuses in every batch, if it refuses one.
+async fn reconcile(stack: &Stack, gateway: Process, acked: &[String], deadline: Instant, refused: Option<usize>) {
     let client = reqwest::Client::new();
     let mut ledger_files = BTreeSet::new();
+    let refused_rows = usize::from(refused.is_some());
     for id in acked {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let batch = common::wait_final(&client, &gateway.base, id, remaining).await;
         assert_eq!(batch["status"], "loaded", "{batch}");
-        assert_eq!(batch["counts"], json!({"received": GOOD + 1, "accepted": GOOD, "rejected": 1, "loaded": GOOD}));
+        let counts = json!({"received": GOOD + 1, "accepted": GOOD, "rejected": 1 + refused_rows,
+            "loaded": GOOD - refused_rows});
+        assert_eq!(batch["counts"], counts, "{batch}");
         for file in batch["files"].as_array().unwrap() {
             ledger_files.insert(file["path"].as_str().unwrap().to_string());
+        }
+        if let Some(index) = refused {
+            let url = format!("{}/v1/batches/{id}/rejects", gateway.base);
+            let page: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            let warehouse: Vec<u64> = page["rejects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["stage"] == "warehouse")
+                .map(|r| r["index"].as_u64().unwrap())
+                .collect();
+            assert_eq!(warehouse, [index as u64], "the refused row is a reject once: {page}");
         }
     }
     let listed: Value = client
@@ -209,9 +225,11 @@ async fn reconcile(stack: &Stack, gateway: Process, acked: &[String], deadline: 
     let loaded = stack.warehouse_batches().await;
     let in_warehouse: BTreeSet<&str> = loaded.keys().map(String::as_str).collect();
     assert_eq!(in_warehouse, expected, "rows of exactly the acknowledged batches");
-    for (id, (rows, distinct, sum)) in &loaded {
-        assert_eq!((*rows, *distinct), (GOOD as u64, GOOD as u64), "batch {id} loaded exactly once");
-        assert!((sum - good_sum()).abs() < 1e-9, "batch {id}: SUM(amount) {sum}");
+    let good = (GOOD - refused_rows) as u64;
+    let sum = good_sum() - refused.map_or(0.0, |i| (i + 1) as f64);
+    for (id, (rows, distinct, loaded_sum)) in &loaded {
+        assert_eq!((*rows, *distinct), (good, good), "batch {id} loaded exactly once");
+        assert!((loaded_sum - sum).abs() < 1e-9, "batch {id}: SUM(amount) {loaded_sum}, expected {sum}");
     }
 }
 
@@ -284,7 +302,38 @@ async fn another_replica_takes_over(production: bool) {
     dead.crashed().await;
     let crashed_at = Instant::now();
     let other = stack.recovery(&stack.data_dir().with_extension("other"), &lease).await;
-    reconcile(&stack, other, &acked, crashed_at + Duration::from_secs(20)).await;
+    reconcile(&stack, other, &acked, crashed_at + Duration::from_secs(20), None).await;
+}
+
+/// The good record of every batch that the warehouse refuses once it changes behind the
+/// gateway's back (its id ends in 007; it precedes the batch's bad record, so its index is 7).
+const REFUSED: usize = 7;
+
+/// A crash in the middle of isolating the rows the warehouse refuses (`crash_at` names the
+/// point and the how-manieth time): every batch was acknowledged, then the DuckDB table gained a
+/// CHECK that refuses one good row per batch, then a loader dies mid-bisection. After a restart
+/// each refused row is a reject exactly once and every other row is loaded exactly once.
+async fn crash_in_isolation(crash_at: &str) {
+    let stack = Stack::start(false).await;
+    let ingest = stack.gateway(false, None).await;
+    declare(&ingest.base).await;
+    let acked = post_until_down(&ingest.base).await;
+    assert_eq!(acked.len(), BATCHES);
+    ingest.terminate();
+    let warehouse = duckdb::Connection::open(stack.data_dir().join("warehouse.duckdb")).unwrap();
+    warehouse
+        .execute_batch(&format!(
+            "DROP TABLE LOANS;
+             CREATE TABLE LOANS (ID DECIMAL(38,0) NOT NULL CHECK (ID % 1000 <> {REFUSED}), AMOUNT DECIMAL(12,2),
+                 _BATCH_ID VARCHAR NOT NULL, _RECORD_INDEX BIGINT NOT NULL, _INGESTED_AT TIMESTAMPTZ NOT NULL)"
+        ))
+        .unwrap();
+    drop(warehouse);
+    let loader = stack.gateway(true, Some(crash_at.to_string())).await;
+    loader.crashed().await;
+    let started = Instant::now();
+    let gateway = stack.recovery(&stack.data_dir(), &[]).await;
+    reconcile(&stack, gateway, &acked, started + RESUME_WITHIN, Some(REFUSED)).await;
 }
 
 macro_rules! crash_tests {
@@ -304,6 +353,10 @@ crash_tests! {
     embedded_during_copy: crash_in_load(CrashPoint::DuringCopy, false);
     embedded_after_copy: crash_in_load(CrashPoint::AfterCopy, false);
     embedded_shutdown: crash_in_shutdown(false);
+    // The first COPY that succeeds is a part's, mid-bisection.
+    embedded_during_a_part_copy: crash_in_isolation("during_copy:1");
+    embedded_parts_staged: crash_in_isolation("parts_staged:2");
+    embedded_during_split: crash_in_isolation("during_split:2");
     production_receiving: crash_in_request(CrashPoint::Receiving, true);
     production_validating: crash_in_request(CrashPoint::Validating, true);
     production_staged_before_commit: crash_in_request(CrashPoint::StagedBeforeCommit, true);

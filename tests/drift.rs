@@ -351,3 +351,75 @@ async fn the_drift_report_counts_mismatches_per_column_and_partner() {
     assert_eq!(app.get_json("/v1/tables/nothing/drift").await.0, 404);
     app.shutdown().await;
 }
+
+/// A re-declaration that widens a column (a longer VARCHAR, a NUMBER with more digits) is applied
+/// in the warehouse and the ledger and audited with the type it replaced; rows staged before it
+/// and values that only fit after it load. Returns the warehouse checks `(sql, expected count)`.
+async fn widening(app: &TestApp) -> Vec<(String, usize)> {
+    let narrow = json!({"columns": [
+        {"name": "id", "type": "NUMBER", "nullable": false},
+        {"name": "code", "type": "VARCHAR(3)"},
+        {"name": "amount", "type": "NUMBER(5,2)"}
+    ]});
+    assert_eq!(app.put_table("widened", narrow).await.status(), 201);
+    let (_, before) = post(app, "widened", &json!([{"id": 1, "code": "ABC", "amount": "123.45"}])).await;
+    let (status, refused) = post(app, "widened", &json!([{"id": 2, "code": "ABCDE", "amount": "12345.67"}])).await;
+    assert_eq!(status, 200, "{refused}");
+    assert_eq!(refused["counts"]["rejected"], 1, "too long and too large before the widening: {refused}");
+
+    let wide = json!({"columns": [
+        {"name": "code", "type": "VARCHAR(5)"},
+        {"name": "amount", "type": "NUMBER(12,2)"}
+    ]});
+    let response = app.put_table("widened", wide).await;
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let (_, table) = app.get_json("/v1/tables/widened").await;
+    let types: Vec<&str> = table["columns"].as_array().unwrap().iter().map(|c| c["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["NUMBER(38,0)", "VARCHAR(5)", "NUMBER(12,2)"], "{table}");
+    let (_, changes) = app.get_json("/v1/tables/widened/schema-changes").await;
+    let widened: Vec<(&str, &str, &str)> = changes["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| Some((c["column"].as_str()?, c["previous_type"].as_str()?, c["type"].as_str()?)))
+        .collect();
+    assert_eq!(widened, [("CODE", "VARCHAR(3)", "VARCHAR(5)"), ("AMOUNT", "NUMBER(5,2)", "NUMBER(12,2)")]);
+
+    let (status, after) = post(app, "widened", &json!([{"id": 3, "code": "ABCDE", "amount": "12345.67"}])).await;
+    assert_eq!(status, 202, "{after}");
+    for batch in [&before, &after] {
+        assert_eq!(loaded(app, batch).await["counts"]["loaded"], 1, "{batch}");
+    }
+    // Narrowing back, or changing the scale, is still a conflict.
+    for column in [json!({"name": "code", "type": "VARCHAR(4)"}), json!({"name": "amount", "type": "NUMBER(13,3)"})] {
+        let response = app.put_table("widened", json!({"columns": [column]})).await;
+        assert_eq!(response.status(), 409, "{column}");
+    }
+    vec![
+        ("SELECT COUNT(*) FROM widened WHERE code = 'ABCDE' AND amount = 12345.67".into(), 1),
+        ("SELECT COUNT(*) FROM widened WHERE amount = 123.45".into(), 1),
+    ]
+}
+
+#[tokio::test]
+async fn widening_on_duckdb() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(test_config(dir.path())).await;
+    let expected = widening(&app).await;
+    app.shutdown().await;
+    for (sql, n) in expected {
+        assert_eq!(common::duckdb_count(dir.path(), &sql), n as i64, "{sql}");
+    }
+}
+
+#[tokio::test]
+async fn widening_on_snowflake() {
+    let peers = Peers::start().await;
+    let app = spawn_app_with(peers.config(&peers.dir.path().join("gateway"))).await;
+    let expected = widening(&app).await;
+    let warehouse: SnowflakeWarehouse = peers.warehouse();
+    for (sql, n) in expected {
+        assert_eq!(one_number(&warehouse, &sql).await, n.to_string(), "{sql}");
+    }
+    app.shutdown().await;
+}

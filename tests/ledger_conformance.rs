@@ -388,6 +388,91 @@ pub async fn idempotency_keys_make_one_batch(ledger: Arc<dyn Ledger>) {
 }
 
 /// Runs every suite test against one backend; `$make` builds a fresh, empty ledger.
+/// A claimed file split in two, one part loaded and the other's row rejected by the warehouse:
+/// the batches reconcile from the parts, the split needs the claim, and a warehouse reject
+/// recorded twice counts once.
+pub async fn split_files_reconcile_through_their_parts(ledger: Arc<dyn Ledger>) {
+    let a = new_batch("T", 3, vec![reject(0)]);
+    let b = new_batch("T", 1, vec![]);
+    let (a_id, b_id) = (a.id, b.id);
+    ledger.commit_stage(&commit(file("T", 4), vec![(a_id, 3), (b_id, 1)], vec![a, b], false)).await.unwrap();
+    let claimed = ledger.claim_files("one", LEASE, 10).await.unwrap();
+    let parent = claimed[0].id;
+    let part = |rows: u64, batches: Vec<(Uuid, u64)>| {
+        let id = Uuid::now_v7();
+        FilePart { id, path: format!("T/{id}.parquet"), rows, bytes: 10, batches }
+    };
+    let parts = [part(3, vec![(a_id, 2), (b_id, 1)]), part(1, vec![(a_id, 1)])];
+    let split = FileSplit { file: parent, error: "refused", query_id: Some("q-parent"), parts: &parts };
+    assert!(!ledger.split_file(&split, "another", LEASE).await.unwrap(), "only the holder splits");
+    assert!(ledger.split_file(&split, "one", LEASE).await.unwrap());
+    assert!(!ledger.split_file(&split, "one", LEASE).await.unwrap(), "a file is split once");
+    assert!(ledger.claim_files("two", LEASE, 10).await.unwrap().is_empty(), "the parts are the splitter's");
+    assert_eq!(ledger.renew_claims("one", &[parts[0].id, parts[1].id], LEASE).await.unwrap(), 2);
+
+    let batch = ledger.get_batch(a_id).await.unwrap().unwrap();
+    assert_eq!(batch.status, BatchStatus::Loading);
+    let statuses: Vec<_> = batch.files.iter().map(|f| f.status).collect();
+    assert_eq!(statuses, [FileStatus::Split, FileStatus::Loading, FileStatus::Loading]);
+    assert_eq!(batch.files[0].query_id.as_deref(), Some("q-parent"));
+
+    ledger.complete_files(&[FileOutcome::Loaded { id: parts[0].id, rows: 3, query_id: None }]).await.unwrap();
+    let refused = Reject {
+        index: 2,
+        record: json!({"ID": 2}),
+        errors: vec![FieldError {
+            path: "/ID".into(),
+            column: Some("ID".into()),
+            code: RejectCode::WarehouseRejected,
+            message: "Constraint Error: refused".into(),
+        }],
+        stage: RejectStage::Warehouse,
+    };
+    let outcome = FileOutcome::Rejected { id: parts[1].id, batch: a_id, reject: refused, query_id: Some("q".into()) };
+    ledger.complete_files(std::slice::from_ref(&outcome)).await.unwrap();
+    ledger.complete_files(&[outcome]).await.unwrap();
+
+    let a = ledger.get_batch(a_id).await.unwrap().unwrap();
+    assert_eq!(a.status, BatchStatus::Loaded);
+    assert_eq!(a.counts, Counts { received: 4, accepted: 3, rejected: 2, loaded: 2 });
+    assert_eq!(a.rejects_by_code.get("warehouse_rejected"), Some(&1), "{:?}", a.rejects_by_code);
+    assert_eq!(a.files.last().unwrap().status, FileStatus::Rejected);
+    let rejects = ledger.list_rejects(a_id, None, 10).await.unwrap();
+    let stages: Vec<_> = rejects.iter().map(|r| (r.index, r.stage)).collect();
+    assert_eq!(stages, [(0, RejectStage::Gateway), (2, RejectStage::Warehouse)]);
+    let b = ledger.get_batch(b_id).await.unwrap().unwrap();
+    assert_eq!((b.status, b.counts.loaded), (BatchStatus::Loaded, 1));
+}
+
+/// A widened column takes its new type and is audited with the type it had.
+pub async fn widened_columns_are_audited_with_their_previous_type(ledger: Arc<dyn Ledger>) {
+    let now = Utc::now();
+    let code = |max_len| Column {
+        name: ColumnName::normalize("CODE").unwrap(),
+        ty: ColumnType::Varchar { max_len },
+        nullable: true,
+    };
+    let record = TableRecord {
+        name: "W".into(),
+        drift: DriftPolicy::Evolve,
+        columns: vec![code(3)],
+        aliases: BTreeMap::new(),
+        created_at: now,
+        updated_at: now,
+        version: 0,
+    };
+    ledger.put_table(&record).await.unwrap();
+    let cause = ChangeCause { batch_id: None, partner: "operator".parse().unwrap() };
+    ledger.change_columns("W", &[ColumnChange::Widened(code(10))], &cause).await.unwrap();
+    ledger.change_columns("W", &[ColumnChange::Widened(code(10))], &cause).await.unwrap();
+    assert_eq!(ledger.get_table("W").await.unwrap().unwrap().columns, [code(10)]);
+    let changes = ledger.schema_changes("W").await.unwrap();
+    assert_eq!(changes.len(), 1, "an unchanged type is not audited again");
+    assert_eq!((changes[0].ty.as_str(), changes[0].previous_type.as_deref()), ("VARCHAR(10)", Some("VARCHAR(3)")));
+    let missing = Column { name: ColumnName::normalize("NOPE").unwrap(), ty: ColumnType::INTEGER, nullable: true };
+    assert!(ledger.change_columns("W", &[ColumnChange::Widened(missing)], &cause).await.is_err());
+}
+
 macro_rules! ledger_suite {
     ($module:ident, $make:expr) => {
         mod $module {
@@ -445,6 +530,18 @@ macro_rules! ledger_suite {
             async fn idempotency_keys_make_one_batch() {
                 let (_guard, ledger) = $make.await;
                 super::idempotency_keys_make_one_batch(ledger).await;
+            }
+
+            #[tokio::test]
+            async fn split_files_reconcile_through_their_parts() {
+                let (_guard, ledger) = $make.await;
+                super::split_files_reconcile_through_their_parts(ledger).await;
+            }
+
+            #[tokio::test]
+            async fn widened_columns_are_audited_with_their_previous_type() {
+                let (_guard, ledger) = $make.await;
+                super::widened_columns_are_audited_with_their_previous_type(ledger).await;
             }
         }
     };

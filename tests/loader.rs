@@ -91,6 +91,7 @@ async fn copy_committed_but_not_recorded_is_skipped_on_retry() {
     let loader = Loader::new(
         ledger.clone(),
         warehouse.clone(),
+        stage.clone(),
         settings,
         "survivor".into(),
         Arc::new(Notify::new()),
@@ -143,9 +144,9 @@ async fn a_file_missing_from_the_stage_holds_back_only_itself() {
     }
     let settings = settings(Duration::from_secs(60));
     let health = Arc::new(snowgate::loader::LoaderHealth::default());
-    let loader =
-        Loader::new(ledger.clone(), warehouse, settings, "me".into(), Arc::new(Notify::new()), Arc::new(Notify::new()))
-            .with_health(health.clone());
+    let (staged, loaded) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let loader = Loader::new(ledger.clone(), warehouse, stage.clone(), settings, "me".into(), staged, loaded)
+        .with_health(health.clone());
     assert_eq!(loader.round().await.unwrap(), 2, "both files claimed in one round");
     let missing = ledger.get_batch(ids[0]).await.unwrap().unwrap();
     assert_eq!(missing.status, BatchStatus::Loading, "held back, not failed: {missing:?}");
@@ -203,6 +204,7 @@ async fn a_long_copy_renews_its_claims() {
     let loader = Loader::new(
         ledger.clone(),
         warehouse,
+        stage.clone(),
         settings,
         "live".into(),
         Arc::new(Notify::new()),
@@ -265,6 +267,7 @@ async fn requests_with_columns_in_another_order_never_share_a_file() {
     let loader = Loader::new(
         ledger.clone(),
         warehouse.clone(),
+        stage.clone(),
         settings(Duration::from_secs(60)),
         "me".into(),
         Arc::new(Notify::new()),

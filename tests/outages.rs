@@ -181,3 +181,39 @@ async fn a_warehouse_outage_keeps_acknowledging_and_loads_resume() {
     app.shutdown().await;
     assert_eq!(one_number(&proxied.peers.warehouse(), "SELECT COUNT(*) FROM LOANS").await, "20");
 }
+
+/// A warehouse that takes requests and never answers: the loader gives up each statement at its
+/// deadline, releases the file with that reason (retried, not failed), and loads it once when the
+/// warehouse answers again. Without the deadline the loader would wait on its session for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_warehouse_statement_is_abandoned_at_its_deadline_and_retried() {
+    let proxied = Proxied::start().await;
+    let mut config = proxied.config();
+    config.warehouse.snowflake.as_mut().unwrap().statement_timeout = Duration::from_secs(2);
+    let app = spawn_app_with(config).await;
+    app.declare_loans().await;
+
+    proxied.warehouse.set(Mode::Stall);
+    let id = accepted(&app, 0).await;
+    let started = Instant::now();
+    let released = loop {
+        let (_, batch) = app.get_json(&format!("/v1/batches/{id}")).await;
+        let file = &batch["files"][0];
+        let error = file["error"].as_str().unwrap_or_default();
+        if error.contains("statement_timeout_secs") {
+            break batch;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the stalled statement was never given up: {batch}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(["staged", "loading"].contains(&released["files"][0]["status"].as_str().unwrap()), "{released}");
+    assert_ne!(released["status"], "failed", "{released}");
+
+    proxied.warehouse.set(Mode::Pass);
+    let done = app.wait_final(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "loaded", "{done}");
+    assert_eq!(done["counts"]["loaded"], 10);
+    assert!(done["files"][0]["attempts"].as_u64().unwrap() >= 2, "{done}");
+    app.shutdown().await;
+    assert_eq!(one_number(&proxied.peers.warehouse(), "SELECT COUNT(*) FROM LOANS").await, "10");
+}

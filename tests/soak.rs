@@ -29,7 +29,9 @@ async fn start(peers: &Peers, warehouse: &Proxy, name: &str, port: u16) -> Proce
     command
         .env("SNOWGATE_WAREHOUSE__SNOWFLAKE__BASE_URL", format!("http://{}", warehouse.addr))
         .env("SNOWGATE_LOADER__LEASE_SECS", "5")
-        .env("SNOWGATE_LOADER__RETRY_BASE_MS", "200");
+        .env("SNOWGATE_LOADER__RETRY_BASE_MS", "200")
+        // A statement caught in the outage is given up well within the test's wait for loads.
+        .env("SNOWGATE_WAREHOUSE__SNOWFLAKE__STATEMENT_TIMEOUT_SECS", "15");
     Process::start(command, base).await
 }
 

@@ -136,8 +136,15 @@ pub trait Ledger: Send + Sync + 'static {
 
     async fn list_tables(&self) -> Result<Vec<TableRecord>>;
 
+    /// Applies column changes to a table's record in one transaction and audits each one: added
+    /// columns are appended (one already there is skipped), widened ones take their new type.
+    async fn change_columns(&self, table: &str, changes: &[ColumnChange], cause: &ChangeCause) -> Result<()>;
+
     /// Appends columns to a table's record and audits each one.
-    async fn add_columns(&self, table: &str, columns: &[Column], cause: &ChangeCause) -> Result<()>;
+    async fn add_columns(&self, table: &str, columns: &[Column], cause: &ChangeCause) -> Result<()> {
+        let changes: Vec<ColumnChange> = columns.iter().cloned().map(ColumnChange::Added).collect();
+        self.change_columns(table, &changes, cause).await
+    }
 
     /// Serialises schema changes to one table across replicas; released when the guard drops.
     async fn lock_ddl(&self, table: &str) -> Result<DdlGuard>;
@@ -158,8 +165,16 @@ pub trait Ledger: Send + Sync + 'static {
     /// Extends the lease of files `owner` still holds; returns how many it still holds.
     async fn renew_claims(&self, owner: &str, ids: &[Uuid], lease: Duration) -> Result<u64>;
 
-    /// Records load outcomes and reconciles the batches those files belong to.
+    /// Records load outcomes and reconciles the batches those files belong to. A rejected file's
+    /// row becomes a warehouse reject of its batch (once, however often the outcome is recorded).
     async fn complete_files(&self, outcomes: &[FileOutcome]) -> Result<()>;
+
+    /// Replaces a file `owner` holds by its parts, already written to the stage, in one
+    /// transaction: the parts are recorded claimed by `owner` for `lease`, with the file's table
+    /// and columns and their rows per batch, and the file ends `split` with the error (and the
+    /// statement) that made it so. Returns false, recording nothing, when `owner` no longer
+    /// holds the file (its lease expired and another took it).
+    async fn split_file(&self, split: &FileSplit<'_>, owner: &str, lease: Duration) -> Result<bool>;
 
     /// Hands claimed files back after a failure that is not the data's; they are retried after
     /// `delay`. `unclassified` counts one more COPY failure of no known kind on each.

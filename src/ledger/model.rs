@@ -103,6 +103,18 @@ text_enum! {
         Failed = "failed",
         /// A pending part whose batch never completed (the gateway stopped mid-request).
         Abandoned = "abandoned",
+        /// Split in two after the warehouse refused a row in it: its rows load through its parts
+        /// (files whose parent it is).
+        Split = "split",
+        /// A part of one row that the warehouse refused: the row is a reject of its batch.
+        Rejected = "rejected",
+    }
+}
+
+impl FileStatus {
+    /// True once nothing more will happen to the file.
+    pub fn is_final(self) -> bool {
+        matches!(self, FileStatus::Loaded | FileStatus::Failed | FileStatus::Split | FileStatus::Rejected)
     }
 }
 
@@ -181,8 +193,45 @@ pub struct ClaimedFile {
 /// What the warehouse did with one claimed file.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FileOutcome {
-    Loaded { id: Uuid, rows: u64, query_id: Option<String> },
-    Failed { id: Uuid, error: String, query_id: Option<String> },
+    Loaded {
+        id: Uuid,
+        rows: u64,
+        query_id: Option<String>,
+    },
+    Failed {
+        id: Uuid,
+        error: String,
+        query_id: Option<String>,
+    },
+    /// A file of one row that the warehouse refused: the row becomes a reject of `batch`.
+    Rejected {
+        id: Uuid,
+        batch: Uuid,
+        reject: Reject,
+        query_id: Option<String>,
+    },
+}
+
+/// A file replaced by its parts after the warehouse refused a row in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSplit<'a> {
+    pub file: Uuid,
+    /// The refusal, and the statement that got it (none where it was inferred: the file's
+    /// sibling loaded, so the rows its parent was refused for are in this file).
+    pub error: &'a str,
+    pub query_id: Option<&'a str>,
+    pub parts: &'a [FilePart],
+}
+
+/// A part of a file being split, written to the stage already.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilePart {
+    pub id: Uuid,
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Rows of each batch in the part.
+    pub batches: Vec<(Uuid, u64)>,
 }
 
 /// A column added to a table, with the batch that brought it.
@@ -196,7 +245,27 @@ pub struct SchemaChange {
     /// Who made the change: the partner whose batch brought the column, or who declared it
     /// (absent on changes recorded before partners existed).
     pub partner: Option<Partner>,
+    /// The type a column widened in place had before; absent where the column was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_type: Option<String>,
     pub at: DateTime<Utc>,
+}
+
+/// A change to a table's columns, as the ledger records and audits it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ColumnChange {
+    /// A new nullable column.
+    Added(Column),
+    /// An existing column with a wider type (a longer VARCHAR, a wider NUMBER).
+    Widened(Column),
+}
+
+impl ColumnChange {
+    pub fn column(&self) -> &Column {
+        match self {
+            ColumnChange::Added(column) | ColumnChange::Widened(column) => column,
+        }
+    }
 }
 
 /// Why columns are added, for the audit log.

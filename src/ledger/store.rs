@@ -12,9 +12,9 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 use uuid::Uuid;
 
 use super::{
-    ApiKey, AppliedChange, BatchFile, BatchFilter, BatchRecord, BatchStatus, ChangeCause, ClaimedFile, Counts,
-    DdlGuard, FileOutcome, FileStatus, IdempotencyClaim, IdempotencyState, Ledger, LedgerError, Partner, Result,
-    SchemaChange, StageCommit, TableRecord,
+    ApiKey, AppliedChange, BatchFile, BatchFilter, BatchRecord, BatchStatus, ChangeCause, ClaimedFile, ColumnChange,
+    Counts, DdlGuard, FileOutcome, FileSplit, FileStatus, IdempotencyClaim, IdempotencyState, Ledger, LedgerError,
+    Partner, Result, SchemaChange, StageCommit, TableRecord,
 };
 use crate::ingest::reject::{FieldError, Reject, RejectStage};
 use crate::schema::Column;
@@ -290,9 +290,9 @@ where
         rows.iter().map(table_from_row::<D>).collect()
     }
 
-    async fn add_columns(&self, table: &str, columns: &[Column], cause: &ChangeCause) -> Result<()> {
+    async fn change_columns(&self, table: &str, changes: &[ColumnChange], cause: &ChangeCause) -> Result<()> {
         let mut tx = self.writer.begin().await?;
-        // Locked: two replicas appending at once must not overwrite each other's columns.
+        // Locked: two replicas changing columns at once must not overwrite each other's changes.
         let sql = format!("SELECT columns FROM tables WHERE name = $1{}", D::FOR_UPDATE);
         let row = sqlx::query::<D>(&sql).bind(table).fetch_optional(&mut *tx).await?;
         let Some(row) = row else {
@@ -300,21 +300,33 @@ where
         };
         let mut known: Vec<Column> = from_json(&get::<D, String>(&row, "columns")?)?;
         let audit = format!(
-            "INSERT INTO schema_changes (table_name, column_name, column_type, batch_id, partner, at)
-             VALUES ($1, $2, $3, $4, $5, {})",
+            "INSERT INTO schema_changes (table_name, column_name, column_type, batch_id, partner, previous_type, at)
+             VALUES ($1, $2, $3, $4, $5, $6, {})",
             D::NOW
         );
-        for column in columns {
-            if known.iter().any(|c| c.name == column.name) {
-                continue;
-            }
-            known.push(column.clone());
+        for change in changes {
+            let existing = known.iter_mut().find(|c| c.name == change.column().name);
+            let (column, previous) = match (change, existing) {
+                (ColumnChange::Added(_), Some(_)) => continue,
+                (ColumnChange::Added(column), None) => {
+                    known.push(column.clone());
+                    (column, None)
+                }
+                (ColumnChange::Widened(column), Some(existing)) if existing.ty != column.ty => {
+                    (column, Some(std::mem::replace(&mut existing.ty, column.ty).to_string()))
+                }
+                (ColumnChange::Widened(_), Some(_)) => continue,
+                (ColumnChange::Widened(column), None) => {
+                    return Err(LedgerError::Missing(format!("column {} of table {table}", column.name)));
+                }
+            };
             sqlx::query::<D>(&audit)
                 .bind(table)
                 .bind(column.name.as_str())
                 .bind(column.ty.to_string())
                 .bind(cause.batch_id.map(D::id))
                 .bind(cause.partner.as_str())
+                .bind(previous)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -342,6 +354,7 @@ where
                     ty: get::<D, String>(row, "column_type")?,
                     batch_id: get::<D, Option<D::Id>>(row, "batch_id")?.map(D::uuid).transpose()?,
                     partner: get::<D, Option<String>>(row, "partner")?.as_deref().map(parse).transpose()?,
+                    previous_type: get::<D, Option<String>>(row, "previous_type")?,
                     at: D::datetime(get::<D, D::Time>(row, "at")?)?,
                 })
             })
@@ -522,19 +535,27 @@ where
         );
         let mut tx = self.writer.begin().await?;
         let mut ids = Vec::with_capacity(outcomes.len());
+        let mut rejected = Vec::new();
         // Applied in order: when a file appears twice its last outcome wins.
         for outcome in outcomes {
             let (id, status, rows, query_id, error) = match outcome {
                 FileOutcome::Loaded { id, rows, query_id } => {
                     (*id, FileStatus::Loaded, Some(int(*rows)), query_id, None)
                 }
-                FileOutcome::Failed { id, error, query_id } => (*id, FileStatus::Failed, None, query_id, Some(error)),
+                FileOutcome::Failed { id, error, query_id } => {
+                    (*id, FileStatus::Failed, None, query_id, Some(error.clone()))
+                }
+                FileOutcome::Rejected { id, batch, reject, query_id } => {
+                    rejected.push((*batch, reject));
+                    let error = reject.errors.first().map(|e| e.message.clone());
+                    (*id, FileStatus::Rejected, Some(0), query_id, error)
+                }
             };
             sqlx::query::<D>(&sql)
                 .bind(status.as_str())
                 .bind(rows)
                 .bind(query_id.as_deref())
-                .bind(error.map(String::as_str))
+                .bind(error.as_deref())
                 .bind(status == FileStatus::Loaded)
                 .bind(D::id(id))
                 .execute(&mut *tx)
@@ -542,19 +563,54 @@ where
             ids.push(id);
         }
         let batches = lock_batches(&mut tx, &ids).await?;
+        // Warehouse rejects join their batch's gateway rejects; one recorded before (the same
+        // outcome recorded twice) is not counted again.
+        for (batch, reject) in rejected {
+            let inserted = sqlx::query::<D>(
+                "INSERT INTO rejects (batch_id, idx, record, errors, stage) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (batch_id, idx) DO NOTHING RETURNING idx",
+            )
+            .bind(D::id(batch))
+            .bind(int(reject.index))
+            .bind(to_json(&reject.record)?)
+            .bind(to_json(&reject.errors)?)
+            .bind(reject.stage.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if inserted.is_none() {
+                continue;
+            }
+            let row = sqlx::query::<D>("SELECT rejects_by_code FROM batches WHERE id = $1")
+                .bind(D::id(batch))
+                .fetch_one(&mut *tx)
+                .await?;
+            let mut by_code: BTreeMap<String, u64> = from_json(&get::<D, String>(&row, "rejects_by_code")?)?;
+            for code in reject.errors.iter().map(|e| e.code.as_str()).collect::<BTreeSet<_>>() {
+                *by_code.entry(code.to_string()).or_default() += 1;
+            }
+            sqlx::query::<D>("UPDATE batches SET rejected = rejected + 1, rejects_by_code = $1 WHERE id = $2")
+                .bind(to_json(&by_code)?)
+                .bind(D::id(batch))
+                .execute(&mut *tx)
+                .await?;
+        }
         // Recompute `loaded` and the status of those batches from the state of their files.
         let mut tallies = BTreeMap::new();
         for chunk in batches.chunks(IDS_PER_LIST) {
             let sql = format!(
                 "SELECT fb.batch_id,
                      CAST(COALESCE(SUM(CASE WHEN f.status = $1 THEN fb.rows ELSE 0 END), 0) AS BIGINT) AS loaded,
-                     CAST(SUM(CASE WHEN f.status IN ($1, $2) THEN 0 ELSE 1 END) AS BIGINT) AS open,
+                     CAST(SUM(CASE WHEN f.status IN ($1, $2, $3, $4) THEN 0 ELSE 1 END) AS BIGINT) AS open,
                      MAX(CASE WHEN f.status = $2 THEN f.error END) AS error
                  FROM file_batches fb JOIN files f ON f.id = fb.file_id
                  WHERE fb.batch_id IN {} GROUP BY fb.batch_id",
-                params(3, chunk.len())
+                params(5, chunk.len())
             );
-            let query = sqlx::query::<D>(&sql).bind(FileStatus::Loaded.as_str()).bind(FileStatus::Failed.as_str());
+            let query = sqlx::query::<D>(&sql)
+                .bind(FileStatus::Loaded.as_str())
+                .bind(FileStatus::Failed.as_str())
+                .bind(FileStatus::Split.as_str())
+                .bind(FileStatus::Rejected.as_str());
             let query = chunk.iter().fold(query, |q, id| q.bind(D::id(*id)));
             for row in query.fetch_all(&mut *tx).await? {
                 let tally = FileTally {
@@ -586,6 +642,58 @@ where
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn split_file(&self, split: &FileSplit<'_>, owner: &str, lease: Duration) -> Result<bool> {
+        let (file, parts) = (split.file, split.parts);
+        let mut tx = self.writer.begin().await?;
+        let updated = sqlx::query::<D>(
+            "UPDATE files SET status = $1, claimed_by = NULL, lease_until = NULL, error = $5, query_id = $6
+             WHERE id = $2 AND status = $3 AND claimed_by = $4 RETURNING id",
+        )
+        .bind(FileStatus::Split.as_str())
+        .bind(D::id(file))
+        .bind(FileStatus::Loading.as_str())
+        .bind(owner)
+        .bind(split.error)
+        .bind(split.query_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if updated.is_none() {
+            return Ok(false);
+        }
+        let insert = format!(
+            "INSERT INTO files (id, table_name, path, rows, bytes, status, attempts, claimed_by, lease_until,
+                 columns, parent_id, created_at)
+             SELECT $1, table_name, $2, $3, $4, $5, 1, $6, {}, columns, id, {} FROM files WHERE id = $8",
+            D::now_plus("$7"),
+            D::NOW
+        );
+        for part in parts {
+            sqlx::query::<D>(&insert)
+                .bind(D::id(part.id))
+                .bind(part.path.as_str())
+                .bind(int(part.rows))
+                .bind(int(part.bytes))
+                .bind(FileStatus::Loading.as_str())
+                .bind(owner)
+                .bind(seconds(lease, Duration::from_secs(30)))
+                .bind(D::id(file))
+                .execute(&mut *tx)
+                .await?;
+            for chunk in part.batches.chunks(ROWS_PER_INSERT) {
+                let sql =
+                    format!("INSERT INTO file_batches (file_id, batch_id, rows) VALUES {}", tuples(chunk.len(), 3));
+                let mut query = sqlx::query::<D>(&sql);
+                for (batch, rows) in chunk {
+                    query = query.bind(D::id(part.id)).bind(D::id(*batch)).bind(int(*rows));
+                }
+                query.execute(&mut *tx).await?;
+            }
+        }
+        crate::fault::crash_point(crate::fault::CrashPoint::DuringSplit);
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn release_files(&self, ids: &[Uuid], error: &str, delay: Duration, unclassified: bool) -> Result<()> {

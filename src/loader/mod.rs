@@ -1,5 +1,6 @@
 //! The loader: claims staged files, runs COPY, and reconciles batches in the ledger.
 
+mod isolate;
 mod supervisor;
 mod sweeper;
 
@@ -13,8 +14,10 @@ use tokio_util::sync::CancellationToken;
 pub use supervisor::{supervise, ConfigurationError, LoaderHealth, LoaderState, LoaderStatus};
 pub use sweeper::{run_idempotency_sweeper, run_sweeper, sweep_orphans, SweepError};
 
+use self::isolate::Held;
 use crate::config::LoaderConfig;
 use crate::ledger::{ClaimedFile, FileOutcome, Ledger, LedgerError};
+use crate::stage::Stage;
 use crate::warehouse::{ErrorKind, StagedFile, Warehouse, WarehouseError};
 
 /// Longest delay between retries of a file.
@@ -24,6 +27,8 @@ const MAX_RETRY: Duration = Duration::from_secs(300);
 pub struct Loader {
     ledger: Arc<dyn Ledger>,
     warehouse: Arc<dyn Warehouse>,
+    /// Where refused files are read back and split (see `isolate`).
+    stage: Arc<Stage>,
     settings: LoaderConfig,
     owner: String,
     /// Notified when files are staged.
@@ -37,12 +42,14 @@ impl Loader {
     pub fn new(
         ledger: Arc<dyn Ledger>,
         warehouse: Arc<dyn Warehouse>,
+        stage: Arc<Stage>,
         settings: LoaderConfig,
         owner: String,
         staged: Arc<Notify>,
         loaded: Arc<Notify>,
     ) -> Self {
-        Loader { ledger, warehouse, settings, owner, staged, loaded, health: Arc::new(LoaderHealth::default()) }
+        let health = Arc::new(LoaderHealth::default());
+        Loader { ledger, warehouse, stage, settings, owner, staged, loaded, health }
     }
 
     /// Reports rounds and errors to `health` (shared with `/readyz`).
@@ -98,7 +105,7 @@ impl Loader {
         let claimed =
             self.ledger.claim_files(&self.owner, self.settings.lease, self.settings.max_files_per_copy).await?;
         let count = claimed.len();
-        let ids: Vec<_> = claimed.iter().map(|f| f.id).collect();
+        let held: Held = std::sync::Mutex::new(claimed.iter().map(|f| f.id).collect());
         let mut by_table: BTreeMap<String, Vec<ClaimedFile>> = BTreeMap::new();
         for file in claimed {
             by_table.entry(file.table.clone()).or_default().push(file);
@@ -106,7 +113,7 @@ impl Loader {
         let loads = async {
             let mut failed = None;
             for (table, files) in by_table {
-                if let Err(e) = self.load(&table, files).await {
+                if let Err(e) = self.load(&table, files, &held).await {
                     // The claims stay until their lease expires; the next claim retries them.
                     tracing::error!(table, error = %e, "could not record a load; files retried after the lease");
                     failed = Some(e);
@@ -114,7 +121,7 @@ impl Loader {
             }
             failed
         };
-        let failed = self.holding_claims(&ids, loads).await;
+        let failed = self.holding_claims(&held, loads).await;
         if count > 0 {
             self.loaded.notify_waiters();
         }
@@ -126,8 +133,8 @@ impl Loader {
     }
 
     /// One COPY for all files of a table. A data error retries the files one by one so that a
-    /// bad file cannot hold back the good ones.
-    async fn load(&self, table: &str, files: Vec<ClaimedFile>) -> Result<(), LedgerError> {
+    /// bad file cannot hold back the good ones, and isolates the refused rows of a file alone.
+    async fn load(&self, table: &str, files: Vec<ClaimedFile>, held: &Held) -> Result<(), LedgerError> {
         let staged: Vec<StagedFile> =
             files.iter().map(|f| StagedFile { path: f.path.clone(), columns: f.columns.clone() }).collect();
         let error = match self.warehouse.copy_files(table, &staged).await {
@@ -160,7 +167,7 @@ impl Loader {
             ErrorKind::Configuration | ErrorKind::Data | ErrorKind::Statement if one_of_several => {
                 tracing::warn!(table, error = %error, "COPY failed on one file; loading files one by one");
                 for file in files {
-                    Box::pin(self.load(table, vec![file])).await?;
+                    Box::pin(self.load(table, vec![file], held)).await?;
                 }
                 Ok(())
             }
@@ -181,7 +188,7 @@ impl Loader {
             ErrorKind::Data | ErrorKind::Statement if files.len() > 1 => {
                 tracing::warn!(table, error = %error, "COPY failed; loading files one by one");
                 for file in files {
-                    Box::pin(self.load(table, vec![file])).await?;
+                    Box::pin(self.load(table, vec![file], held)).await?;
                 }
                 Ok(())
             }
@@ -194,7 +201,13 @@ impl Loader {
                     "COPY failed with an unclassified error; file released for another try");
                 self.release(&files, &error, delay, true).await
             }
-            ErrorKind::Data | ErrorKind::Statement => {
+            ErrorKind::Data => {
+                tracing::warn!(table, path = %files[0].path, error = %error, "file refused; isolating its bad rows");
+                self.health.clear_configuration_error(table, &[files[0].path.as_str()]);
+                let file = files.into_iter().next().expect("one file");
+                self.isolate(table, file, error, held).await
+            }
+            ErrorKind::Statement => {
                 tracing::error!(table, path = %files[0].path, error = %error, "file failed to load");
                 // The warehouse reached the data, so no configuration problem stands in the way.
                 self.health.clear_configuration_error(table, &[files[0].path.as_str()]);
@@ -207,18 +220,21 @@ impl Loader {
     /// Runs `work` while renewing the round's claims every third of a lease, so every file the
     /// round holds (the one being copied and those waiting their turn) stays claimed however long
     /// the round takes, and a dead process's claims expire within one lease (`loader.lease_secs`).
-    async fn holding_claims<T>(&self, ids: &[uuid::Uuid], work: impl std::future::Future<Output = T>) -> T {
+    async fn holding_claims<T>(&self, held: &Held, work: impl std::future::Future<Output = T>) -> T {
         tokio::pin!(work);
         let mut renew = tokio::time::interval((self.settings.lease / 3).max(Duration::from_millis(10)));
         renew.tick().await;
         loop {
             tokio::select! {
                 done = &mut work => return done,
-                _ = renew.tick() => match self.ledger.renew_claims(&self.owner, ids, self.settings.lease).await {
-                    // Files finished in this round are no longer held; fewer is expected.
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "could not renew file claims"),
-                },
+                _ = renew.tick() => {
+                    let ids = held.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    match self.ledger.renew_claims(&self.owner, &ids, self.settings.lease).await {
+                        // Files finished in this round are no longer held; fewer is expected.
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "could not renew file claims"),
+                    }
+                }
             }
         }
     }

@@ -273,6 +273,20 @@ impl Warehouse for DuckDbWarehouse {
         self.execute_all(add_column_statements(table, added)).await
     }
 
+    async fn widen_column(&self, table: &str, column: &Column) -> Result<(), WarehouseError> {
+        // DuckDB's VARCHAR has no length to widen (the gateway checks it); DECIMALs are altered.
+        if matches!(column.ty, ColumnType::Varchar { .. }) {
+            return Ok(());
+        }
+        let sql = format!(
+            "ALTER TABLE {} ALTER COLUMN {} SET DATA TYPE {}",
+            quote_ident(table),
+            quote_ident(&column.name),
+            duckdb_type(column.ty)
+        );
+        self.execute_all(vec![sql]).await
+    }
+
     async fn add_metadata_columns(&self, table: &str) -> Result<(), WarehouseError> {
         let added = metadata_ddl().into_iter().map(|(name, ty)| (name, ty.to_string()));
         self.execute_all(add_column_statements(table, added)).await
@@ -319,9 +333,11 @@ impl Warehouse for DuckDbWarehouse {
                     continue;
                 }
                 let mut rows = 0u64;
-                for batch in decode_parquet(&path, data)? {
+                let named = |e: WarehouseError| e.with_query_id(Some(query_id.clone()));
+                for batch in decode_parquet(&path, data).map_err(named)? {
                     let registration = ArrowBatchRegistration::new(batch);
-                    let inserted = tx.execute(&insert, [&registration]).map_err(|e| classify_insert_error(&path, e))?;
+                    let inserted =
+                        tx.execute(&insert, [&registration]).map_err(|e| named(classify_insert_error(&path, e)))?;
                     rows += inserted as u64;
                 }
                 tx.execute(

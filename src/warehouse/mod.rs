@@ -49,12 +49,21 @@ struct Detail {
     file: Option<String>,
     row: Option<u64>,
     column: Option<String>,
+    query_id: Option<String>,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl WarehouseError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        let detail = Detail { code: None, message: message.into(), file: None, row: None, column: None, source: None };
+        let detail = Detail {
+            code: None,
+            message: message.into(),
+            file: None,
+            row: None,
+            column: None,
+            query_id: None,
+            source: None,
+        };
         WarehouseError { kind, detail: Box::new(detail) }
     }
 
@@ -123,6 +132,17 @@ impl WarehouseError {
     pub fn column(&self) -> Option<&str> {
         self.detail.column.as_deref()
     }
+
+    /// Names the statement that failed, where the warehouse gave it an id.
+    pub fn with_query_id(mut self, query_id: Option<String>) -> Self {
+        self.detail.query_id = query_id.or(self.detail.query_id);
+        self
+    }
+
+    /// The warehouse's id of the statement that failed.
+    pub fn query_id(&self) -> Option<&str> {
+        self.detail.query_id.as_deref()
+    }
 }
 
 impl std::fmt::Display for WarehouseError {
@@ -181,6 +201,11 @@ pub trait Warehouse: Send + Sync + 'static {
 
     /// Adds nullable columns, skipping any that exist.
     async fn add_columns(&self, table: &str, columns: &[Column]) -> Result<(), WarehouseError>;
+
+    /// Gives a column a wider type in place, keeping its values (see [`ColumnType::widens_to`]).
+    ///
+    /// [`ColumnType::widens_to`]: crate::schema::ColumnType::widens_to
+    async fn widen_column(&self, table: &str, column: &Column) -> Result<(), WarehouseError>;
 
     /// Adds whichever metadata columns are missing (for tables created outside snowgate).
     async fn add_metadata_columns(&self, table: &str) -> Result<(), WarehouseError>;

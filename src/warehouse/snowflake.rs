@@ -5,6 +5,8 @@
 //! DDL commits an open transaction), and readiness probes. Query ids travel with each statement
 //! (a task-local filled in by a response middleware), never through a shared slot.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use snowflake_api::{
@@ -28,6 +30,8 @@ pub struct SnowflakeWarehouse {
     /// Readiness probes, one at a time.
     probe: tokio::sync::Mutex<SnowflakeApi>,
     stage: String,
+    /// To open a fresh loads session when one stops answering.
+    config: SnowflakeConfig,
 }
 
 /// Sessions used by one statement at a time each. Snowflake runs concurrent statements on one
@@ -94,8 +98,10 @@ fn check_stage_name(name: &str) -> Result<(), WarehouseError> {
 
 /// A client and session (it logs in on its first statement) that records query ids.
 fn session(config: &SnowflakeConfig) -> Result<SnowflakeApi, WarehouseError> {
+    // No overall timeout here: each statement's deadline covers all its requests (login, query,
+    // result chunks), and a stalled one is told apart from a failed one.
     let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(600))
+        .connect_timeout(config.statement_timeout.min(Duration::from_secs(10)))
         .build()
         .map_err(|e| WarehouseError::configuration(format!("http client: {e}")).with_source(e))?;
     let mut builder = ClientBuilder::new(http).with(QueryIdRecorder);
@@ -115,13 +121,20 @@ fn session(config: &SnowflakeConfig) -> Result<SnowflakeApi, WarehouseError> {
     SnowflakeApiBuilder::new(args).with_client(client).build().map_err(classify)
 }
 
-/// Runs one statement on `api`, with its query id.
-async fn exec(api: &SnowflakeApi, sql: &str) -> Result<Executed, WarehouseError> {
-    let (result, query_id) = with_query_id(api.exec(sql)).await;
+/// Runs one statement on `api`, with its query id, waiting at most `deadline` for its answer.
+async fn exec(api: &SnowflakeApi, sql: &str, deadline: Duration) -> Result<Executed, WarehouseError> {
+    let (result, query_id) = match tokio::time::timeout(deadline, with_query_id(api.exec(sql))).await {
+        Ok(answered) => answered,
+        Err(elapsed) => {
+            let message =
+                format!("no answer within {} s (warehouse.snowflake.statement_timeout_secs)", deadline.as_secs());
+            return Err(WarehouseError::transient(message).with_source(elapsed));
+        }
+    };
     let result = result.map_err(|e| {
         let error = classify(e);
         tracing::debug!(query_id = ?query_id, error = %error, "snowflake statement failed");
-        error
+        error.with_query_id(query_id.clone())
     })?;
     Ok(Executed { rows: result_rows(result)?, query_id })
 }
@@ -135,11 +148,26 @@ impl SnowflakeWarehouse {
             loads: tokio::sync::Mutex::new(session(config)?),
             probe: tokio::sync::Mutex::new(session(config)?),
             stage: config.stage.clone(),
+            config: config.clone(),
         })
     }
 
     async fn exec(&self, sql: &str) -> Result<Executed, WarehouseError> {
-        exec(&*self.api.get().await, sql).await
+        exec(&*self.api.get().await, sql, self.config.statement_timeout).await
+    }
+
+    /// Replaces a session that did not answer in time with a fresh one, and closes the old one in
+    /// the background: Snowflake rolls back what it left open, so a COPY that was still running
+    /// there never commits.
+    fn replace_stalled(&self, session: &mut SnowflakeApi) -> Result<(), WarehouseError> {
+        let mut stalled = std::mem::replace(session, self::session(&self.config)?);
+        let deadline = self.config.statement_timeout;
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = tokio::time::timeout(deadline, stalled.close_session()).await {
+                tracing::debug!(error = %e, "could not close a stalled Snowflake session; it expires on its own");
+            }
+        });
+        Ok(())
     }
 
     /// Runs any statement and returns its rows as text, for tools and tests.
@@ -201,6 +229,11 @@ fn classify(error: SnowflakeApiError) -> WarehouseError {
 
 fn snowflake_type(ty: ColumnType) -> String {
     ty.to_string()
+}
+
+/// Whether a statement got no answer within its deadline (as opposed to an answer that failed).
+fn timed_out(error: &WarehouseError) -> bool {
+    std::error::Error::source(error).is_some_and(|cause| cause.is::<tokio::time::error::Elapsed>())
 }
 
 fn not_found(error: &WarehouseError) -> bool {
@@ -272,6 +305,17 @@ impl Warehouse for SnowflakeWarehouse {
         Ok(())
     }
 
+    async fn widen_column(&self, table: &str, column: &Column) -> Result<(), WarehouseError> {
+        let sql = format!(
+            "ALTER TABLE {} ALTER COLUMN {} SET DATA TYPE {}",
+            quote_ident(table),
+            quote_ident(&column.name),
+            snowflake_type(column.ty)
+        );
+        self.exec(&sql).await?;
+        Ok(())
+    }
+
     async fn add_metadata_columns(&self, table: &str) -> Result<(), WarehouseError> {
         for (name, ty) in metadata_types() {
             let sql = format!("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {ty}", quote_ident(table), quote_ident(name));
@@ -295,15 +339,24 @@ impl Warehouse for SnowflakeWarehouse {
         }
         // An explicit transaction makes a multi-file COPY all or nothing on every engine; with
         // ON_ERROR = ABORT_STATEMENT Snowflake does that anyway, its emulator does not.
-        let session = self.loads.lock().await;
+        let mut session = self.loads.lock().await;
+        let deadline = self.config.statement_timeout;
         // Whatever an earlier failure on this session left open ends first (a ROLLBACK with no
         // transaction open does nothing).
-        let _ = exec(&session, "ROLLBACK").await;
-        exec(&session, "BEGIN").await?;
+        for (statement, must_succeed) in [("ROLLBACK", false), ("BEGIN", true)] {
+            match exec(&session, statement, deadline).await {
+                Err(e) if timed_out(&e) => {
+                    self.replace_stalled(&mut session)?;
+                    return Err(e);
+                }
+                Err(e) if must_succeed => return Err(e),
+                _ => {}
+            }
+        }
         let mut copied = Ok(Vec::with_capacity(files.len()));
         for (columns, paths) in &groups {
             let sql = copy_statement(table, &self.stage, *columns, paths);
-            copied = match (copied, exec(&session, &sql).await) {
+            copied = match (copied, exec(&session, &sql, deadline).await) {
                 (Ok(mut results), Ok(executed)) => copy_results(paths, &executed).map(|more| {
                     results.extend(more);
                     results
@@ -316,13 +369,18 @@ impl Warehouse for SnowflakeWarehouse {
         }
         crate::fault::crash_point(crate::fault::CrashPoint::DuringCopy);
         let committed = match copied {
-            Ok(results) => exec(&session, "COMMIT").await.map(|_| results),
+            Ok(results) => exec(&session, "COMMIT", deadline).await.map(|_| results),
             Err(e) => Err(e),
         };
-        if committed.is_err() {
+        match &committed {
+            // A statement still running there may yet answer: the session is given up instead.
+            Err(e) if timed_out(e) => self.replace_stalled(&mut session)?,
             // Whatever failed (the COPY or its COMMIT), the session is left with no transaction
             // open; a ROLLBACK with none open does nothing.
-            let _ = exec(&session, "ROLLBACK").await;
+            Err(_) => {
+                let _ = exec(&session, "ROLLBACK", deadline).await;
+            }
+            Ok(_) => {}
         }
         committed
     }
@@ -402,7 +460,10 @@ fn copy_results(paths: &[String], executed: &Executed) -> Result<Vec<CopyResult>
             other => {
                 let error = cell(error_at).unwrap_or_else(|| format!("status {other}"));
                 let line = cell(line_at).and_then(|n| n.parse().ok());
-                return Err(WarehouseError::data(error).in_file(path).at(line, cell(column_at)));
+                return Err(WarehouseError::data(error)
+                    .in_file(path)
+                    .at(line, cell(column_at))
+                    .with_query_id(query_id));
             }
         };
         results.push(CopyResult { path: path.clone(), status, rows_loaded, query_id: query_id.clone() });

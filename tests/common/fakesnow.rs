@@ -77,6 +77,7 @@ impl Fakesnow {
             schema: "PARTNERS".into(),
             stage: stage.into(),
             base_url: Some(self.base_url.clone()),
+            ..SnowflakeConfig::default()
         }
     }
 

@@ -1,0 +1,408 @@
+//! Isolating the rows the warehouse refuses. A file whose COPY fails alone with a data error is
+//! split in halves, written to the stage as new files and recorded in the ledger in its place,
+//! and each half is copied on its own. A half that loads is done; a half that is refused is split
+//! again, down to single rows, which become rejects of their batches carrying the warehouse's
+//! error and the row as it was loaded. A half whose sibling loaded holds every row its parent was
+//! refused for, so it is split without a COPY of its own: k bad rows in n rows cost about
+//! k·log2(n) statements, not n.
+//!
+//! Each split is one ledger transaction that ends the parent and records its parts, so a crash at
+//! any point leaves every row in exactly one open file (the parent, or its parts), and a restart
+//! loads those like any other files: no row is loaded twice. Parts written to the stage but never
+//! recorded are orphans for the stage sweeper.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::concat_batches;
+use arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use futures::future::BoxFuture;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{backoff, jittered, Loader};
+use crate::buffer::encode::parquet_bytes;
+use crate::ingest::reject::{pointer, FieldError, Reject, RejectCode, RejectStage};
+use crate::ledger::{ClaimedFile, FileOutcome, FilePart, FileSplit, LedgerError};
+use crate::schema::{Column, META_BATCH_ID, META_COLUMNS, META_RECORD_INDEX};
+use crate::warehouse::{ErrorKind, StagedFile, WarehouseError};
+
+/// Ids of the files a round holds, renewed together; isolation adds the parts it creates.
+pub(super) type Held = Mutex<Vec<Uuid>>;
+
+/// One file of the tree being isolated: its ledger id, stage path and rows, held in memory.
+struct Node {
+    id: Uuid,
+    path: String,
+    rows: RecordBatch,
+}
+
+/// What one isolation shares: the table, the columns its files were written with, the claims to
+/// extend with new parts, and the statements spent so far.
+struct Isolation<'a> {
+    table: &'a str,
+    columns: Option<Vec<Column>>,
+    held: &'a Held,
+    statements: Mutex<u32>,
+}
+
+/// How a step of an isolation ended.
+#[derive(Debug, PartialEq)]
+enum Flow {
+    /// Every row of the node was loaded or rejected.
+    Done,
+    /// The warehouse or the stage failed for a reason that is not the data's: the node's open
+    /// files were released for a later round, or the claim was lost to another loader.
+    Stopped,
+}
+
+/// The outcome of copying one part.
+enum Copied {
+    Loaded,
+    Refused(WarehouseError),
+    Released,
+}
+
+impl Loader {
+    /// Isolates the rows of `file`, which the warehouse refused alone with `error` (a data error).
+    pub(super) async fn isolate(
+        &self,
+        table: &str,
+        file: ClaimedFile,
+        error: WarehouseError,
+        held: &Held,
+    ) -> Result<(), LedgerError> {
+        let rows = match self.read_rows(&file.path).await {
+            Ok(rows) => rows,
+            Err(unreadable) => {
+                // A file the gateway cannot read back cannot be split: it fails as a whole.
+                tracing::error!(table, path = %file.path, error = %error, unreadable = %unreadable,
+                    "file refused and not readable for isolation");
+                let failed = format!("{error}; could not be split: {unreadable}");
+                let outcome =
+                    FileOutcome::Failed { id: file.id, error: failed, query_id: error.query_id().map(str::to_string) };
+                return self.ledger.complete_files(&[outcome]).await;
+            }
+        };
+        let isolation = Isolation { table, columns: file.columns.clone(), held, statements: Mutex::new(0) };
+        let node = Node { id: file.id, path: file.path.clone(), rows };
+        let flow = self.bisect(&isolation, node, error).await?;
+        let statements = *isolation.statements.lock().unwrap_or_else(|p| p.into_inner());
+        tracing::info!(table, path = %file.path, rows = file.rows, statements, finished = flow == Flow::Done,
+            "isolated the rows the warehouse refused");
+        Ok(())
+    }
+
+    /// Reads a staged file back into one record batch.
+    async fn read_rows(&self, path: &str) -> Result<RecordBatch, String> {
+        let data = self.stage.get(path).await.map_err(|e| e.to_string())?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(data).map_err(|e| e.to_string())?;
+        let schema = reader.schema().clone();
+        let batches = reader.build().map_err(|e| e.to_string())?.collect::<Result<Vec<_>, _>>();
+        let batches = batches.map_err(|e| e.to_string())?;
+        concat_batches(&schema, &batches).map_err(|e| e.to_string())
+    }
+
+    /// Loads or rejects every row of `node`, which the warehouse refused with `error`.
+    fn bisect<'a>(
+        &'a self,
+        isolation: &'a Isolation<'a>,
+        node: Node,
+        error: WarehouseError,
+    ) -> BoxFuture<'a, Result<Flow, LedgerError>> {
+        Box::pin(async move {
+            if node.rows.num_rows() <= 1 {
+                self.reject_row(isolation, &node, &error).await?;
+                return Ok(Flow::Done);
+            }
+            let spent = *isolation.statements.lock().unwrap_or_else(|p| p.into_inner());
+            if spent >= self.settings.isolation_statements {
+                let failed = format!("{error}; isolation stopped after {spent} COPY statements");
+                let outcome =
+                    FileOutcome::Failed { id: node.id, error: failed, query_id: error.query_id().map(str::to_string) };
+                self.ledger.complete_files(&[outcome]).await?;
+                return Ok(Flow::Done);
+            }
+            let Some([first, second]) = self.split(isolation, node, &error).await? else {
+                return Ok(Flow::Stopped);
+            };
+            match self.copy_part(isolation, &first).await? {
+                // Every row the parent was refused for is in the second half.
+                Copied::Loaded => self.bisect(isolation, second, error).await,
+                Copied::Refused(refused) => {
+                    if self.bisect(isolation, first, refused).await? == Flow::Stopped {
+                        self.release_parts(isolation.table, &[second.id], &error, ErrorKind::Transient).await?;
+                        return Ok(Flow::Stopped);
+                    }
+                    match self.copy_part(isolation, &second).await? {
+                        Copied::Loaded => Ok(Flow::Done),
+                        Copied::Refused(refused) => self.bisect(isolation, second, refused).await,
+                        Copied::Released => Ok(Flow::Stopped),
+                    }
+                }
+                Copied::Released => {
+                    self.release_parts(isolation.table, &[second.id], &error, ErrorKind::Transient).await?;
+                    Ok(Flow::Stopped)
+                }
+            }
+        })
+    }
+
+    /// Writes the halves of `node` to the stage and records them in its place; `None` when that
+    /// could not be done (the node is released, or its claim was lost).
+    async fn split(
+        &self,
+        isolation: &Isolation<'_>,
+        node: Node,
+        error: &WarehouseError,
+    ) -> Result<Option<[Node; 2]>, LedgerError> {
+        let n = node.rows.num_rows();
+        let halves = [node.rows.slice(0, n / 2), node.rows.slice(n / 2, n - n / 2)];
+        // Beside the parent, named as the gateway names files, so the sweeper knows them.
+        let dir = node.path.rsplit_once('/').map_or("", |(dir, _)| dir);
+        let mut parts = Vec::with_capacity(2);
+        let mut nodes = Vec::with_capacity(2);
+        for rows in halves {
+            let id = Uuid::now_v7();
+            let path = if dir.is_empty() { format!("{id}.parquet") } else { format!("{dir}/{id}.parquet") };
+            let written = match (parquet_bytes(&rows), batch_rows(&rows)) {
+                (Ok(bytes), Ok(batches)) => {
+                    let size = bytes.len() as u64;
+                    self.stage.put_new(&path, bytes).await.map(|()| (size, batches)).map_err(|e| e.to_string())
+                }
+                (Err(e), _) => Err(e.to_string()),
+                (_, Err(e)) => Err(e),
+            };
+            let (bytes, batches) = match written {
+                Ok(written) => written,
+                Err(e) => {
+                    tracing::warn!(table = isolation.table, path = %node.path, error = %e,
+                        "could not write the parts of a refused file; released for another try");
+                    let reason = WarehouseError::transient(format!("splitting the file: {e}"));
+                    self.release_parts(isolation.table, &[node.id], &reason, ErrorKind::Transient).await?;
+                    return Ok(None);
+                }
+            };
+            parts.push(FilePart { id, path: path.clone(), rows: rows.num_rows() as u64, bytes, batches });
+            nodes.push(Node { id, path, rows });
+        }
+        crate::fault::crash_point(crate::fault::CrashPoint::PartsStaged);
+        let message = error.to_string();
+        let split = FileSplit { file: node.id, error: &message, query_id: error.query_id(), parts: &parts };
+        if !self.ledger.split_file(&split, &self.owner, self.settings.lease).await? {
+            tracing::warn!(table = isolation.table, path = %node.path,
+                "lost the claim on a refused file while splitting it; its parts are left to the sweeper");
+            return Ok(None);
+        }
+        isolation.held.lock().unwrap_or_else(|p| p.into_inner()).extend(parts.iter().map(|p| p.id));
+        let [first, second]: [Node; 2] = nodes.try_into().unwrap_or_else(|_| unreachable!("two halves"));
+        Ok(Some([first, second]))
+    }
+
+    /// Copies one part on its own and records what became of it.
+    async fn copy_part(&self, isolation: &Isolation<'_>, node: &Node) -> Result<Copied, LedgerError> {
+        *isolation.statements.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        let staged = StagedFile { path: node.path.clone(), columns: isolation.columns.clone() };
+        match self.warehouse.copy_files(isolation.table, &[staged]).await {
+            Ok(results) => {
+                let result = results.into_iter().find(|r| r.path == node.path);
+                let (rows, query_id) = result.map_or((0, None), |r| (r.rows_loaded, r.query_id));
+                self.ledger.complete_files(&[FileOutcome::Loaded { id: node.id, rows, query_id }]).await?;
+                Ok(Copied::Loaded)
+            }
+            Err(e) if e.kind == ErrorKind::Data => Ok(Copied::Refused(e)),
+            Err(e) => {
+                tracing::warn!(table = isolation.table, path = %node.path, error = %e,
+                    "COPY of a part failed for a reason not the data's; released for another try");
+                let kind = e.kind;
+                self.release_parts(isolation.table, &[node.id], &e, kind).await?;
+                Ok(Copied::Released)
+            }
+        }
+    }
+
+    /// Makes parts loadable again by any loader, after a delay fitting the failure.
+    async fn release_parts(
+        &self,
+        table: &str,
+        ids: &[Uuid],
+        error: &WarehouseError,
+        kind: ErrorKind,
+    ) -> Result<(), LedgerError> {
+        let (delay, unclassified) = match kind {
+            ErrorKind::Configuration => {
+                self.health.configuration_error(table, error);
+                (self.settings.configuration_retry, false)
+            }
+            ErrorKind::Statement => (jittered(backoff(self.settings.retry_base, 1)), true),
+            ErrorKind::Transient | ErrorKind::Data => (jittered(backoff(self.settings.retry_base, 1)), false),
+        };
+        self.ledger.release_files(ids, &error.to_string(), delay, unclassified).await
+    }
+
+    /// Makes the one row of `node` a warehouse reject of its batch.
+    async fn reject_row(
+        &self,
+        isolation: &Isolation<'_>,
+        node: &Node,
+        error: &WarehouseError,
+    ) -> Result<(), LedgerError> {
+        let (batch, index) = match row_identity(&node.rows) {
+            Ok(identity) => identity,
+            Err(e) => {
+                let failed = format!("{error}; the refused row has no batch identity: {e}");
+                let outcome =
+                    FileOutcome::Failed { id: node.id, error: failed, query_id: error.query_id().map(str::to_string) };
+                return self.ledger.complete_files(&[outcome]).await;
+            }
+        };
+        let record = row_json(&node.rows, isolation.columns.as_deref());
+        let column = error.column().and_then(|named| {
+            let fields = node.rows.schema();
+            let found = fields.fields().iter().map(|f| f.name().clone()).find(|name| {
+                !META_COLUMNS.contains(&name.as_str())
+                    && (name.as_str() == named || named.contains(&format!("\"{name}\"")))
+            });
+            found
+        });
+        // The part's path means nothing to the partner; the warehouse's words do.
+        let message = error.message();
+        let message = message.strip_prefix(&format!("{}: ", node.path)).unwrap_or(message).to_string();
+        let field = FieldError {
+            path: column.as_deref().map(pointer).unwrap_or_default(),
+            column,
+            code: RejectCode::WarehouseRejected,
+            message: match error.code() {
+                Some(code) if !message.starts_with(code) => format!("{code}: {message}"),
+                _ => message,
+            },
+        };
+        let reject = Reject { index, record, errors: vec![field], stage: RejectStage::Warehouse };
+        let outcome =
+            FileOutcome::Rejected { id: node.id, batch, reject, query_id: error.query_id().map(str::to_string) };
+        self.ledger.complete_files(&[outcome]).await
+    }
+}
+
+/// Rows of each batch in `rows`, from its `_BATCH_ID` column.
+fn batch_rows(rows: &RecordBatch) -> Result<Vec<(Uuid, u64)>, String> {
+    let column = rows.column_by_name(META_BATCH_ID).ok_or("no _BATCH_ID column")?;
+    let ids = column.as_string_opt::<i32>().ok_or("_BATCH_ID is not text")?;
+    let mut counts: BTreeMap<Uuid, u64> = BTreeMap::new();
+    for id in ids.iter() {
+        let id = id.and_then(|id| Uuid::parse_str(id).ok()).ok_or("a row without a batch id")?;
+        *counts.entry(id).or_default() += 1;
+    }
+    Ok(counts.into_iter().collect())
+}
+
+/// The batch and record index of the first row of `rows`.
+fn row_identity(rows: &RecordBatch) -> Result<(Uuid, u64), String> {
+    let batch = batch_rows(&rows.slice(0, 1))?.first().map(|(id, _)| *id).ok_or("no row")?;
+    let index = rows
+        .column_by_name(META_RECORD_INDEX)
+        .and_then(|c| c.as_primitive_opt::<Int64Type>())
+        .filter(|c| c.is_valid(0))
+        .map(|c| c.value(0))
+        .ok_or("no _RECORD_INDEX")?;
+    Ok((batch, u64::try_from(index).map_err(|_| "a negative _RECORD_INDEX")?))
+}
+
+/// The first row of `rows` as loaded, by column name, without the metadata columns: numbers as
+/// JSON numbers (decimals as exact text), semi-structured values as the JSON they hold, others
+/// as the warehouse would print them.
+fn row_json(rows: &RecordBatch, columns: Option<&[Column]>) -> Value {
+    let schema = rows.schema();
+    let mut record = serde_json::Map::new();
+    for (field, array) in schema.fields().iter().zip(rows.columns()) {
+        if META_COLUMNS.contains(&field.name().as_str()) {
+            continue;
+        }
+        let semi_structured = columns
+            .and_then(|columns| columns.iter().find(|c| c.name.as_str() == field.name()))
+            .is_some_and(|c| c.ty.is_semi_structured());
+        record.insert(field.name().clone(), cell_json(array.as_ref(), semi_structured));
+    }
+    Value::Object(record)
+}
+
+fn cell_json(array: &dyn Array, semi_structured: bool) -> Value {
+    if array.is_null(0) {
+        return Value::Null;
+    }
+    match array.data_type() {
+        DataType::Boolean => Value::Bool(array.as_boolean().value(0)),
+        DataType::Int64 => Value::from(array.as_primitive::<Int64Type>().value(0)),
+        DataType::Float64 => serde_json::Number::from_f64(array.as_primitive::<Float64Type>().value(0))
+            .map_or(Value::Null, Value::Number),
+        // Integers as numbers where they fit; other decimals as exact text.
+        DataType::Decimal128(_, 0) => match i64::try_from(array.as_primitive::<Decimal128Type>().value(0)) {
+            Ok(integer) => Value::from(integer),
+            Err(_) => Value::String(array.as_primitive::<Decimal128Type>().value_as_string(0)),
+        },
+        DataType::Utf8 => {
+            let text = array.as_string::<i32>().value(0);
+            match semi_structured {
+                true => serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string())),
+                false => Value::String(text.to_string()),
+            }
+        }
+        _ => ArrayFormatter::try_new(array, &FormatOptions::default())
+            .map_or(Value::Null, |format| Value::String(format.value(0).to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{BooleanArray, Decimal128Array, Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+
+    use super::*;
+    use crate::schema::{ColumnName, ColumnType};
+
+    fn rows() -> RecordBatch {
+        let batch = Uuid::now_v7().to_string();
+        let schema = Schema::new(vec![
+            Field::new("AMOUNT", DataType::Decimal128(12, 2), true),
+            Field::new("ID", DataType::Decimal128(38, 0), true),
+            Field::new("DOC", DataType::Utf8, true),
+            Field::new("OK", DataType::Boolean, true),
+            Field::new(META_BATCH_ID, DataType::Utf8, false),
+            Field::new(META_RECORD_INDEX, DataType::Int64, false),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(Decimal128Array::from(vec![Some(12345), None]).with_precision_and_scale(12, 2).unwrap()),
+                Arc::new(
+                    Decimal128Array::from(vec![Some(7), Some(i128::MAX)]).with_precision_and_scale(38, 0).unwrap(),
+                ),
+                Arc::new(StringArray::from(vec![Some(r#"{"a":[1,2]}"#), Some("x")])),
+                Arc::new(BooleanArray::from(vec![Some(true), None])),
+                Arc::new(StringArray::from(vec![batch.clone(), batch])),
+                Arc::new(Int64Array::from(vec![7, 8])),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_refused_row_reads_back_as_loaded_with_its_identity() {
+        let rows = rows();
+        let doc = Column { name: ColumnName::normalize("doc").unwrap(), ty: ColumnType::Variant, nullable: true };
+        let record = row_json(&rows, Some(&[doc]));
+        assert_eq!(record, serde_json::json!({"AMOUNT": "123.45", "ID": 7, "DOC": {"a": [1, 2]}, "OK": true}));
+        assert_eq!(
+            row_json(&rows.slice(1, 1), None),
+            serde_json::json!({"AMOUNT": null, "ID": i128::MAX.to_string(), "DOC": "x", "OK": null})
+        );
+        let (batch, index) = row_identity(&rows.slice(1, 1)).unwrap();
+        assert_eq!(index, 8);
+        assert_eq!(batch_rows(&rows).unwrap(), vec![(batch, 2)]);
+    }
+}
