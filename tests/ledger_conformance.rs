@@ -135,7 +135,7 @@ pub async fn group_commit_then_load_reconciles(ledger: Arc<dyn Ledger>) {
     assert_eq!(ledger.get_batch(b_id).await.unwrap().unwrap().status, BatchStatus::Loading);
 
     let outcome = FileOutcome::Loaded { id: claimed[0].id, rows: 5, query_id: Some("q-1".into()) };
-    ledger.complete_files(&[outcome]).await.unwrap();
+    ledger.complete_files("one", &[outcome]).await.unwrap();
     let loaded = ledger.get_batch(a_id).await.unwrap().unwrap();
     assert_eq!(loaded.status, BatchStatus::Loaded);
     assert_eq!(loaded.counts.loaded, 3);
@@ -158,10 +158,10 @@ pub async fn pending_parts_wait_for_the_last_commit(ledger: Arc<dyn Ledger>) {
     let claimed = ledger.claim_files("one", LEASE, 10).await.unwrap();
     assert_eq!(claimed.len(), 3);
     let outcomes: Vec<_> = claimed.iter().map(|f| FileOutcome::Loaded { id: f.id, rows: 10, query_id: None }).collect();
-    ledger.complete_files(&outcomes[..2]).await.unwrap();
+    ledger.complete_files("one", &outcomes[..2]).await.unwrap();
     let partial = ledger.get_batch(id).await.unwrap().unwrap();
     assert_eq!((partial.status, partial.counts.loaded), (BatchStatus::Loading, 20));
-    ledger.complete_files(&outcomes[2..]).await.unwrap();
+    ledger.complete_files("one", &outcomes[2..]).await.unwrap();
     let done = ledger.get_batch(id).await.unwrap().unwrap();
     assert_eq!((done.status, done.counts.loaded), (BatchStatus::Loaded, 30));
 
@@ -190,7 +190,7 @@ pub async fn leases_expire_and_releases_delay(ledger: Arc<dyn Ledger>) {
     assert_eq!(second.len(), 1, "an expired lease is claimable");
     assert_eq!(second[0].attempts, 3);
 
-    ledger.release_files(&[second[0].id], "warehouse down", Duration::from_millis(300), true).await.unwrap();
+    ledger.release_files("other", &[second[0].id], "warehouse down", Duration::from_millis(300), true).await.unwrap();
     assert!(ledger.claim_files("other", LEASE, 10).await.unwrap().is_empty(), "released files wait for their delay");
     tokio::time::sleep(Duration::from_millis(400)).await;
     let third = ledger.claim_files("other", LEASE, 10).await.unwrap();
@@ -202,7 +202,7 @@ pub async fn leases_expire_and_releases_delay(ledger: Arc<dyn Ledger>) {
     );
 
     let failure = FileOutcome::Failed { id: third[0].id, error: "bad data".into(), query_id: None };
-    ledger.complete_files(&[failure]).await.unwrap();
+    ledger.complete_files("other", &[failure]).await.unwrap();
     let failed = ledger.get_batch(id).await.unwrap().unwrap();
     assert_eq!(failed.status, BatchStatus::Failed);
     assert_eq!(failed.error.as_deref(), Some("bad data"));
@@ -273,7 +273,7 @@ pub async fn renewed_claims_outlast_their_first_lease(ledger: Arc<dyn Ledger>) {
     assert_eq!(ledger.renew_claims("live", &ids, LEASE).await.unwrap(), 1);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(ledger.claim_files("other", LEASE, 10).await.unwrap().is_empty(), "the renewed lease still holds");
-    ledger.complete_files(&[FileOutcome::Loaded { id: ids[0], rows: 1, query_id: None }]).await.unwrap();
+    ledger.complete_files("live", &[FileOutcome::Loaded { id: ids[0], rows: 1, query_id: None }]).await.unwrap();
     assert_eq!(ledger.renew_claims("live", &ids, LEASE).await.unwrap(), 0, "a finished file is no longer held");
 }
 
@@ -416,7 +416,10 @@ pub async fn split_files_reconcile_through_their_parts(ledger: Arc<dyn Ledger>) 
     assert_eq!(statuses, [FileStatus::Split, FileStatus::Loading, FileStatus::Loading]);
     assert_eq!(batch.files[0].query_id.as_deref(), Some("q-parent"));
 
-    ledger.complete_files(&[FileOutcome::Loaded { id: parts[0].id, rows: 3, query_id: None }]).await.unwrap();
+    let loaded = [FileOutcome::Loaded { id: parts[0].id, rows: 3, query_id: None }];
+    assert_eq!(ledger.complete_files("another", &loaded).await.unwrap(), 0, "only the holder records an outcome");
+    ledger.release_files("another", &[parts[0].id], "not mine", Duration::ZERO, false).await.unwrap();
+    assert_eq!(ledger.complete_files("one", &loaded).await.unwrap(), 1, "nor releases it");
     let refused = Reject {
         index: 2,
         record: json!({"ID": 2}),
@@ -429,8 +432,8 @@ pub async fn split_files_reconcile_through_their_parts(ledger: Arc<dyn Ledger>) 
         stage: RejectStage::Warehouse,
     };
     let outcome = FileOutcome::Rejected { id: parts[1].id, batch: a_id, reject: refused, query_id: Some("q".into()) };
-    ledger.complete_files(std::slice::from_ref(&outcome)).await.unwrap();
-    ledger.complete_files(&[outcome]).await.unwrap();
+    assert_eq!(ledger.complete_files("one", std::slice::from_ref(&outcome)).await.unwrap(), 1);
+    assert_eq!(ledger.complete_files("one", &[outcome]).await.unwrap(), 0, "recorded once");
 
     let a = ledger.get_batch(a_id).await.unwrap().unwrap();
     assert_eq!(a.status, BatchStatus::Loaded);
@@ -657,7 +660,7 @@ async fn first_release_rows_survive_the_upgrade(ledger: Arc<dyn Ledger>) -> Uuid
     assert_eq!(ledger.list_rejects(batch_id, None, 10).await.unwrap()[0].index, 1);
     let claimed = ledger.claim_files("new", LEASE, 10).await.unwrap();
     assert_eq!(claimed.len(), 1, "the expired claim of the old process is taken over");
-    ledger.complete_files(&[FileOutcome::Loaded { id: claimed[0].id, rows: 2, query_id: None }]).await.unwrap();
+    ledger.complete_files("new", &[FileOutcome::Loaded { id: claimed[0].id, rows: 2, query_id: None }]).await.unwrap();
     let batch = ledger.get_batch(batch_id).await.unwrap().unwrap();
     assert_eq!(batch.status, BatchStatus::Loaded);
     assert_eq!(batch.counts.loaded + batch.counts.rejected, batch.counts.received);

@@ -165,9 +165,11 @@ pub trait Ledger: Send + Sync + 'static {
     /// Extends the lease of files `owner` still holds; returns how many it still holds.
     async fn renew_claims(&self, owner: &str, ids: &[Uuid], lease: Duration) -> Result<u64>;
 
-    /// Records load outcomes and reconciles the batches those files belong to. A rejected file's
-    /// row becomes a warehouse reject of its batch (once, however often the outcome is recorded).
-    async fn complete_files(&self, outcomes: &[FileOutcome]) -> Result<()>;
+    /// Records the outcomes of files `owner` still holds and reconciles the batches those files
+    /// belong to; returns how many it recorded. An outcome for a file `owner` no longer holds
+    /// (its lease expired and another loader took it) changes nothing. A rejected file's row
+    /// becomes a warehouse reject of its batch.
+    async fn complete_files(&self, owner: &str, outcomes: &[FileOutcome]) -> Result<usize>;
 
     /// Replaces a file `owner` holds by its parts, already written to the stage, in one
     /// transaction: the parts are recorded claimed by `owner` for `lease`, with the file's table
@@ -178,7 +180,14 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Hands claimed files back after a failure that is not the data's; they are retried after
     /// `delay`. `unclassified` counts one more COPY failure of no known kind on each.
-    async fn release_files(&self, ids: &[Uuid], error: &str, delay: Duration, unclassified: bool) -> Result<()>;
+    async fn release_files(
+        &self,
+        owner: &str,
+        ids: &[Uuid],
+        error: &str,
+        delay: Duration,
+        unclassified: bool,
+    ) -> Result<()>;
 
     /// Marks pending files older than `age` abandoned: their batch was never acknowledged.
     async fn abandon_pending(&self, age: Duration) -> Result<u64>;

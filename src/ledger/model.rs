@@ -111,13 +111,6 @@ text_enum! {
     }
 }
 
-impl FileStatus {
-    /// True once nothing more will happen to the file.
-    pub fn is_final(self) -> bool {
-        matches!(self, FileStatus::Loaded | FileStatus::Failed | FileStatus::Split | FileStatus::Rejected)
-    }
-}
-
 /// Record counts of a batch; once final, `received = loaded + rejected`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Counts {
@@ -216,8 +209,8 @@ pub enum FileOutcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileSplit<'a> {
     pub file: Uuid,
-    /// The refusal, and the statement that got it (none where it was inferred: the file's
-    /// sibling loaded, so the rows its parent was refused for are in this file).
+    /// The refusal, and the statement that got it: the parent's where the refusal was inferred
+    /// (the file's sibling loaded, so the rows its parent was refused for are in this file).
     pub error: &'a str,
     pub query_id: Option<&'a str>,
     pub parts: &'a [FilePart],

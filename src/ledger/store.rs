@@ -526,17 +526,17 @@ where
         Ok(held)
     }
 
-    async fn complete_files(&self, outcomes: &[FileOutcome]) -> Result<()> {
+    async fn complete_files(&self, owner: &str, outcomes: &[FileOutcome]) -> Result<usize> {
         let sql = format!(
             "UPDATE files SET status = $1, rows_loaded = $2, query_id = $3, error = $4, claimed_by = NULL,
                  lease_until = NULL, loaded_at = CASE WHEN $5 THEN {} ELSE loaded_at END
-             WHERE id = $6",
+             WHERE id = $6 AND status = $7 AND claimed_by = $8 RETURNING id",
             D::NOW
         );
         let mut tx = self.writer.begin().await?;
         let mut ids = Vec::with_capacity(outcomes.len());
         let mut rejected = Vec::new();
-        // Applied in order: when a file appears twice its last outcome wins.
+        // Only files still held are changed: when a file appears twice its first outcome wins.
         for outcome in outcomes {
             let (id, status, rows, query_id, error) = match outcome {
                 FileOutcome::Loaded { id, rows, query_id } => {
@@ -545,21 +545,28 @@ where
                 FileOutcome::Failed { id, error, query_id } => {
                     (*id, FileStatus::Failed, None, query_id, Some(error.clone()))
                 }
-                FileOutcome::Rejected { id, batch, reject, query_id } => {
-                    rejected.push((*batch, reject));
+                FileOutcome::Rejected { id, reject, query_id, .. } => {
                     let error = reject.errors.first().map(|e| e.message.clone());
                     (*id, FileStatus::Rejected, Some(0), query_id, error)
                 }
             };
-            sqlx::query::<D>(&sql)
+            let held = sqlx::query::<D>(&sql)
                 .bind(status.as_str())
                 .bind(rows)
                 .bind(query_id.as_deref())
                 .bind(error.as_deref())
                 .bind(status == FileStatus::Loaded)
                 .bind(D::id(id))
-                .execute(&mut *tx)
+                .bind(FileStatus::Loading.as_str())
+                .bind(owner)
+                .fetch_optional(&mut *tx)
                 .await?;
+            if held.is_none() {
+                continue;
+            }
+            if let FileOutcome::Rejected { batch, reject, .. } = outcome {
+                rejected.push((*batch, reject));
+            }
             ids.push(id);
         }
         let batches = lock_batches(&mut tx, &ids).await?;
@@ -641,7 +648,7 @@ where
                 .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(ids.len())
     }
 
     async fn split_file(&self, split: &FileSplit<'_>, owner: &str, lease: Duration) -> Result<bool> {
@@ -696,11 +703,18 @@ where
         Ok(true)
     }
 
-    async fn release_files(&self, ids: &[Uuid], error: &str, delay: Duration, unclassified: bool) -> Result<()> {
+    async fn release_files(
+        &self,
+        owner: &str,
+        ids: &[Uuid],
+        error: &str,
+        delay: Duration,
+        unclassified: bool,
+    ) -> Result<()> {
         let sql = format!(
             "UPDATE files SET status = $1, claimed_by = NULL, lease_until = NULL, not_before = {}, error = $3,
                  statement_failures = statement_failures + $6
-             WHERE id = $4 AND status = $5",
+             WHERE id = $4 AND status = $5 AND claimed_by = $7",
             D::now_plus("$2")
         );
         let delay = seconds(delay, Duration::from_secs(1));
@@ -713,6 +727,7 @@ where
                 .bind(D::id(*id))
                 .bind(FileStatus::Loading.as_str())
                 .bind(i64::from(unclassified))
+                .bind(owner)
                 .execute(&mut *tx)
                 .await?;
         }

@@ -28,6 +28,7 @@ use crate::buffer::encode::parquet_bytes;
 use crate::ingest::reject::{pointer, FieldError, Reject, RejectCode, RejectStage};
 use crate::ledger::{ClaimedFile, FileOutcome, FilePart, FileSplit, LedgerError};
 use crate::schema::{Column, META_BATCH_ID, META_COLUMNS, META_RECORD_INDEX};
+use crate::stage::StageError;
 use crate::warehouse::{ErrorKind, StagedFile, WarehouseError};
 
 /// Ids of the files a round holds, renewed together; isolation adds the parts it creates.
@@ -41,11 +42,12 @@ struct Node {
 }
 
 /// What one isolation shares: the table, the columns its files were written with, the claims to
-/// extend with new parts, and the statements spent so far.
+/// extend with new parts, the file's earlier attempts (for backoff), and the statements spent.
 struct Isolation<'a> {
     table: &'a str,
     columns: Option<Vec<Column>>,
     held: &'a Held,
+    attempts: u32,
     statements: Mutex<u32>,
 }
 
@@ -54,8 +56,8 @@ struct Isolation<'a> {
 enum Flow {
     /// Every row of the node was loaded or rejected.
     Done,
-    /// The warehouse or the stage failed for a reason that is not the data's: the node's open
-    /// files were released for a later round, or the claim was lost to another loader.
+    /// The warehouse or the stage failed for a reason that is not the data's, and the node's
+    /// open files were released for a later round; or the claim was lost to another loader.
     Stopped,
 }
 
@@ -63,7 +65,26 @@ enum Flow {
 enum Copied {
     Loaded,
     Refused(WarehouseError),
-    Released,
+    Stopped,
+}
+
+/// A stage failure as the loader acts on it: an operator's problem (a file gone from the stage,
+/// refused credentials) or a passing one.
+fn stage_failure(error: StageError) -> WarehouseError {
+    match error {
+        StageError::NotFound(_) | StageError::Denied(_) | StageError::Config(_) => {
+            WarehouseError::configuration(error.to_string()).with_source(error)
+        }
+        StageError::Unavailable(_) | StageError::AlreadyExists(_) => {
+            WarehouseError::transient(error.to_string()).with_source(error)
+        }
+    }
+}
+
+/// Why a refused file could not be read back for splitting.
+enum Unreadable {
+    Stage(StageError),
+    Parquet(String),
 }
 
 impl Loader {
@@ -75,21 +96,31 @@ impl Loader {
         error: WarehouseError,
         held: &Held,
     ) -> Result<(), LedgerError> {
+        let isolation = Isolation {
+            table,
+            columns: file.columns.clone(),
+            held,
+            attempts: file.attempts,
+            statements: Mutex::new(0),
+        };
         let rows = match self.read_rows(&file.path).await {
-            Ok(rows) => rows,
-            Err(unreadable) => {
-                // A file the gateway cannot read back cannot be split: it fails as a whole.
-                tracing::error!(table, path = %file.path, error = %error, unreadable = %unreadable,
+            Ok(rows) if rows.num_rows() > 0 => rows,
+            Ok(_) => return self.fail(file.id, &error, "the refused file holds no rows").await.map(|_| ()),
+            Err(Unreadable::Stage(e)) => {
+                let failure = stage_failure(e);
+                tracing::warn!(table, path = %file.path, error = %failure,
+                    "could not read a refused file back to isolate its rows; released for another try");
+                return self.release_parts(&isolation, &[file.id], &failure).await;
+            }
+            Err(Unreadable::Parquet(e)) => {
+                // A file the gateway cannot decode cannot be split: it fails as a whole.
+                tracing::error!(table, path = %file.path, error = %error, unreadable = %e,
                     "file refused and not readable for isolation");
-                let failed = format!("{error}; could not be split: {unreadable}");
-                let outcome =
-                    FileOutcome::Failed { id: file.id, error: failed, query_id: error.query_id().map(str::to_string) };
-                return self.ledger.complete_files(&[outcome]).await;
+                return self.fail(file.id, &error, &format!("could not be split: {e}")).await.map(|_| ());
             }
         };
-        let isolation = Isolation { table, columns: file.columns.clone(), held, statements: Mutex::new(0) };
         let node = Node { id: file.id, path: file.path.clone(), rows };
-        let flow = self.bisect(&isolation, node, error).await?;
+        let flow = self.bisect(&isolation, node, error, false).await?;
         let statements = *isolation.statements.lock().unwrap_or_else(|p| p.into_inner());
         tracing::info!(table, path = %file.path, rows = file.rows, statements, finished = flow == Flow::Done,
             "isolated the rows the warehouse refused");
@@ -97,54 +128,80 @@ impl Loader {
     }
 
     /// Reads a staged file back into one record batch.
-    async fn read_rows(&self, path: &str) -> Result<RecordBatch, String> {
-        let data = self.stage.get(path).await.map_err(|e| e.to_string())?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(data).map_err(|e| e.to_string())?;
+    async fn read_rows(&self, path: &str) -> Result<RecordBatch, Unreadable> {
+        let data = self.stage.get(path).await.map_err(Unreadable::Stage)?;
+        let parquet = |e: &dyn std::fmt::Display| Unreadable::Parquet(e.to_string());
+        let reader = ParquetRecordBatchReaderBuilder::try_new(data).map_err(|e| parquet(&e))?;
         let schema = reader.schema().clone();
-        let batches = reader.build().map_err(|e| e.to_string())?.collect::<Result<Vec<_>, _>>();
-        let batches = batches.map_err(|e| e.to_string())?;
-        concat_batches(&schema, &batches).map_err(|e| e.to_string())
+        let batches = reader.build().map_err(|e| parquet(&e))?.collect::<Result<Vec<_>, _>>();
+        let batches = batches.map_err(|e| parquet(&e))?;
+        concat_batches(&schema, &batches).map_err(|e| parquet(&e))
     }
 
-    /// Loads or rejects every row of `node`, which the warehouse refused with `error`.
+    /// Marks a file failed with the refusal and why isolation ended there.
+    async fn fail(&self, id: Uuid, error: &WarehouseError, why: &str) -> Result<Flow, LedgerError> {
+        let outcome = FileOutcome::Failed {
+            id,
+            error: format!("{error}; {why}"),
+            query_id: error.query_id().map(str::to_string),
+        };
+        Ok(self.recorded(self.ledger.complete_files(&self.owner, &[outcome]).await?))
+    }
+
+    /// `Done` when the ledger recorded an outcome, `Stopped` when the claim was lost.
+    fn recorded(&self, recorded: usize) -> Flow {
+        if recorded == 0 {
+            tracing::warn!(owner = %self.owner, "lost the claim on a file while isolating its rows");
+            return Flow::Stopped;
+        }
+        Flow::Done
+    }
+
+    /// Loads or rejects every row of `node`, which the warehouse refused with `error`, or whose
+    /// refusal is `inferred` from its parent's (its sibling loaded).
     fn bisect<'a>(
         &'a self,
         isolation: &'a Isolation<'a>,
         node: Node,
         error: WarehouseError,
+        inferred: bool,
     ) -> BoxFuture<'a, Result<Flow, LedgerError>> {
         Box::pin(async move {
-            if node.rows.num_rows() <= 1 {
-                self.reject_row(isolation, &node, &error).await?;
-                return Ok(Flow::Done);
+            if node.rows.num_rows() == 1 {
+                // A row is only rejected for a refusal of its own: an inferred one is tried
+                // alone first (the table may have changed back, or the refusal was not a row's).
+                if !inferred {
+                    return self.reject_row(isolation, &node, &error).await;
+                }
+                return match self.copy_part(isolation, &node).await? {
+                    Copied::Loaded => Ok(Flow::Done),
+                    Copied::Refused(refused) => self.reject_row(isolation, &node, &refused).await,
+                    Copied::Stopped => Ok(Flow::Stopped),
+                };
             }
             let spent = *isolation.statements.lock().unwrap_or_else(|p| p.into_inner());
             if spent >= self.settings.isolation_statements {
-                let failed = format!("{error}; isolation stopped after {spent} COPY statements");
-                let outcome =
-                    FileOutcome::Failed { id: node.id, error: failed, query_id: error.query_id().map(str::to_string) };
-                self.ledger.complete_files(&[outcome]).await?;
-                return Ok(Flow::Done);
+                return self.fail(node.id, &error, &format!("isolation stopped after {spent} COPY statements")).await;
             }
             let Some([first, second]) = self.split(isolation, node, &error).await? else {
                 return Ok(Flow::Stopped);
             };
             match self.copy_part(isolation, &first).await? {
                 // Every row the parent was refused for is in the second half.
-                Copied::Loaded => self.bisect(isolation, second, error).await,
+                Copied::Loaded => self.bisect(isolation, second, error, true).await,
                 Copied::Refused(refused) => {
-                    if self.bisect(isolation, first, refused).await? == Flow::Stopped {
-                        self.release_parts(isolation.table, &[second.id], &error, ErrorKind::Transient).await?;
+                    if self.bisect(isolation, first, refused, false).await? == Flow::Stopped {
+                        self.release_parts(isolation, &[second.id], &error).await?;
                         return Ok(Flow::Stopped);
                     }
                     match self.copy_part(isolation, &second).await? {
                         Copied::Loaded => Ok(Flow::Done),
-                        Copied::Refused(refused) => self.bisect(isolation, second, refused).await,
-                        Copied::Released => Ok(Flow::Stopped),
+                        Copied::Refused(refused) => self.bisect(isolation, second, refused, false).await,
+                        Copied::Stopped => Ok(Flow::Stopped),
                     }
                 }
-                Copied::Released => {
-                    self.release_parts(isolation.table, &[second.id], &error, ErrorKind::Transient).await?;
+                Copied::Stopped => {
+                    self.release_parts(isolation, &[second.id], &error).await?;
                     Ok(Flow::Stopped)
                 }
             }
@@ -168,25 +225,27 @@ impl Loader {
         for rows in halves {
             let id = Uuid::now_v7();
             let path = if dir.is_empty() { format!("{id}.parquet") } else { format!("{dir}/{id}.parquet") };
-            let written = match (parquet_bytes(&rows), batch_rows(&rows)) {
-                (Ok(bytes), Ok(batches)) => {
-                    let size = bytes.len() as u64;
-                    self.stage.put_new(&path, bytes).await.map(|()| (size, batches)).map_err(|e| e.to_string())
+            let encoded = match (parquet_bytes(&rows), batch_rows(&rows)) {
+                (Ok(bytes), Ok(batches)) => (bytes, batches),
+                // Rows the gateway wrote and read back always encode again; if not, nothing can
+                // split this file.
+                (Err(e), _) => {
+                    return self.fail(node.id, error, &format!("could not be split: {e}")).await.map(|_| None)
                 }
-                (Err(e), _) => Err(e.to_string()),
-                (_, Err(e)) => Err(e),
-            };
-            let (bytes, batches) = match written {
-                Ok(written) => written,
-                Err(e) => {
-                    tracing::warn!(table = isolation.table, path = %node.path, error = %e,
-                        "could not write the parts of a refused file; released for another try");
-                    let reason = WarehouseError::transient(format!("splitting the file: {e}"));
-                    self.release_parts(isolation.table, &[node.id], &reason, ErrorKind::Transient).await?;
-                    return Ok(None);
+                (_, Err(e)) => {
+                    return self.fail(node.id, error, &format!("could not be split: {e}")).await.map(|_| None)
                 }
             };
-            parts.push(FilePart { id, path: path.clone(), rows: rows.num_rows() as u64, bytes, batches });
+            let (bytes, batches) = encoded;
+            let size = bytes.len() as u64;
+            if let Err(e) = self.stage.put_new(&path, bytes).await {
+                let failure = stage_failure(e);
+                tracing::warn!(table = isolation.table, path = %node.path, error = %failure,
+                    "could not write the parts of a refused file; released for another try");
+                self.release_parts(isolation, &[node.id], &failure).await?;
+                return Ok(None);
+            }
+            parts.push(FilePart { id, path: path.clone(), rows: rows.num_rows() as u64, bytes: size, batches });
             nodes.push(Node { id, path, rows });
         }
         crate::fault::crash_point(crate::fault::CrashPoint::PartsStaged);
@@ -208,39 +267,46 @@ impl Loader {
         let staged = StagedFile { path: node.path.clone(), columns: isolation.columns.clone() };
         match self.warehouse.copy_files(isolation.table, &[staged]).await {
             Ok(results) => {
-                let result = results.into_iter().find(|r| r.path == node.path);
-                let (rows, query_id) = result.map_or((0, None), |r| (r.rows_loaded, r.query_id));
-                self.ledger.complete_files(&[FileOutcome::Loaded { id: node.id, rows, query_id }]).await?;
-                Ok(Copied::Loaded)
+                let outcome = match results.into_iter().find(|r| r.path == node.path) {
+                    Some(r) => FileOutcome::Loaded { id: node.id, rows: r.rows_loaded, query_id: r.query_id },
+                    None => FileOutcome::Failed {
+                        id: node.id,
+                        error: "warehouse returned no result for this file".into(),
+                        query_id: None,
+                    },
+                };
+                Ok(match self.recorded(self.ledger.complete_files(&self.owner, &[outcome]).await?) {
+                    Flow::Done => Copied::Loaded,
+                    Flow::Stopped => Copied::Stopped,
+                })
             }
             Err(e) if e.kind == ErrorKind::Data => Ok(Copied::Refused(e)),
             Err(e) => {
                 tracing::warn!(table = isolation.table, path = %node.path, error = %e,
                     "COPY of a part failed for a reason not the data's; released for another try");
-                let kind = e.kind;
-                self.release_parts(isolation.table, &[node.id], &e, kind).await?;
-                Ok(Copied::Released)
+                self.release_parts(isolation, &[node.id], &e).await?;
+                Ok(Copied::Stopped)
             }
         }
     }
 
-    /// Makes parts loadable again by any loader, after a delay fitting the failure.
+    /// Makes files loadable again by any loader, after a delay fitting the failure.
     async fn release_parts(
         &self,
-        table: &str,
+        isolation: &Isolation<'_>,
         ids: &[Uuid],
-        error: &WarehouseError,
-        kind: ErrorKind,
+        failure: &WarehouseError,
     ) -> Result<(), LedgerError> {
-        let (delay, unclassified) = match kind {
+        let backoff = jittered(backoff(self.settings.retry_base, isolation.attempts)).max(failure.retry_after());
+        let (delay, unclassified) = match failure.kind {
             ErrorKind::Configuration => {
-                self.health.configuration_error(table, error);
+                self.health.configuration_error(isolation.table, failure);
                 (self.settings.configuration_retry, false)
             }
-            ErrorKind::Statement => (jittered(backoff(self.settings.retry_base, 1)), true),
-            ErrorKind::Transient | ErrorKind::Data => (jittered(backoff(self.settings.retry_base, 1)), false),
+            ErrorKind::Statement => (backoff, true),
+            ErrorKind::Transient | ErrorKind::Data => (backoff, false),
         };
-        self.ledger.release_files(ids, &error.to_string(), delay, unclassified).await
+        self.ledger.release_files(&self.owner, ids, &failure.to_string(), delay, unclassified).await
     }
 
     /// Makes the one row of `node` a warehouse reject of its batch.
@@ -249,15 +315,10 @@ impl Loader {
         isolation: &Isolation<'_>,
         node: &Node,
         error: &WarehouseError,
-    ) -> Result<(), LedgerError> {
+    ) -> Result<Flow, LedgerError> {
         let (batch, index) = match row_identity(&node.rows) {
             Ok(identity) => identity,
-            Err(e) => {
-                let failed = format!("{error}; the refused row has no batch identity: {e}");
-                let outcome =
-                    FileOutcome::Failed { id: node.id, error: failed, query_id: error.query_id().map(str::to_string) };
-                return self.ledger.complete_files(&[outcome]).await;
-            }
+            Err(e) => return self.fail(node.id, error, &format!("the refused row has no batch identity: {e}")).await,
         };
         let record = row_json(&node.rows, isolation.columns.as_deref());
         let column = error.column().and_then(|named| {
@@ -283,7 +344,7 @@ impl Loader {
         let reject = Reject { index, record, errors: vec![field], stage: RejectStage::Warehouse };
         let outcome =
             FileOutcome::Rejected { id: node.id, batch, reject, query_id: error.query_id().map(str::to_string) };
-        self.ledger.complete_files(&[outcome]).await
+        Ok(self.recorded(self.ledger.complete_files(&self.owner, &[outcome]).await?))
     }
 }
 

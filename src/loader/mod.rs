@@ -156,7 +156,7 @@ impl Loader {
                 tracing::info!(table, files = files.len(), "loaded files");
                 let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
                 self.health.clear_configuration_error(table, &paths);
-                return self.ledger.complete_files(&outcomes).await;
+                return self.ledger.complete_files(&self.owner, &outcomes).await.map(|_| ());
             }
             Err(error) => error,
         };
@@ -173,7 +173,7 @@ impl Loader {
             }
             ErrorKind::Transient => {
                 let attempts = files.iter().map(|f| f.attempts).max().unwrap_or(1);
-                let delay = jittered(backoff(self.settings.retry_base, attempts));
+                let delay = jittered(backoff(self.settings.retry_base, attempts)).max(error.retry_after());
                 tracing::warn!(table, error = %error, retry_in = ?delay, "warehouse unavailable; files released");
                 self.release(&files, &error, delay, false).await
             }
@@ -212,7 +212,7 @@ impl Loader {
                 // The warehouse reached the data, so no configuration problem stands in the way.
                 self.health.clear_configuration_error(table, &[files[0].path.as_str()]);
                 let outcome = FileOutcome::Failed { id: files[0].id, error: error.to_string(), query_id: None };
-                self.ledger.complete_files(&[outcome]).await
+                self.ledger.complete_files(&self.owner, &[outcome]).await.map(|_| ())
             }
         }
     }
@@ -247,7 +247,7 @@ impl Loader {
         unclassified: bool,
     ) -> Result<(), LedgerError> {
         let ids: Vec<_> = files.iter().map(|f| f.id).collect();
-        self.ledger.release_files(&ids, &error.to_string(), delay, unclassified).await
+        self.ledger.release_files(&self.owner, &ids, &error.to_string(), delay, unclassified).await
     }
 }
 

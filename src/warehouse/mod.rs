@@ -50,6 +50,7 @@ struct Detail {
     row: Option<u64>,
     column: Option<String>,
     query_id: Option<String>,
+    retry_after: std::time::Duration,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -62,6 +63,7 @@ impl WarehouseError {
             row: None,
             column: None,
             query_id: None,
+            retry_after: std::time::Duration::ZERO,
             source: None,
         };
         WarehouseError { kind, detail: Box::new(detail) }
@@ -137,6 +139,17 @@ impl WarehouseError {
     pub fn with_query_id(mut self, query_id: Option<String>) -> Self {
         self.detail.query_id = query_id.or(self.detail.query_id);
         self
+    }
+
+    /// The least time to wait before the same files are tried again: a statement whose outcome
+    /// is unknown (a COMMIT that got no answer) may still finish within it.
+    pub fn with_retry_after(mut self, delay: std::time::Duration) -> Self {
+        self.detail.retry_after = delay;
+        self
+    }
+
+    pub fn retry_after(&self) -> std::time::Duration {
+        self.detail.retry_after
     }
 
     /// The warehouse's id of the statement that failed.

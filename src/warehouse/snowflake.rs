@@ -25,12 +25,13 @@ use crate::schema::{
 pub struct SnowflakeWarehouse {
     /// Requests' DESCRIBE and DDL, and tools.
     api: Sessions,
-    /// The loader's COPY transactions, one at a time.
-    loads: tokio::sync::Mutex<SnowflakeApi>,
+    /// The loader's COPY transactions, one at a time; `None` after a session was given up, until
+    /// the next COPY opens another.
+    loads: tokio::sync::Mutex<Option<SnowflakeApi>>,
     /// Readiness probes, one at a time.
     probe: tokio::sync::Mutex<SnowflakeApi>,
     stage: String,
-    /// To open a fresh loads session when one stops answering.
+    /// To open a fresh loads session after one was given up.
     config: SnowflakeConfig,
 }
 
@@ -145,7 +146,7 @@ impl SnowflakeWarehouse {
         check_stage_name(&config.stage)?;
         Ok(SnowflakeWarehouse {
             api: Sessions::new(config, API_SESSIONS)?,
-            loads: tokio::sync::Mutex::new(session(config)?),
+            loads: tokio::sync::Mutex::new(Some(session(config)?)),
             probe: tokio::sync::Mutex::new(session(config)?),
             stage: config.stage.clone(),
             config: config.clone(),
@@ -154,20 +155,6 @@ impl SnowflakeWarehouse {
 
     async fn exec(&self, sql: &str) -> Result<Executed, WarehouseError> {
         exec(&*self.api.get().await, sql, self.config.statement_timeout).await
-    }
-
-    /// Replaces a session that did not answer in time with a fresh one, and closes the old one in
-    /// the background: Snowflake rolls back what it left open, so a COPY that was still running
-    /// there never commits.
-    fn replace_stalled(&self, session: &mut SnowflakeApi) -> Result<(), WarehouseError> {
-        let mut stalled = std::mem::replace(session, self::session(&self.config)?);
-        let deadline = self.config.statement_timeout;
-        tokio::spawn(async move {
-            if let Ok(Err(e)) = tokio::time::timeout(deadline, stalled.close_session()).await {
-                tracing::debug!(error = %e, "could not close a stalled Snowflake session; it expires on its own");
-            }
-        });
-        Ok(())
     }
 
     /// Runs any statement and returns its rows as text, for tools and tests.
@@ -231,9 +218,10 @@ fn snowflake_type(ty: ColumnType) -> String {
     ty.to_string()
 }
 
-/// Whether a statement got no answer within its deadline (as opposed to an answer that failed).
-fn timed_out(error: &WarehouseError) -> bool {
-    std::error::Error::source(error).is_some_and(|cause| cause.is::<tokio::time::error::Elapsed>())
+/// Whether a statement got no answer from Snowflake (its deadline passed, or the connection
+/// failed), as opposed to an answer that was an error: the session may still be running it.
+fn gone(error: &WarehouseError) -> bool {
+    error.kind == ErrorKind::Transient && error.code().is_none()
 }
 
 fn not_found(error: &WarehouseError) -> bool {
@@ -339,50 +327,55 @@ impl Warehouse for SnowflakeWarehouse {
         }
         // An explicit transaction makes a multi-file COPY all or nothing on every engine; with
         // ON_ERROR = ABORT_STATEMENT Snowflake does that anyway, its emulator does not.
-        let mut session = self.loads.lock().await;
+        let mut slot = self.loads.lock().await;
+        if slot.is_none() {
+            *slot = Some(session(&self.config)?);
+        }
+        let Some(session) = slot.as_ref() else { unreachable!("a session was just opened") };
         let deadline = self.config.statement_timeout;
-        // Whatever an earlier failure on this session left open ends first (a ROLLBACK with no
-        // transaction open does nothing).
-        for (statement, must_succeed) in [("ROLLBACK", false), ("BEGIN", true)] {
-            match exec(&session, statement, deadline).await {
-                Err(e) if timed_out(&e) => {
-                    self.replace_stalled(&mut session)?;
+        let mut committing = false;
+        let outcome = async {
+            // Whatever an earlier failure on this session left open ends first (a ROLLBACK
+            // with no transaction open does nothing).
+            if let Err(e) = exec(session, "ROLLBACK", deadline).await {
+                if gone(&e) {
                     return Err(e);
                 }
-                Err(e) if must_succeed => return Err(e),
-                _ => {}
             }
-        }
-        let mut copied = Ok(Vec::with_capacity(files.len()));
-        for (columns, paths) in &groups {
-            let sql = copy_statement(table, &self.stage, *columns, paths);
-            copied = match (copied, exec(&session, &sql, deadline).await) {
-                (Ok(mut results), Ok(executed)) => copy_results(paths, &executed).map(|more| {
-                    results.extend(more);
-                    results
-                }),
-                (Ok(_), Err(e)) | (Err(e), _) => Err(e),
-            };
-            if copied.is_err() {
-                break;
+            exec(session, "BEGIN", deadline).await?;
+            let mut results = Vec::with_capacity(files.len());
+            for (columns, paths) in &groups {
+                let sql = copy_statement(table, &self.stage, *columns, paths);
+                results.extend(copy_results(paths, &exec(session, &sql, deadline).await?)?);
             }
+            crate::fault::crash_point(crate::fault::CrashPoint::DuringCopy);
+            committing = true;
+            exec(session, "COMMIT", deadline).await?;
+            Ok(results)
         }
-        crate::fault::crash_point(crate::fault::CrashPoint::DuringCopy);
-        let committed = match copied {
-            Ok(results) => exec(&session, "COMMIT", deadline).await.map(|_| results),
-            Err(e) => Err(e),
+        .await;
+        let error = match outcome {
+            Ok(results) => return Ok(results),
+            Err(error) => error,
         };
-        match &committed {
-            // A statement still running there may yet answer: the session is given up instead.
-            Err(e) if timed_out(e) => self.replace_stalled(&mut session)?,
-            // Whatever failed (the COPY or its COMMIT), the session is left with no transaction
-            // open; a ROLLBACK with none open does nothing.
-            Err(_) => {
-                let _ = exec(&session, "ROLLBACK", deadline).await;
+        if gone(&error) {
+            // No answer, or a connection that broke: a statement may still be running in that
+            // session, so it is given up, never reused, and closed in the background, which
+            // rolls back whatever it left open. A COMMIT that got no answer may still be
+            // committing: its files wait at least a statement's deadline, by when Snowflake's
+            // load history knows them if it did.
+            if let Some(mut stalled) = slot.take() {
+                tokio::spawn(async move {
+                    if let Ok(Err(e)) = tokio::time::timeout(deadline, stalled.close_session()).await {
+                        tracing::debug!(error = %e, "could not close a given-up Snowflake session; it expires on its own");
+                    }
+                });
             }
-            Ok(_) => {}
+            return Err(if committing { error.with_retry_after(deadline) } else { error });
         }
-        committed
+        // Snowflake answered: the session is sound and left with no transaction open.
+        let _ = exec(session, "ROLLBACK", deadline).await;
+        Err(error)
     }
 }
 
@@ -545,6 +538,10 @@ mod tests {
         assert_eq!(error.code(), Some("002003"));
         assert!(std::error::Error::source(&error).is_some(), "the client's error is kept as the source");
         assert_eq!(classify(SnowflakeApiError::UnexpectedResponse).kind, ErrorKind::Transient);
+        // Only an error Snowflake did not answer with gives its session up.
+        assert!(gone(&classify(SnowflakeApiError::UnexpectedResponse)));
+        assert!(!gone(&classify(SnowflakeApiError::ApiError("000625".into(), "x".into()))), "answered: transient");
+        assert!(!gone(&classify(SnowflakeApiError::ApiError("100038".into(), "x".into()))));
         assert!(check_stage_name("SNOWGATE_STAGE").is_ok());
         assert!(check_stage_name("x'; DROP").is_err());
     }
