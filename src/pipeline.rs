@@ -302,6 +302,7 @@ fn committed_record(batch: &NewBatch) -> BatchRecord {
         drift: batch.drift,
         schema_changes: Vec::new(),
         files: Vec::new(),
+        copies: Vec::new(),
         received_at: batch.received_at,
         staged_at: (status == BatchStatus::Staged).then(Utc::now),
         loaded_at: None,

@@ -50,6 +50,7 @@ async fn check_batch(
     received: usize,
     gateway: &BTreeMap<u64, &str>,
     refused: &BTreeSet<u64>,
+    names_refusals: bool,
 ) -> usize {
     let id = batch["id"].as_str().unwrap();
     assert_eq!(batch["status"], "loaded", "{batch}");
@@ -75,7 +76,17 @@ async fn check_batch(
         // The row as it was loaded, so that the partner can fix and resend it.
         assert_eq!(reject["record"]["ID"], json!(index), "{reject}");
     }
-    let statements = statements(batch);
+    // The batch lists each statement, and the loaded ones account for every loaded row.
+    let copies = batch["copies"].as_array().unwrap();
+    let statements = copies.len();
+    assert_eq!(statements, self::statements(batch), "one entry per statement named on the files");
+    let loaded: u64 = copies.iter().filter(|c| c["outcome"] == "loaded").map(|c| c["rows"].as_u64().unwrap()).sum();
+    assert_eq!(loaded as usize, received - rejected, "{copies:?}");
+    // DuckDB names every statement; fakesnow gives refused ones no query id.
+    if names_refusals {
+        let refused_statements = copies.iter().filter(|c| c["outcome"] == "refused").count();
+        assert!(refused_statements >= refused.len(), "each refused row was refused by a statement of its own");
+    }
     let rows = (received - gateway.len()) as f64;
     let bound = 2 * refused.len() * rows.log2().ceil() as usize + 2;
     println!("{} rows, {} refused: {statements} COPY statements (bound {bound})", rows, refused.len());
@@ -144,7 +155,7 @@ async fn rows_duckdb_refuses_are_isolated_and_every_other_row_loads() {
     assert_eq!(response.status(), 202);
     let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     let batch = app.wait_final(&id, Duration::from_secs(300)).await;
-    check_batch(&app, &batch, N as usize, &gateway, &refused).await;
+    check_batch(&app, &batch, N as usize, &gateway, &refused, true).await;
     app.shutdown().await;
 
     let conn = duck.connection().unwrap();
@@ -182,7 +193,7 @@ async fn rows_snowflake_refuses_are_isolated_and_every_other_row_loads() {
     assert_eq!(response.status(), 202);
     let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     let batch = app.wait_final(&id, Duration::from_secs(300)).await;
-    check_batch(&app, &batch, N as usize, &BTreeMap::new(), &refused).await;
+    check_batch(&app, &batch, N as usize, &BTreeMap::new(), &refused, false).await;
     let reject = &all_rejects(&app, &id).await[&777];
     assert_eq!(reject["record"], json!({"ID": 777, "NOTE": "n/a"}), "{reject}");
     app.shutdown().await;

@@ -15,6 +15,8 @@ const MIB: u64 = 1 << 20;
 const BUDGET: u64 = 256 * MIB;
 /// What the README states a process needs beyond its budget (runtime, DuckDB, buffers, allocator).
 const OVERHEAD: u64 = 192 * MIB;
+/// Records per body in the flood: about 10 MB of JSON.
+const RECORDS: usize = 47_000;
 
 fn peak_rss(child: &Child) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
@@ -91,8 +93,10 @@ async fn four_decompression_bombs_stay_within_the_budget() {
 async fn a_flood_of_gzip_bodies_is_refused_not_held() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, base) = gateway(dir.path()).await;
-    let records: Vec<Value> = (0..40_000).map(|i| json!({"id": i, "note": "x".repeat(200)})).collect();
+    // About 10 MB of JSON per body.
+    let records: Vec<Value> = (0..RECORDS).map(|i| json!({"id": i, "note": "x".repeat(200)})).collect();
     let text = serde_json::to_vec(&records).unwrap();
+    assert!(text.len() >= 10_000_000, "{} bytes", text.len());
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     encoder.write_all(&text).unwrap();
     let body = bytes::Bytes::from(encoder.finish().unwrap());
@@ -139,11 +143,11 @@ async fn a_flood_of_gzip_bodies_is_refused_not_held() {
     );
     for id in &acked {
         let batch = common::wait_final(&client, &base, id, Duration::from_secs(120)).await;
-        assert_eq!(batch["counts"]["loaded"], 40_000, "{batch}");
+        assert_eq!(batch["counts"]["loaded"], RECORDS, "{batch}");
     }
     let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     assert!(child.wait().unwrap().success());
     assert!(!acked.is_empty());
     assert!(peak < BUDGET + OVERHEAD, "peak RSS {} MiB", peak / MIB);
-    assert_eq!(common::duckdb_count(dir.path(), "SELECT COUNT(*) FROM loans"), 40_000 * acked.len() as i64);
+    assert_eq!(common::duckdb_count(dir.path(), "SELECT COUNT(*) FROM loans"), RECORDS as i64 * acked.len() as i64);
 }

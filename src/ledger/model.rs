@@ -209,8 +209,8 @@ pub enum FileOutcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileSplit<'a> {
     pub file: Uuid,
-    /// The refusal, and the statement that got it: the parent's where the refusal was inferred
-    /// (the file's sibling loaded, so the rows its parent was refused for are in this file).
+    /// The refusal, and the statement that got it (none where the refusal was inferred: the
+    /// file's sibling loaded, so the rows its parent was refused for are in this file).
     pub error: &'a str,
     pub query_id: Option<&'a str>,
     pub parts: &'a [FilePart],
@@ -295,9 +295,58 @@ pub struct BatchFile {
     pub status: FileStatus,
     /// Times a loader has taken the file to load it (retries after a warehouse outage count).
     pub attempts: u32,
-    /// Warehouse query that loaded the file.
+    /// Warehouse query that loaded the file, or that refused it (`split`, `rejected`, `failed`).
     pub query_id: Option<String>,
     pub error: Option<String>,
+}
+
+/// What one COPY statement did, as seen from one batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CopyStatement {
+    /// The warehouse's id of the statement.
+    pub query_id: String,
+    /// Files of this batch the statement copied.
+    pub files: u64,
+    /// Rows of this batch it loaded.
+    pub rows: u64,
+    pub outcome: CopyOutcome,
+}
+
+text_enum! {
+    /// How a COPY statement ended for the files it copied.
+    CopyOutcome {
+        Loaded = "loaded",
+        /// The warehouse refused a row in them; their rows were isolated (files `split` or
+        /// `rejected`).
+        Refused = "refused",
+        Failed = "failed",
+    }
+}
+
+impl CopyStatement {
+    /// The statements named on a batch's files, in the order the files were made. A file split
+    /// without a COPY of its own names none.
+    pub fn of(files: &[BatchFile]) -> Vec<CopyStatement> {
+        let mut statements: Vec<CopyStatement> = Vec::new();
+        for file in files {
+            let Some(query_id) = &file.query_id else { continue };
+            let (outcome, rows) = match file.status {
+                FileStatus::Loaded => (CopyOutcome::Loaded, file.rows),
+                FileStatus::Split | FileStatus::Rejected => (CopyOutcome::Refused, 0),
+                FileStatus::Failed => (CopyOutcome::Failed, 0),
+                // A query id on an open file is an earlier, failed try's; it loaded nothing.
+                _ => continue,
+            };
+            match statements.iter_mut().find(|s| &s.query_id == query_id) {
+                Some(statement) => {
+                    statement.files += 1;
+                    statement.rows += rows;
+                }
+                None => statements.push(CopyStatement { query_id: query_id.clone(), files: 1, rows, outcome }),
+            }
+        }
+        statements
+    }
 }
 
 /// A column added while the batch was ingested.
@@ -322,6 +371,9 @@ pub struct BatchRecord {
     pub drift: DriftCounts,
     pub schema_changes: Vec<AppliedChange>,
     pub files: Vec<BatchFile>,
+    /// Every COPY statement that loaded or refused the batch's files (its files' query ids);
+    /// how many it took is the list's length.
+    pub copies: Vec<CopyStatement>,
     pub received_at: DateTime<Utc>,
     pub staged_at: Option<DateTime<Utc>>,
     pub loaded_at: Option<DateTime<Utc>>,

@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use super::{
     ApiKey, AppliedChange, BatchFile, BatchFilter, BatchRecord, BatchStatus, ChangeCause, ClaimedFile, ColumnChange,
-    Counts, DdlGuard, FileOutcome, FileSplit, FileStatus, IdempotencyClaim, IdempotencyState, Ledger, LedgerError,
-    Partner, Result, SchemaChange, StageCommit, TableRecord,
+    CopyStatement, Counts, DdlGuard, FileOutcome, FileSplit, FileStatus, IdempotencyClaim, IdempotencyState, Ledger,
+    LedgerError, Partner, Result, SchemaChange, StageCommit, TableRecord,
 };
 use crate::ingest::reject::{FieldError, Reject, RejectStage};
 use crate::schema::Column;
@@ -178,6 +178,7 @@ where
         drift: from_json(&get::<D, String>(row, "drift_counts")?)?,
         schema_changes: Vec::new(),
         files: Vec::new(),
+        copies: Vec::new(),
         received_at: D::datetime(get::<D, D::Time>(row, "received_at")?)?,
         staged_at: time("staged_at")?,
         loaded_at: time("loaded_at")?,
@@ -786,6 +787,7 @@ where
                 error: get::<D, Option<String>>(row, "error")?,
             });
         }
+        batch.copies = CopyStatement::of(&batch.files);
         let changes =
             sqlx::query::<D>("SELECT column_name, column_type, at FROM schema_changes WHERE batch_id = $1 ORDER BY id")
                 .bind(D::id(id))

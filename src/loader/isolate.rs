@@ -183,7 +183,7 @@ impl Loader {
             if spent >= self.settings.isolation_statements {
                 return self.fail(node.id, &error, &format!("isolation stopped after {spent} COPY statements")).await;
             }
-            let Some([first, second]) = self.split(isolation, node, &error).await? else {
+            let Some([first, second]) = self.split(isolation, node, &error, inferred).await? else {
                 return Ok(Flow::Stopped);
             };
             match self.copy_part(isolation, &first).await? {
@@ -215,6 +215,7 @@ impl Loader {
         isolation: &Isolation<'_>,
         node: Node,
         error: &WarehouseError,
+        inferred: bool,
     ) -> Result<Option<[Node; 2]>, LedgerError> {
         let n = node.rows.num_rows();
         let halves = [node.rows.slice(0, n / 2), node.rows.slice(n / 2, n - n / 2)];
@@ -250,7 +251,8 @@ impl Loader {
         }
         crate::fault::crash_point(crate::fault::CrashPoint::PartsStaged);
         let message = error.to_string();
-        let split = FileSplit { file: node.id, error: &message, query_id: error.query_id(), parts: &parts };
+        let query_id = if inferred { None } else { error.query_id() };
+        let split = FileSplit { file: node.id, error: &message, query_id, parts: &parts };
         if !self.ledger.split_file(&split, &self.owner, self.settings.lease).await? {
             tracing::warn!(table = isolation.table, path = %node.path,
                 "lost the claim on a refused file while splitting it; its parts are left to the sweeper");

@@ -87,7 +87,8 @@ impl Middleware for QueryIdRecorder {
         let (response, body) = buffer(response).await?;
         let query_id = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
-            .and_then(|v| v.pointer("/data/queryId").and_then(|q| q.as_str()).map(str::to_string));
+            .and_then(|v| v.pointer("/data/queryId").and_then(|q| q.as_str()).map(str::to_string))
+            .filter(|id| !id.is_empty());
         let _ = QUERY_ID.try_with(|slot| *slot.borrow_mut() = query_id);
         Ok(rebuild(response, body))
     }
