@@ -48,7 +48,7 @@ async fn check_batch(
     app: &TestApp,
     batch: &Value,
     received: usize,
-    gateway: &BTreeMap<u64, &str>,
+    gateway: &BTreeMap<u64, (&str, String)>,
     refused: &BTreeSet<u64>,
     names_refusals: bool,
 ) -> usize {
@@ -64,9 +64,10 @@ async fn check_batch(
     let indexes: BTreeSet<u64> = rejects.keys().copied().collect();
     let expected: BTreeSet<u64> = gateway.keys().copied().chain(refused.iter().copied()).collect();
     assert_eq!(indexes, expected, "exactly the defective records are rejected");
-    for (index, code) in gateway {
+    for (index, (code, pointer)) in gateway {
         assert_eq!(rejects[index]["stage"], "gateway");
         assert_eq!(rejects[index]["errors"][0]["code"], *code, "{}", rejects[index]);
+        assert_eq!(rejects[index]["errors"][0]["path"], *pointer, "{}", rejects[index]);
     }
     for index in refused {
         let reject = &rejects[index];
@@ -94,12 +95,12 @@ async fn check_batch(
     statements
 }
 
-/// 20,000 records, 1% with defects the gateway catches (three kinds) and 28 that only the
-/// warehouse refuses: a CHECK on ids ending in 007 and a NOT NULL on NOTE, added to the DuckDB
+/// 100,000 records, 1% with defects the gateway catches (three kinds) and 14 that only the
+/// warehouse refuses: a CHECK on ids ending in 0007 and a NOT NULL on NOTE, added to the DuckDB
 /// table behind the gateway's back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_duckdb_refuses_are_isolated_and_every_other_row_loads() {
-    const N: u64 = 20_000;
+    const N: u64 = 100_000;
     let dir = tempfile::tempdir().unwrap();
     let built = App::build(test_config(dir.path())).await.unwrap();
     let (config, stage, ledger) = (built.config.clone(), built.stage.clone(), built.ledger.clone());
@@ -123,7 +124,7 @@ async fn rows_duckdb_refuses_are_isolated_and_every_other_row_loads() {
         .unwrap()
         .execute_batch(
             "DROP TABLE LOANS;
-             CREATE TABLE LOANS (ID DECIMAL(38,0) NOT NULL CHECK (ID % 1000 <> 7), AMOUNT DECIMAL(12,2),
+             CREATE TABLE LOANS (ID DECIMAL(38,0) NOT NULL CHECK (ID % 10000 <> 7), AMOUNT DECIMAL(12,2),
                  CODE VARCHAR, NOTE VARCHAR NOT NULL, _BATCH_ID VARCHAR NOT NULL, _RECORD_INDEX BIGINT NOT NULL,
                  _INGESTED_AT TIMESTAMPTZ NOT NULL)",
         )
@@ -140,9 +141,9 @@ async fn rows_duckdb_refuses_are_isolated_and_every_other_row_loads() {
                     _ => ("code", json!("TOO-LONG-CODE"), "too_long"),
                 };
                 record[field] = value;
-                gateway.insert(i, code);
-            } else if i % 1000 == 7 || i % 2500 == 1234 {
-                if i % 2500 == 1234 {
+                gateway.insert(i, (code, format!("/{field}")));
+            } else if i % 10_000 == 7 || i % 25_000 == 1234 {
+                if i % 25_000 == 1234 {
                     record["note"] = Value::Null;
                 }
                 refused.insert(i);
@@ -150,7 +151,7 @@ async fn rows_duckdb_refuses_are_isolated_and_every_other_row_loads() {
             record
         })
         .collect();
-    assert_eq!((gateway.len(), refused.len()), (200, 28));
+    assert_eq!((gateway.len(), refused.len()), (1000, 14));
     let response = app.post_json("loans", &json!(records)).await;
     assert_eq!(response.status(), 202);
     let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
@@ -164,7 +165,7 @@ async fn rows_duckdb_refuses_are_isolated_and_every_other_row_loads() {
     assert_eq!(count("SELECT COUNT(*) FROM loans"), loaded);
     let distinct = "SELECT COUNT(*) FROM (SELECT DISTINCT _BATCH_ID, _RECORD_INDEX FROM loans)";
     assert_eq!(count(distinct), loaded, "no row twice");
-    assert_eq!(count("SELECT COUNT(*) FROM loans WHERE ID % 1000 = 7"), 0);
+    assert_eq!(count("SELECT COUNT(*) FROM loans WHERE ID % 10000 = 7"), 0);
 }
 
 /// Snowflake through fakesnow: a VARCHAR column dropped and re-added as NUMBER behind the
