@@ -220,22 +220,28 @@ impl Loader {
     /// Runs `work` while renewing the round's claims every third of a lease, so every file the
     /// round holds (the one being copied and those waiting their turn) stays claimed however long
     /// the round takes, and a dead process's claims expire within one lease (`loader.lease_secs`).
+    /// The renewals run beside the work, never instead of it: a renewal waiting for the ledger
+    /// connection that the work's open transaction holds (SQLite has one writer) would otherwise
+    /// stall both until the pool gave up.
     async fn holding_claims<T>(&self, held: &Held, work: impl std::future::Future<Output = T>) -> T {
-        tokio::pin!(work);
-        let mut renew = tokio::time::interval((self.settings.lease / 3).max(Duration::from_millis(10)));
-        renew.tick().await;
-        loop {
-            tokio::select! {
-                done = &mut work => return done,
-                _ = renew.tick() => {
-                    let ids = held.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    match self.ledger.renew_claims(&self.owner, &ids, self.settings.lease).await {
-                        // Files finished in this round are no longer held; fewer is expected.
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "could not renew file claims"),
-                    }
+        let renewals = async {
+            let mut renew = tokio::time::interval((self.settings.lease / 3).max(Duration::from_millis(10)));
+            // A renewal that took long is followed by one a period later, not by a burst.
+            renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            renew.tick().await;
+            loop {
+                renew.tick().await;
+                let ids = held.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                // Files finished in this round are no longer held; fewer renewed is expected.
+                if let Err(e) = self.ledger.renew_claims(&self.owner, &ids, self.settings.lease).await {
+                    tracing::warn!(error = %e, "could not renew file claims");
                 }
             }
+        };
+        tokio::pin!(work, renewals);
+        tokio::select! {
+            done = &mut work => done,
+            never = &mut renewals => never,
         }
     }
 
