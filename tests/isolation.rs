@@ -17,12 +17,12 @@ use snowgate::warehouse::duckdb::DuckDbWarehouse;
 use snowgate::warehouse::Warehouse;
 use snowgate::App;
 
-/// Every page of a batch's rejects, by record index.
-async fn all_rejects(app: &TestApp, id: &str) -> BTreeMap<u64, Value> {
+/// Every page of a batch's rejects that `filter` (query parameters) selects, by record index.
+async fn all_rejects(app: &TestApp, id: &str, filter: &str) -> BTreeMap<u64, Value> {
     let mut rejects = BTreeMap::new();
     let mut after = String::new();
     loop {
-        let (status, page) = app.get_json(&format!("/v1/batches/{id}/rejects?limit=1000{after}")).await;
+        let (status, page) = app.get_json(&format!("/v1/batches/{id}/rejects?limit=1000{filter}{after}")).await;
         assert_eq!(status, 200, "{page}");
         for reject in page["rejects"].as_array().unwrap() {
             rejects.insert(reject["index"].as_u64().unwrap(), reject.clone());
@@ -60,7 +60,13 @@ async fn check_batch(
     assert_eq!(batch["counts"], counts, "received = loaded + rejected");
     assert_eq!(batch["rejects_by_code"]["warehouse_rejected"], refused.len(), "{}", batch["rejects_by_code"]);
 
-    let rejects = all_rejects(app, id).await;
+    let rejects = all_rejects(app, id, "").await;
+    let by_warehouse = all_rejects(app, id, "&code=warehouse_rejected").await;
+    assert_eq!(by_warehouse.keys().copied().collect::<BTreeSet<u64>>(), *refused, "filtered by code");
+    let about_id: BTreeSet<u64> = all_rejects(app, id, "&column=id").await.keys().copied().collect();
+    let expected_about_id: BTreeSet<u64> =
+        gateway.iter().filter(|(_, (_, pointer))| pointer == "/id").map(|(i, _)| *i).collect();
+    assert_eq!(about_id, expected_about_id, "filtered by column, named as the field was");
     let indexes: BTreeSet<u64> = rejects.keys().copied().collect();
     let expected: BTreeSet<u64> = gateway.keys().copied().chain(refused.iter().copied()).collect();
     assert_eq!(indexes, expected, "exactly the defective records are rejected");
@@ -102,7 +108,10 @@ async fn check_batch(
 async fn rows_duckdb_refuses_are_isolated_and_every_other_row_loads() {
     const N: u64 = 100_000;
     let dir = tempfile::tempdir().unwrap();
-    let built = App::build(test_config(dir.path())).await.unwrap();
+    let mut config = test_config(dir.path());
+    // Claims are renewed every 1.7 s while the isolation works: renewals must never stall it.
+    config.loader.lease = Duration::from_secs(5);
+    let built = App::build(config).await.unwrap();
     let (config, stage, ledger) = (built.config.clone(), built.stage.clone(), built.ledger.clone());
     drop(built);
     let duck = Arc::new(DuckDbWarehouse::open(&dir.path().join("warehouse.duckdb"), stage.clone()).unwrap());
@@ -195,7 +204,7 @@ async fn rows_snowflake_refuses_are_isolated_and_every_other_row_loads() {
     let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     let batch = app.wait_final(&id, Duration::from_secs(300)).await;
     check_batch(&app, &batch, N as usize, &BTreeMap::new(), &refused, false).await;
-    let reject = &all_rejects(&app, &id).await[&777];
+    let reject = &all_rejects(&app, &id, "").await[&777];
     assert_eq!(reject["record"], json!({"ID": 777, "NOTE": "n/a"}), "{reject}");
     app.shutdown().await;
 

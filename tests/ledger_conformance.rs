@@ -219,11 +219,11 @@ pub async fn rejects_and_batch_lists(ledger: Arc<dyn Ledger>) {
     assert_eq!(record.status, BatchStatus::Rejected);
     assert!(record.staged_at.is_none());
 
-    let page = ledger.list_rejects(rejected_id, None, 10).await.unwrap();
+    let page = ledger.list_rejects(rejected_id, &RejectFilter::default(), None, 10).await.unwrap();
     assert_eq!(page.iter().map(|r| r.index).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
     assert_eq!(page[3].record, json!({"id": null, "n": 3}));
     assert_eq!(page[3].errors[0].code, RejectCode::NullInNotNull);
-    let rest = ledger.list_rejects(rejected_id, Some(9), 100).await.unwrap();
+    let rest = ledger.list_rejects(rejected_id, &RejectFilter::default(), Some(9), 100).await.unwrap();
     assert_eq!(rest.len(), 15);
     assert_eq!(rest[0].index, 10);
     // The drift report's source: rejects of a table's batches in a window, by partner.
@@ -440,9 +440,25 @@ pub async fn split_files_reconcile_through_their_parts(ledger: Arc<dyn Ledger>) 
     assert_eq!(a.counts, Counts { received: 4, accepted: 3, rejected: 2, loaded: 2 });
     assert_eq!(a.rejects_by_code.get("warehouse_rejected"), Some(&1), "{:?}", a.rejects_by_code);
     assert_eq!(a.files.last().unwrap().status, FileStatus::Rejected);
-    let rejects = ledger.list_rejects(a_id, None, 10).await.unwrap();
+    let rejects = ledger.list_rejects(a_id, &RejectFilter::default(), None, 10).await.unwrap();
     let stages: Vec<_> = rejects.iter().map(|r| (r.index, r.stage)).collect();
     assert_eq!(stages, [(0, RejectStage::Gateway), (2, RejectStage::Warehouse)]);
+    // Filtered by code, by column, by both.
+    let indexes = |filter: RejectFilter| {
+        let ledger = ledger.clone();
+        async move {
+            let rejects = ledger.list_rejects(a_id, &filter, None, 10).await.unwrap();
+            rejects.iter().map(|r| r.index).collect::<Vec<_>>()
+        }
+    };
+    let code = |code| RejectFilter { code: Some(code), column: None };
+    assert_eq!(indexes(code(RejectCode::WarehouseRejected)).await, [2]);
+    assert_eq!(indexes(code(RejectCode::NullInNotNull)).await, [0]);
+    assert_eq!(indexes(code(RejectCode::TooLong)).await, Vec::<u64>::new());
+    let column = RejectFilter { code: None, column: Some("ID".into()) };
+    assert_eq!(indexes(column).await, [0, 2]);
+    let both = RejectFilter { code: Some(RejectCode::NullInNotNull), column: Some("NOTE".into()) };
+    assert_eq!(indexes(both).await, Vec::<u64>::new());
     let b = ledger.get_batch(b_id).await.unwrap().unwrap();
     assert_eq!((b.status, b.counts.loaded), (BatchStatus::Loaded, 1));
 }
@@ -657,7 +673,7 @@ async fn first_release_rows_survive_the_upgrade(ledger: Arc<dyn Ledger>) -> Uuid
     assert_eq!(batch.status, BatchStatus::Loading);
     assert_eq!(batch.counts, Counts { received: 3, accepted: 2, rejected: 1, loaded: 0 });
     assert_eq!(batch.files[0].path, "T/old.parquet");
-    assert_eq!(ledger.list_rejects(batch_id, None, 10).await.unwrap()[0].index, 1);
+    assert_eq!(ledger.list_rejects(batch_id, &RejectFilter::default(), None, 10).await.unwrap()[0].index, 1);
     let claimed = ledger.claim_files("new", LEASE, 10).await.unwrap();
     assert_eq!(claimed.len(), 1, "the expired claim of the old process is taken over");
     ledger.complete_files("new", &[FileOutcome::Loaded { id: claimed[0].id, rows: 2, query_id: None }]).await.unwrap();

@@ -21,9 +21,10 @@ use super::extract::{table_name, BatchPath, TablePath};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::budget::Grant;
-use crate::ingest::reject::Reject;
-use crate::ledger::{BatchFilter, BatchRecord};
+use crate::ingest::reject::{Reject, RejectCode};
+use crate::ledger::{BatchFilter, BatchRecord, RejectFilter};
 use crate::pipeline::{self, IngestOutcome, IngestRequest, Stored};
+use crate::schema::normalize_identifier;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -315,6 +316,26 @@ pub struct RejectParams {
     /// Cursor from the previous page's `next` (a record index).
     #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     pub after: Option<u64>,
+    /// Only rejects with an error of this code.
+    #[param(inline)]
+    pub code: Option<RejectCode>,
+    /// Only rejects with an error about this column (a field name, normalised as columns are:
+    /// `amount` is `AMOUNT`).
+    #[param(max_length = 255)]
+    pub column: Option<String>,
+}
+
+impl RejectParams {
+    /// The filter the query asks for. A name of at most 255 characters that cannot be a column
+    /// (too long once normalised, say) selects no reject.
+    fn filter(&self) -> Result<RejectFilter, ApiError> {
+        if let Some(raw) = self.column.as_deref().filter(|raw| raw.chars().count() > 255) {
+            let message = format!("column must be at most 255 characters, not {}", raw.chars().count());
+            return Err(ApiError::new(ErrorCode::InvalidQuery, message));
+        }
+        let column = self.column.as_deref().map(|raw| normalize_identifier(raw).unwrap_or_else(|_| raw.to_string()));
+        Ok(RejectFilter { code: self.code, column })
+    }
 }
 
 /// One page of rejects.
@@ -348,25 +369,27 @@ pub async fn list_rejects(
 ) -> Result<Response, ApiError> {
     let Query(params) = params?;
     at_most("after", params.after, i64::MAX as u64)?;
+    let filter = params.filter()?;
     visible_batch(&app, &principal, id).await?;
     let wants_ndjson =
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/x-ndjson"));
     if wants_ndjson {
-        return Ok(stream_rejects(app, id, params.after));
+        return Ok(stream_rejects(app, id, filter, params.after));
     }
     let limit = page_limit(params.limit)?;
-    let rejects = app.ledger.list_rejects(id, params.after, limit).await?;
+    let rejects = app.ledger.list_rejects(id, &filter, params.after, limit).await?;
     let next = (rejects.len() == limit as usize).then(|| rejects.last().map(|r| r.index.to_string())).flatten();
     Ok(Json(RejectPage { rejects, next }).into_response())
 }
 
-fn stream_rejects(app: AppState, id: Uuid, after: Option<u64>) -> Response {
+fn stream_rejects(app: AppState, id: Uuid, filter: RejectFilter, after: Option<u64>) -> Response {
     const PAGE: u32 = 1000;
+    let filter = std::sync::Arc::new(filter);
     let pages = futures::stream::try_unfold(Some(after), move |cursor| {
-        let app = app.clone();
+        let (app, filter) = (app.clone(), filter.clone());
         async move {
             let Some(after) = cursor else { return Ok(None) };
-            let rejects = app.ledger.list_rejects(id, after, PAGE).await?;
+            let rejects = app.ledger.list_rejects(id, &filter, after, PAGE).await?;
             let mut chunk = Vec::new();
             for reject in &rejects {
                 serde_json::to_writer(&mut chunk, reject)

@@ -200,8 +200,14 @@ pub trait Ledger: Send + Sync + 'static {
     /// Batches newest first; `files` and `schema_changes` are left empty in lists.
     async fn list_batches(&self, filter: &BatchFilter) -> Result<Vec<BatchRecord>>;
 
-    /// Rejects of a batch ordered by index, starting after `after`.
-    async fn list_rejects(&self, batch: Uuid, after: Option<u64>, limit: u32) -> Result<Vec<Reject>>;
+    /// Rejects of a batch that `filter` selects, by index after `after`, at most `limit`.
+    async fn list_rejects(
+        &self,
+        batch: Uuid,
+        filter: &RejectFilter,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<Reject>>;
 
     /// The errors of up to `limit` rejects of batches sent to `table` since `since` (by `partner`
     /// only, when given), each with the partner that sent it: the raw material of the drift report.

@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::ingest::drift::DriftPolicy;
-use crate::ingest::reject::Reject;
+use crate::ingest::reject::{Reject, RejectCode};
 pub use crate::partner::Partner;
 use crate::schema::Column;
 
@@ -298,6 +298,14 @@ pub struct BatchFile {
     /// Warehouse query that loaded the file, or that refused it (`split`, `rejected`, `failed`).
     pub query_id: Option<String>,
     pub error: Option<String>,
+}
+
+/// Which rejects of a batch to list: those with an error of this code, or about this column.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RejectFilter {
+    pub code: Option<RejectCode>,
+    /// A column name as the errors give it (normalised).
+    pub column: Option<String>,
 }
 
 /// What one COPY statement did, as seen from one batch.

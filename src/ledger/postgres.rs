@@ -50,6 +50,10 @@ impl Dialect for Postgres {
         format!("now() - make_interval(secs => {param})")
     }
 
+    fn any_error_has(field: &str, param: &str) -> String {
+        format!("EXISTS (SELECT 1 FROM jsonb_array_elements(errors::jsonb) AS e(value) WHERE e.value->>'{field}' = {param})")
+    }
+
     fn id(id: Uuid) -> Uuid {
         id
     }

@@ -64,6 +64,10 @@ impl Dialect for Sqlite {
         format!("strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || {param} || ' seconds')")
     }
 
+    fn any_error_has(field: &str, param: &str) -> String {
+        format!("EXISTS (SELECT 1 FROM json_each(errors) WHERE json_extract(value, '$.{field}') = {param})")
+    }
+
     fn id(id: Uuid) -> String {
         id.to_string()
     }

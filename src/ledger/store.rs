@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::{
     ApiKey, AppliedChange, BatchFile, BatchFilter, BatchRecord, BatchStatus, ChangeCause, ClaimedFile, ColumnChange,
     CopyStatement, Counts, DdlGuard, FileOutcome, FileSplit, FileStatus, IdempotencyClaim, IdempotencyState, Ledger,
-    LedgerError, Partner, Result, SchemaChange, StageCommit, TableRecord,
+    LedgerError, Partner, RejectFilter, Result, SchemaChange, StageCommit, TableRecord,
 };
 use crate::ingest::reject::{FieldError, Reject, RejectStage};
 use crate::schema::Column;
@@ -44,6 +44,9 @@ pub trait Dialect: Database {
     fn now_plus(param: &str) -> String;
     /// The database clock minus the seconds (a float) in parameter `param`.
     fn now_minus(param: &str) -> String;
+    /// True when one of the errors in a reject's `errors` (a JSON array of objects) has `field`
+    /// (a constant of the code, never input) equal to parameter `param`.
+    fn any_error_has(field: &str, param: &str) -> String;
 
     fn id(id: Uuid) -> Self::Id;
     fn uuid(id: Self::Id) -> Result<Uuid>;
@@ -844,15 +847,28 @@ where
         rows.iter().map(batch_from_row::<D>).collect()
     }
 
-    async fn list_rejects(&self, batch: Uuid, after: Option<u64>, limit: u32) -> Result<Vec<Reject>> {
-        let rows = sqlx::query::<D>(
-            "SELECT idx, record, errors, stage FROM rejects WHERE batch_id = $1 AND idx > $2 ORDER BY idx LIMIT $3",
-        )
-        .bind(D::id(batch))
-        .bind(after.map(int).unwrap_or(-1))
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
+    async fn list_rejects(
+        &self,
+        batch: Uuid,
+        filter: &RejectFilter,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<Reject>> {
+        let sql = format!(
+            "SELECT idx, record, errors, stage FROM rejects
+             WHERE batch_id = $1 AND idx > $2 AND ($4 IS NULL OR {}) AND ($5 IS NULL OR {})
+             ORDER BY idx LIMIT $3",
+            D::any_error_has("code", "$4"),
+            D::any_error_has("column", "$5")
+        );
+        let rows = sqlx::query::<D>(&sql)
+            .bind(D::id(batch))
+            .bind(after.map(int).unwrap_or(-1))
+            .bind(i64::from(limit))
+            .bind(filter.code.map(|c| c.as_str()))
+            .bind(filter.column.as_deref())
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok(Reject {
