@@ -35,7 +35,7 @@ async fn all_rejects(app: &TestApp, id: &str, filter: &str) -> BTreeMap<u64, Val
 }
 
 /// COPY statements a batch took: the distinct statements named on its files (the refused and
-/// the loaded ones; a part split without a COPY of its own names its parent's).
+/// the loaded ones; a part split without a COPY of its own names none).
 fn statements(batch: &Value) -> usize {
     let ids: BTreeSet<&str> =
         batch["files"].as_array().unwrap().iter().filter_map(|f| f["query_id"].as_str()).collect();

@@ -316,11 +316,12 @@ pub struct RejectParams {
     /// Cursor from the previous page's `next` (a record index).
     #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     pub after: Option<u64>,
-    /// Only rejects with an error of this code.
+    /// Only rejects with an error of this code (with `column`, one error of this code about
+    /// that column).
     #[param(inline)]
     pub code: Option<RejectCode>,
-    /// Only rejects with an error about this column (a field name, normalised as columns are:
-    /// `amount` is `AMOUNT`).
+    /// Only rejects with an error about this column, named as rejects name it: normalised as
+    /// columns are (`amount` is `AMOUNT`), aliases not resolved.
     #[param(max_length = 255)]
     pub column: Option<String>,
 }
@@ -410,7 +411,8 @@ fn stream_rejects(app: AppState, id: Uuid, filter: RejectFilter, after: Option<u
 /// A page of batches.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BatchPage {
-    /// Newest first; `files` and `schema_changes` are empty in lists (read one batch for them).
+    /// Newest first; `files`, `copies` and `schema_changes` are empty in lists (read one batch
+    /// for them).
     pub batches: Vec<BatchRecord>,
     /// Pass as `after` for the next page; null on the last page.
     pub next: Option<Uuid>,

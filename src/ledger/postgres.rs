@@ -50,8 +50,12 @@ impl Dialect for Postgres {
         format!("now() - make_interval(secs => {param})")
     }
 
-    fn any_error_has(field: &str, param: &str) -> String {
-        format!("EXISTS (SELECT 1 FROM jsonb_array_elements(errors::jsonb) AS e(value) WHERE e.value->>'{field}' = {param})")
+    fn any_error_with(conditions: &[(&'static str, &str)]) -> String {
+        let each: Vec<String> = conditions
+            .iter()
+            .map(|(field, param)| format!("({param} IS NULL OR e.value->>'{field}' = {param})"))
+            .collect();
+        format!("EXISTS (SELECT 1 FROM jsonb_array_elements(errors::jsonb) AS e(value) WHERE {})", each.join(" AND "))
     }
 
     fn id(id: Uuid) -> Uuid {

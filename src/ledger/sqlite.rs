@@ -64,8 +64,12 @@ impl Dialect for Sqlite {
         format!("strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || {param} || ' seconds')")
     }
 
-    fn any_error_has(field: &str, param: &str) -> String {
-        format!("EXISTS (SELECT 1 FROM json_each(errors) WHERE json_extract(value, '$.{field}') = {param})")
+    fn any_error_with(conditions: &[(&'static str, &str)]) -> String {
+        let each: Vec<String> = conditions
+            .iter()
+            .map(|(field, param)| format!("({param} IS NULL OR json_extract(value, '$.{field}') = {param})"))
+            .collect();
+        format!("EXISTS (SELECT 1 FROM json_each(errors) WHERE {})", each.join(" AND "))
     }
 
     fn id(id: Uuid) -> String {
