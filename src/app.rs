@@ -18,7 +18,7 @@ use crate::config::{Config, LedgerBackend, WarehouseBackend};
 use crate::ledger::postgres::PostgresLedger;
 use crate::ledger::sqlite::SqliteLedger;
 use crate::ledger::Ledger;
-use crate::loader::{run_idempotency_sweeper, run_sweeper, supervise, Loader, LoaderHealth};
+use crate::loader::{run_idempotency_sweeper, run_retention_sweeper, run_sweeper, supervise, Loader, LoaderHealth};
 use crate::replica::ReplicaId;
 use crate::stage::Stage;
 use crate::warehouse::duckdb::DuckDbWarehouse;
@@ -196,6 +196,8 @@ pub async fn serve(
         state.config.idempotency.window,
         cancel.child_token(),
     ));
+    let retention_sweeper =
+        tokio::spawn(run_retention_sweeper(state.ledger.clone(), state.config.retention.keep, cancel.child_token()));
     let router = crate::http::router(state.clone());
     tracing::info!(addr = %addr, auth = ?state.config.auth.mode, ledger = state.ledger.backend(), warehouse = state.warehouse.backend(),
         stage = state.stage.url(), "snowgate listening");
@@ -214,6 +216,7 @@ pub async fn serve(
         let _ = sweeper.await;
     }
     let _ = idempotency_sweeper.await;
+    let _ = retention_sweeper.await;
     if let Some(Err(e)) = match loader {
         Some(task) => Some(task.await),
         None => None,

@@ -36,6 +36,24 @@ pub struct Config {
     pub auth: AuthConfig,
     pub idempotency: IdempotencyConfig,
     pub quotas: QuotasConfig,
+    pub retention: RetentionConfig,
+}
+
+/// How long the ledger keeps what it knows of finished batches.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Final batches (`loaded`, `rejected`, `failed`) received longer ago than this are removed
+    /// with their rejects, and their stage files once no other batch needs them (key
+    /// `keep_secs`, default 30 days; at least a day and at least `idempotency.window_secs`).
+    #[serde(rename = "keep_secs", with = "secs")]
+    pub keep: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { keep: Duration::from_secs(30 * 86_400) }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -516,6 +534,12 @@ impl Config {
         )?;
         check(self.auth.cache <= Duration::from_secs(300), "auth.cache_secs", "must be at most 300")?;
         check(self.idempotency.window >= Duration::from_secs(60), "idempotency.window_secs", "must be at least 60")?;
+        // A remembered Idempotency-Key answers with its batch: the batch must outlive the key.
+        check(
+            self.retention.keep >= Duration::from_secs(86_400) && self.retention.keep >= self.idempotency.window,
+            "retention.keep_secs",
+            "must be at least a day and at least idempotency.window_secs",
+        )?;
         check((1..=1000).contains(&self.quotas.replicas), "quotas.replicas", "must be 1..=1000")?;
         let quotas = std::iter::once(("quotas.default".to_string(), &self.quotas.default))
             .chain(self.quotas.partners.iter().map(|(name, q)| (format!("quotas.partners.{name}"), q)));
@@ -757,6 +781,26 @@ mod tests {
         std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:9\"\ncolour = 1\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
+
+        // A batch must outlive the Idempotency-Key that answers with it.
+        let mut config = Config::default();
+        config.idempotency.window = Duration::from_secs(40 * 86_400);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.starts_with("retention.keep_secs"), "{err}");
+        let mut config = Config::default();
+        config.warehouse.snowflake = Some(SnowflakeConfig {
+            account: "a".into(),
+            user: "u".into(),
+            password: Some(Secret::new("p")),
+            database: "d".into(),
+            schema: "s".into(),
+            stage: "S".into(),
+            statement_timeout: Duration::ZERO,
+            ..Default::default()
+        });
+        config.warehouse.kind = WarehouseKind::Snowflake;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.starts_with("warehouse.snowflake.statement_timeout_secs"), "{err}");
     }
 
     #[test]

@@ -459,8 +459,87 @@ pub async fn split_files_reconcile_through_their_parts(ledger: Arc<dyn Ledger>) 
     assert_eq!(indexes(column).await, [0, 2]);
     let both = RejectFilter { code: Some(RejectCode::NullInNotNull), column: Some("NOTE".into()) };
     assert_eq!(indexes(both).await, Vec::<u64>::new());
+    // Both conditions hold on one error, not on two: index 0 has no NOT NULL error about NOTE.
+    let field = |code, column: &str| FieldError {
+        path: format!("/{column}"),
+        column: Some(column.into()),
+        code,
+        message: "m".into(),
+    };
+    let two = Reject {
+        index: 9,
+        record: json!({}),
+        errors: vec![field(RejectCode::TooLong, "CODE"), field(RejectCode::NullInNotNull, "ID")],
+        stage: RejectStage::Gateway,
+    };
+    let batch = new_batch("T", 0, vec![two]);
+    let id = batch.id;
+    ledger
+        .commit_stage(&StageCommit { file: None, parts: vec![], completed: vec![batch], pending: false })
+        .await
+        .unwrap();
+    let filtered = |code, column: &str| {
+        let ledger = ledger.clone();
+        let filter = RejectFilter { code: Some(code), column: Some(column.to_string()) };
+        async move { ledger.list_rejects(id, &filter, None, 10).await.unwrap().len() }
+    };
+    assert_eq!(filtered(RejectCode::TooLong, "CODE").await, 1);
+    assert_eq!(filtered(RejectCode::TooLong, "ID").await, 0, "the too_long error is about CODE");
     let b = ledger.get_batch(b_id).await.unwrap().unwrap();
     assert_eq!((b.status, b.counts.loaded), (BatchStatus::Loaded, 1));
+}
+
+/// Retention removes final batches past their age with their rejects, and files no batch needs;
+/// never a batch that is not final, nor a file an open batch still needs.
+pub async fn retention_removes_only_what_is_final_and_old(ledger: Arc<dyn Ledger>) {
+    let old = |accepted, rejects| {
+        let mut batch = new_batch("T", accepted, rejects);
+        batch.received_at = Utc::now() - chrono::Duration::days(2);
+        batch
+    };
+    // A: old, loaded, with a reject. B: young, loaded. C: old, still loading. D: old, loaded, its
+    // file shared with E, young and still loading another file.
+    let (a, b, c, d) = (old(1, vec![reject(5)]), new_batch("T", 1, vec![]), old(1, vec![]), old(1, vec![]));
+    let e = new_batch("T", 2, vec![]);
+    let ids = [a.id, b.id, c.id, d.id, e.id];
+    let files = [file("T", 1), file("T", 1), file("T", 1), file("T", 2), file("T", 1)];
+    let paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+    let [f1, f2, f3, f4, f5] = files;
+    ledger.commit_stage(&commit(f1, vec![(ids[0], 1)], vec![a], false)).await.unwrap();
+    ledger.commit_stage(&commit(f2, vec![(ids[1], 1)], vec![b], false)).await.unwrap();
+    ledger.commit_stage(&commit(f3, vec![(ids[2], 1)], vec![c], false)).await.unwrap();
+    ledger.commit_stage(&commit(f5, vec![(ids[4], 1)], vec![], true)).await.unwrap();
+    ledger.commit_stage(&commit(f4, vec![(ids[3], 1), (ids[4], 1)], vec![d, e], false)).await.unwrap();
+    let claimed = ledger.claim_files("one", LEASE, 10).await.unwrap();
+    let loaded: Vec<FileOutcome> = claimed
+        .iter()
+        .filter(|f| [&paths[0], &paths[1], &paths[3]].contains(&&f.path))
+        .map(|f| FileOutcome::Loaded { id: f.id, rows: 1, query_id: None })
+        .collect();
+    assert_eq!(ledger.complete_files("one", &loaded).await.unwrap(), 3);
+    let exists = |id: Uuid| {
+        let ledger = ledger.clone();
+        async move { ledger.get_batch(id).await.unwrap().is_some() }
+    };
+    assert_eq!(ledger.get_batch(ids[3]).await.unwrap().unwrap().status, BatchStatus::Loaded);
+    assert_eq!(ledger.get_batch(ids[4]).await.unwrap().unwrap().status, BatchStatus::Loading);
+
+    assert_eq!(ledger.purge_batches(Duration::from_secs(86_400), 100).await.unwrap(), 2, "A and D");
+    assert!(!exists(ids[0]).await && !exists(ids[3]).await);
+    assert!(ledger.list_rejects(ids[0], &RejectFilter::default(), None, 10).await.unwrap().is_empty());
+    for id in [ids[1], ids[2], ids[4]] {
+        assert!(exists(id).await, "young, or not final");
+    }
+    let e = ledger.get_batch(ids[4]).await.unwrap().unwrap();
+    assert_eq!(e.files.len(), 2, "E keeps the file it shared with D");
+    assert_eq!(ledger.known_paths(&paths).await.unwrap().len(), 5, "files are younger than the day kept");
+
+    // Keeping nothing: B goes too; C and E are not final, and their files stay.
+    assert_eq!(ledger.purge_batches(Duration::ZERO, 100).await.unwrap(), 1);
+    assert!(!exists(ids[1]).await);
+    let known = ledger.known_paths(&paths).await.unwrap();
+    let expected: std::collections::BTreeSet<String> = [&paths[2], &paths[3], &paths[4]].map(|p| p.clone()).into();
+    assert_eq!(known, expected, "the loaded files no batch needs are gone; the open ones stay");
 }
 
 /// A widened column takes its new type and is audited with the type it had.
@@ -555,6 +634,12 @@ macro_rules! ledger_suite {
             async fn split_files_reconcile_through_their_parts() {
                 let (_guard, ledger) = $make.await;
                 super::split_files_reconcile_through_their_parts(ledger).await;
+            }
+
+            #[tokio::test]
+            async fn retention_removes_only_what_is_final_and_old() {
+                let (_guard, ledger) = $make.await;
+                super::retention_removes_only_what_is_final_and_old(ledger).await;
             }
 
             #[tokio::test]

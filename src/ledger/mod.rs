@@ -197,7 +197,7 @@ pub trait Ledger: Send + Sync + 'static {
 
     async fn get_batch(&self, id: Uuid) -> Result<Option<BatchRecord>>;
 
-    /// Batches newest first; `files` and `schema_changes` are left empty in lists.
+    /// Batches newest first; `files`, `copies` and `schema_changes` are left empty in lists.
     async fn list_batches(&self, filter: &BatchFilter) -> Result<Vec<BatchRecord>>;
 
     /// Rejects of a batch that `filter` selects, by index after `after`, at most `limit`.
@@ -249,4 +249,10 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Forgets keys older than `window` whose lease is over; returns how many.
     async fn sweep_idempotency(&self, window: Duration) -> Result<u64>;
+
+    /// Removes up to `limit` final batches received more than `keep` ago, with their rejects
+    /// and their place in files, then the finished files made more than `keep` ago that no batch
+    /// needs any more (their stage objects become orphans for the stage sweeper); returns how
+    /// many batches. A batch that is not final, and a file an open batch still needs, stay.
+    async fn purge_batches(&self, keep: Duration, limit: u32) -> Result<u64>;
 }

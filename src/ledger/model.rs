@@ -300,7 +300,8 @@ pub struct BatchFile {
     pub error: Option<String>,
 }
 
-/// Which rejects of a batch to list: those with an error of this code, or about this column.
+/// Which rejects of a batch to list: those with one error of this code and about this column
+/// (either may be left out).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RejectFilter {
     pub code: Option<RejectCode>,
@@ -379,8 +380,9 @@ pub struct BatchRecord {
     pub drift: DriftCounts,
     pub schema_changes: Vec<AppliedChange>,
     pub files: Vec<BatchFile>,
-    /// Every COPY statement that loaded or refused the batch's files (its files' query ids);
-    /// how many it took is the list's length.
+    /// The COPY statements named on the batch's files: the one that loaded each loaded file and
+    /// the one that refused each file split or rejected after a refusal of its own (a multi-file
+    /// COPY refused before its files were tried one by one names none).
     pub copies: Vec<CopyStatement>,
     pub received_at: DateTime<Utc>,
     pub staged_at: Option<DateTime<Utc>>,

@@ -44,9 +44,10 @@ pub trait Dialect: Database {
     fn now_plus(param: &str) -> String;
     /// The database clock minus the seconds (a float) in parameter `param`.
     fn now_minus(param: &str) -> String;
-    /// True when one of the errors in a reject's `errors` (a JSON array of objects) has `field`
-    /// (a constant of the code, never input) equal to parameter `param`.
-    fn any_error_has(field: &str, param: &str) -> String;
+    /// True when one error in a reject's `errors` (a JSON array of objects) meets every
+    /// condition: `(field, param)` holds when parameter `param` is NULL or equals the error's
+    /// `field` (a constant of the code, never input).
+    fn any_error_with(conditions: &[(&'static str, &str)]) -> String;
 
     fn id(id: Uuid) -> Self::Id;
     fn uuid(id: Self::Id) -> Result<Uuid>;
@@ -856,10 +857,9 @@ where
     ) -> Result<Vec<Reject>> {
         let sql = format!(
             "SELECT idx, record, errors, stage FROM rejects
-             WHERE batch_id = $1 AND idx > $2 AND ($4 IS NULL OR {}) AND ($5 IS NULL OR {})
+             WHERE batch_id = $1 AND idx > $2 AND (($4 IS NULL AND $5 IS NULL) OR {})
              ORDER BY idx LIMIT $3",
-            D::any_error_has("code", "$4"),
-            D::any_error_has("column", "$5")
+            D::any_error_with(&[("code", "$4"), ("column", "$5")])
         );
         let rows = sqlx::query::<D>(&sql)
             .bind(D::id(batch))
@@ -1040,6 +1040,54 @@ where
         .fetch_all(&self.writer)
         .await?;
         Ok(released.len() as u64)
+    }
+
+    async fn purge_batches(&self, keep: Duration, limit: u32) -> Result<u64> {
+        let keep = seconds(keep, Duration::from_secs(30 * 86_400));
+        let mut tx = self.writer.begin().await?;
+        let sql = format!(
+            "SELECT id FROM batches WHERE status IN ($1, $2, $3) AND received_at < {} ORDER BY id LIMIT $5",
+            D::now_minus("$4")
+        );
+        let rows = sqlx::query::<D>(&sql)
+            .bind(BatchStatus::Loaded.as_str())
+            .bind(BatchStatus::Rejected.as_str())
+            .bind(BatchStatus::Failed.as_str())
+            .bind(keep)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        let ids = rows.iter().map(|row| D::uuid(get::<D, D::Id>(row, "id")?)).collect::<Result<Vec<Uuid>>>()?;
+        for chunk in ids.chunks(IDS_PER_LIST) {
+            for table in ["rejects", "file_batches", "batches"] {
+                let column = if table == "batches" { "id" } else { "batch_id" };
+                let sql = format!("DELETE FROM {table} WHERE {column} IN {}", params(1, chunk.len()));
+                let query = chunk.iter().fold(sqlx::query::<D>(&sql), |q, id| q.bind(D::id(*id)));
+                query.execute(&mut *tx).await?;
+            }
+        }
+        // A pending part abandoned long ago belongs to a batch that never got a row.
+        let sql = format!(
+            "DELETE FROM file_batches WHERE file_id IN (SELECT id FROM files WHERE status = $1 AND created_at < {})",
+            D::now_minus("$2")
+        );
+        sqlx::query::<D>(&sql).bind(FileStatus::Abandoned.as_str()).bind(keep).execute(&mut *tx).await?;
+        let sql = format!(
+            "DELETE FROM files WHERE status IN ($1, $2, $3, $4, $5) AND created_at < {}
+                 AND NOT EXISTS (SELECT 1 FROM file_batches fb WHERE fb.file_id = files.id)",
+            D::now_minus("$6")
+        );
+        sqlx::query::<D>(&sql)
+            .bind(FileStatus::Loaded.as_str())
+            .bind(FileStatus::Failed.as_str())
+            .bind(FileStatus::Split.as_str())
+            .bind(FileStatus::Rejected.as_str())
+            .bind(FileStatus::Abandoned.as_str())
+            .bind(keep)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(ids.len() as u64)
     }
 
     async fn sweep_idempotency(&self, window: Duration) -> Result<u64> {

@@ -105,7 +105,7 @@ impl Loader {
         };
         let rows = match self.read_rows(&file.path).await {
             Ok(rows) if rows.num_rows() > 0 => rows,
-            Ok(_) => return self.fail(file.id, &error, "the refused file holds no rows").await.map(|_| ()),
+            Ok(_) => return self.fail(file.id, &error, true, "the refused file holds no rows").await.map(|_| ()),
             Err(Unreadable::Stage(e)) => {
                 let failure = stage_failure(e);
                 tracing::warn!(table, path = %file.path, error = %failure,
@@ -116,7 +116,7 @@ impl Loader {
                 // A file the gateway cannot decode cannot be split: it fails as a whole.
                 tracing::error!(table, path = %file.path, error = %error, unreadable = %e,
                     "file refused and not readable for isolation");
-                return self.fail(file.id, &error, &format!("could not be split: {e}")).await.map(|_| ());
+                return self.fail(file.id, &error, true, &format!("could not be split: {e}")).await.map(|_| ());
             }
         };
         let node = Node { id: file.id, path: file.path.clone(), rows };
@@ -138,13 +138,12 @@ impl Loader {
         concat_batches(&schema, &batches).map_err(|e| parquet(&e))
     }
 
-    /// Marks a file failed with the refusal and why isolation ended there.
-    async fn fail(&self, id: Uuid, error: &WarehouseError, why: &str) -> Result<Flow, LedgerError> {
-        let outcome = FileOutcome::Failed {
-            id,
-            error: format!("{error}; {why}"),
-            query_id: error.query_id().map(str::to_string),
-        };
+    /// Marks a file failed with the refusal and why isolation ended there. The file names the
+    /// statement only where it refused the file itself (`own`), not where the refusal was an
+    /// ancestor's.
+    async fn fail(&self, id: Uuid, error: &WarehouseError, own: bool, why: &str) -> Result<Flow, LedgerError> {
+        let query_id = if own { error.query_id().map(str::to_string) } else { None };
+        let outcome = FileOutcome::Failed { id, error: format!("{error}; {why}"), query_id };
         Ok(self.recorded(self.ledger.complete_files(&self.owner, &[outcome]).await?))
     }
 
@@ -181,7 +180,8 @@ impl Loader {
             }
             let spent = *isolation.statements.lock().unwrap_or_else(|p| p.into_inner());
             if spent >= self.settings.isolation_statements {
-                return self.fail(node.id, &error, &format!("isolation stopped after {spent} COPY statements")).await;
+                let why = format!("isolation stopped after {spent} COPY statements");
+                return self.fail(node.id, &error, !inferred, &why).await;
             }
             let Some([first, second]) = self.split(isolation, node, &error, inferred).await? else {
                 return Ok(Flow::Stopped);
@@ -231,10 +231,16 @@ impl Loader {
                 // Rows the gateway wrote and read back always encode again; if not, nothing can
                 // split this file.
                 (Err(e), _) => {
-                    return self.fail(node.id, error, &format!("could not be split: {e}")).await.map(|_| None)
+                    return self
+                        .fail(node.id, error, !inferred, &format!("could not be split: {e}"))
+                        .await
+                        .map(|_| None)
                 }
                 (_, Err(e)) => {
-                    return self.fail(node.id, error, &format!("could not be split: {e}")).await.map(|_| None)
+                    return self
+                        .fail(node.id, error, !inferred, &format!("could not be split: {e}"))
+                        .await
+                        .map(|_| None)
                 }
             };
             let (bytes, batches) = encoded;
@@ -320,7 +326,9 @@ impl Loader {
     ) -> Result<Flow, LedgerError> {
         let (batch, index) = match row_identity(&node.rows) {
             Ok(identity) => identity,
-            Err(e) => return self.fail(node.id, error, &format!("the refused row has no batch identity: {e}")).await,
+            Err(e) => {
+                return self.fail(node.id, error, true, &format!("the refused row has no batch identity: {e}")).await
+            }
         };
         let record = row_json(&node.rows, isolation.columns.as_deref());
         let column = error.column().and_then(|named| {

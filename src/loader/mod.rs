@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use supervisor::{supervise, ConfigurationError, LoaderHealth, LoaderState, LoaderStatus};
-pub use sweeper::{run_idempotency_sweeper, run_sweeper, sweep_orphans, SweepError};
+pub use sweeper::{run_idempotency_sweeper, run_retention_sweeper, run_sweeper, sweep_orphans, SweepError};
 
 use self::isolate::Held;
 use crate::config::LoaderConfig;
@@ -211,7 +211,8 @@ impl Loader {
                 tracing::error!(table, path = %files[0].path, error = %error, "file failed to load");
                 // The warehouse reached the data, so no configuration problem stands in the way.
                 self.health.clear_configuration_error(table, &[files[0].path.as_str()]);
-                let outcome = FileOutcome::Failed { id: files[0].id, error: error.to_string(), query_id: None };
+                let query_id = error.query_id().map(str::to_string);
+                let outcome = FileOutcome::Failed { id: files[0].id, error: error.to_string(), query_id };
                 self.ledger.complete_files(&self.owner, &[outcome]).await.map(|_| ())
             }
         }

@@ -89,3 +89,41 @@ pub async fn run_idempotency_sweeper(ledger: Arc<dyn Ledger>, window: Duration, 
         }
     }
 }
+
+/// How often every replica removes batches past `retention.keep_secs`.
+const RETENTION_SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// Batches removed per ledger transaction.
+const PURGE_CHUNK: u32 = 1000;
+
+/// Removes final batches older than `keep` (with their rejects and the files no batch needs),
+/// at start and then hourly, until `cancel` fires. Idempotent across replicas.
+pub async fn run_retention_sweeper(ledger: Arc<dyn Ledger>, keep: Duration, cancel: CancellationToken) {
+    loop {
+        let mut purged = 0;
+        loop {
+            let chunk = tokio::select! {
+                _ = cancel.cancelled() => return,
+                chunk = ledger.purge_batches(keep, PURGE_CHUNK) => chunk,
+            };
+            match chunk {
+                Ok(n) => {
+                    purged += n;
+                    if n < u64::from(PURGE_CHUNK) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention sweep failed; retried at the next sweep");
+                    break;
+                }
+            }
+        }
+        if purged > 0 {
+            tracing::info!(batches = purged, "removed batches older than retention.keep_secs");
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(RETENTION_SWEEP_EVERY) => {}
+        }
+    }
+}
