@@ -54,6 +54,32 @@ async fn column_names(app: &TestApp, table: &str) -> Vec<String> {
     table["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_string()).collect()
 }
 
+/// A scenario run against a gateway; returns the warehouse checks `(sql, expected count)`.
+type Scenario = for<'a> fn(&'a TestApp) -> futures::future::BoxFuture<'a, Vec<(String, usize)>>;
+
+/// Runs `scenario` on the embedded backends and checks its answers in DuckDB.
+async fn on_duckdb(scenario: Scenario) {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(test_config(dir.path())).await;
+    let expected = scenario(&app).await;
+    app.shutdown().await;
+    for (sql, n) in expected {
+        assert_eq!(common::duckdb_count(dir.path(), &sql), n as i64, "{sql}");
+    }
+}
+
+/// Runs `scenario` on the production backends and checks its answers in Snowflake (fakesnow).
+async fn on_snowflake(scenario: Scenario) {
+    let peers = Peers::start().await;
+    let app = spawn_app_with(peers.config(&peers.dir.path().join("gateway"))).await;
+    let expected = scenario(&app).await;
+    let warehouse: SnowflakeWarehouse = peers.warehouse();
+    for (sql, n) in expected {
+        assert_eq!(one_number(&warehouse, &sql).await, n.to_string(), "{sql}");
+    }
+    app.shutdown().await;
+}
+
 /// Posts the scenario under every policy and checks what the API says; returns the queries whose
 /// answers the warehouse must give, as `(sql, expected count)`.
 async fn scenario(app: &TestApp) -> Vec<(String, usize)> {
@@ -127,25 +153,12 @@ async fn scenario(app: &TestApp) -> Vec<(String, usize)> {
 
 #[tokio::test]
 async fn every_policy_on_duckdb() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = spawn_app_with(test_config(dir.path())).await;
-    let expected = scenario(&app).await;
-    app.shutdown().await;
-    for (sql, n) in expected {
-        assert_eq!(common::duckdb_count(dir.path(), &sql), n as i64, "{sql}");
-    }
+    on_duckdb(|app| Box::pin(scenario(app))).await;
 }
 
 #[tokio::test]
 async fn every_policy_on_snowflake() {
-    let peers = Peers::start().await;
-    let app = spawn_app_with(peers.config(&peers.dir.path().join("gateway"))).await;
-    let expected = scenario(&app).await;
-    let warehouse: SnowflakeWarehouse = peers.warehouse();
-    for (sql, n) in expected {
-        assert_eq!(one_number(&warehouse, &sql).await, n.to_string(), "{sql}");
-    }
-    app.shutdown().await;
+    on_snowflake(|app| Box::pin(scenario(app))).await;
 }
 
 #[tokio::test]
@@ -304,25 +317,12 @@ async fn hostile_keys(app: &TestApp) -> Vec<(String, usize)> {
 
 #[tokio::test]
 async fn hostile_keys_on_duckdb() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = spawn_app_with(test_config(dir.path())).await;
-    let expected = hostile_keys(&app).await;
-    app.shutdown().await;
-    for (sql, n) in expected {
-        assert_eq!(common::duckdb_count(dir.path(), &sql), n as i64, "{sql}");
-    }
+    on_duckdb(|app| Box::pin(hostile_keys(app))).await;
 }
 
 #[tokio::test]
 async fn hostile_keys_on_snowflake() {
-    let peers = Peers::start().await;
-    let app = spawn_app_with(peers.config(&peers.dir.path().join("gateway"))).await;
-    let expected = hostile_keys(&app).await;
-    let warehouse = peers.warehouse();
-    for (sql, n) in expected {
-        assert_eq!(one_number(&warehouse, &sql).await, n.to_string(), "{sql}");
-    }
-    app.shutdown().await;
+    on_snowflake(|app| Box::pin(hostile_keys(app))).await;
 }
 
 #[tokio::test]
@@ -403,23 +403,10 @@ async fn widening(app: &TestApp) -> Vec<(String, usize)> {
 
 #[tokio::test]
 async fn widening_on_duckdb() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = spawn_app_with(test_config(dir.path())).await;
-    let expected = widening(&app).await;
-    app.shutdown().await;
-    for (sql, n) in expected {
-        assert_eq!(common::duckdb_count(dir.path(), &sql), n as i64, "{sql}");
-    }
+    on_duckdb(|app| Box::pin(widening(app))).await;
 }
 
 #[tokio::test]
 async fn widening_on_snowflake() {
-    let peers = Peers::start().await;
-    let app = spawn_app_with(peers.config(&peers.dir.path().join("gateway"))).await;
-    let expected = widening(&app).await;
-    let warehouse: SnowflakeWarehouse = peers.warehouse();
-    for (sql, n) in expected {
-        assert_eq!(one_number(&warehouse, &sql).await, n.to_string(), "{sql}");
-    }
-    app.shutdown().await;
+    on_snowflake(|app| Box::pin(widening(app))).await;
 }
