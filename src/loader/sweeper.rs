@@ -92,8 +92,9 @@ pub async fn run_idempotency_sweeper(ledger: Arc<dyn Ledger>, window: Duration, 
 
 /// How often every replica removes batches past `retention.keep_secs`.
 const RETENTION_SWEEP_EVERY: Duration = Duration::from_secs(3600);
-/// Batches removed per ledger transaction.
-const PURGE_CHUNK: u32 = 1000;
+/// Batches removed per ledger transaction: small, so that the writer (SQLite has one) is never
+/// held long away from ingest commits, however many rejects the batches carry.
+const PURGE_CHUNK: u32 = 100;
 
 /// Removes final batches older than `keep` (with their rejects and the files no batch needs),
 /// at start and then hourly, until `cancel` fires. Idempotent across replicas.
