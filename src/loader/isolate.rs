@@ -29,7 +29,7 @@ use crate::ingest::reject::{pointer, FieldError, Reject, RejectCode, RejectStage
 use crate::ledger::{ClaimedFile, FileOutcome, FilePart, FileSplit, LedgerError};
 use crate::schema::{Column, META_BATCH_ID, META_COLUMNS, META_RECORD_INDEX};
 use crate::stage::StageError;
-use crate::warehouse::{ErrorKind, StagedFile, WarehouseError};
+use crate::warehouse::{copy_outcome, ErrorKind, StagedFile, WarehouseError};
 
 /// Ids of the files a round holds, renewed together; isolation adds the parts it creates.
 pub(super) type Held = Mutex<Vec<Uuid>>;
@@ -68,19 +68,6 @@ enum Copied {
     Stopped,
 }
 
-/// A stage failure as the loader acts on it: an operator's problem (a file gone from the stage,
-/// refused credentials) or a passing one.
-fn stage_failure(error: StageError) -> WarehouseError {
-    match error {
-        StageError::NotFound(_) | StageError::Denied(_) | StageError::Config(_) => {
-            WarehouseError::configuration(error.to_string()).with_source(error)
-        }
-        StageError::Unavailable(_) | StageError::AlreadyExists(_) => {
-            WarehouseError::transient(error.to_string()).with_source(error)
-        }
-    }
-}
-
 /// Why a refused file could not be read back for splitting.
 enum Unreadable {
     Stage(StageError),
@@ -107,7 +94,7 @@ impl Loader {
             Ok(rows) if rows.num_rows() > 0 => rows,
             Ok(_) => return self.fail(file.id, &error, true, "the refused file holds no rows").await.map(|_| ()),
             Err(Unreadable::Stage(e)) => {
-                let failure = stage_failure(e);
+                let failure = WarehouseError::from_stage(e, &file.path);
                 tracing::warn!(table, path = %file.path, error = %failure,
                     "could not read a refused file back to isolate its rows; released for another try");
                 return self.release_parts(&isolation, &[file.id], &failure).await;
@@ -226,27 +213,19 @@ impl Loader {
         for rows in halves {
             let id = Uuid::now_v7();
             let path = if dir.is_empty() { format!("{id}.parquet") } else { format!("{dir}/{id}.parquet") };
-            let encoded = match (parquet_bytes(&rows), batch_rows(&rows)) {
-                (Ok(bytes), Ok(batches)) => (bytes, batches),
+            let encoded = parquet_bytes(&rows).map_err(|e| e.to_string()).and_then(|b| Ok((b, batch_rows(&rows)?)));
+            let (bytes, batches) = match encoded {
+                Ok(encoded) => encoded,
                 // Rows the gateway wrote and read back always encode again; if not, nothing can
                 // split this file.
-                (Err(e), _) => {
-                    return self
-                        .fail(node.id, error, !inferred, &format!("could not be split: {e}"))
-                        .await
-                        .map(|_| None)
-                }
-                (_, Err(e)) => {
-                    return self
-                        .fail(node.id, error, !inferred, &format!("could not be split: {e}"))
-                        .await
-                        .map(|_| None)
+                Err(e) => {
+                    let why = format!("could not be split: {e}");
+                    return self.fail(node.id, error, !inferred, &why).await.map(|_| None);
                 }
             };
-            let (bytes, batches) = encoded;
             let size = bytes.len() as u64;
             if let Err(e) = self.stage.put_new(&path, bytes).await {
-                let failure = stage_failure(e);
+                let failure = WarehouseError::from_stage(e, &path);
                 tracing::warn!(table = isolation.table, path = %node.path, error = %failure,
                     "could not write the parts of a refused file; released for another try");
                 self.release_parts(isolation, &[node.id], &failure).await?;
@@ -275,14 +254,7 @@ impl Loader {
         let staged = StagedFile { path: node.path.clone(), columns: isolation.columns.clone() };
         match self.warehouse.copy_files(isolation.table, &[staged]).await {
             Ok(results) => {
-                let outcome = match results.into_iter().find(|r| r.path == node.path) {
-                    Some(r) => FileOutcome::Loaded { id: node.id, rows: r.rows_loaded, query_id: r.query_id },
-                    None => FileOutcome::Failed {
-                        id: node.id,
-                        error: "warehouse returned no result for this file".into(),
-                        query_id: None,
-                    },
-                };
+                let outcome = copy_outcome(node.id, &node.path, &results);
                 Ok(match self.recorded(self.ledger.complete_files(&self.owner, &[outcome]).await?) {
                     Flow::Done => Copied::Loaded,
                     Flow::Stopped => Copied::Stopped,

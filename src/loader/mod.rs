@@ -18,7 +18,7 @@ use self::isolate::Held;
 use crate::config::LoaderConfig;
 use crate::ledger::{ClaimedFile, FileOutcome, Ledger, LedgerError};
 use crate::stage::Stage;
-use crate::warehouse::{ErrorKind, StagedFile, Warehouse, WarehouseError};
+use crate::warehouse::{copy_outcome, ErrorKind, StagedFile, Warehouse, WarehouseError};
 
 /// Longest delay between retries of a file.
 const MAX_RETRY: Duration = Duration::from_secs(300);
@@ -140,19 +140,8 @@ impl Loader {
         let error = match self.warehouse.copy_files(table, &staged).await {
             Ok(results) => {
                 crate::fault::crash_point(crate::fault::CrashPoint::AfterCopy);
-                let outcomes: Vec<FileOutcome> = files
-                    .iter()
-                    .map(|file| match results.iter().find(|r| r.path == file.path) {
-                        Some(r) => {
-                            FileOutcome::Loaded { id: file.id, rows: r.rows_loaded, query_id: r.query_id.clone() }
-                        }
-                        None => FileOutcome::Failed {
-                            id: file.id,
-                            error: "warehouse returned no result for this file".into(),
-                            query_id: None,
-                        },
-                    })
-                    .collect();
+                let outcomes: Vec<FileOutcome> =
+                    files.iter().map(|file| copy_outcome(file.id, &file.path, &results)).collect();
                 tracing::info!(table, files = files.len(), "loaded files");
                 let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
                 self.health.clear_configuration_error(table, &paths);

@@ -23,7 +23,7 @@ use super::{CopyResult, CopyStatus, ErrorKind, StagedFile, TableDescription, War
 use crate::schema::{
     quote_ident, Column, ColumnName, ColumnType, META_BATCH_ID, META_COLUMNS, META_INGESTED_AT, META_RECORD_INDEX,
 };
-use crate::stage::{Stage, StageError};
+use crate::stage::Stage;
 
 const HISTORY: &str = "\"_SNOWGATE_LOAD_HISTORY\"";
 
@@ -296,17 +296,7 @@ impl Warehouse for DuckDbWarehouse {
         // Inserted by name: a file written before a column existed loads NULL there.
         let mut files = Vec::with_capacity(staged.len());
         for path in staged.iter().map(|f| &f.path) {
-            let data = self.stage.get(path).await.map_err(|e| match e {
-                // The ledger says the file was staged: if it is not there, the stage is not the
-                // one the gateway wrote to (a changed stage.url, a wrong data folder).
-                StageError::NotFound(_) => {
-                    WarehouseError::configuration("the file is missing from the stage").in_file(path.as_str())
-                }
-                StageError::Denied(_) | StageError::Config(_) => {
-                    WarehouseError::configuration(e.to_string()).with_source(e)
-                }
-                other => WarehouseError::transient(other.to_string()).with_source(other),
-            })?;
+            let data = self.stage.get(path).await.map_err(|e| WarehouseError::from_stage(e, path))?;
             files.push((path.clone(), data));
         }
         let table = table.to_string();

@@ -7,6 +7,7 @@ pub mod snowflake_http;
 use async_trait::async_trait;
 
 use crate::schema::Column;
+use crate::stage::StageError;
 
 /// What the loader (and a request) should do about a warehouse failure. Decided once, by the
 /// backend, from the warehouse's error codes.
@@ -95,6 +96,21 @@ impl WarehouseError {
         self
     }
 
+    /// A stage failure while reading or writing `path`, as the loader acts on it: a file the
+    /// ledger says was staged but is not there (a changed `stage.url`, a wrong data folder) and
+    /// refused credentials are an operator's problem; anything else is passing.
+    pub fn from_stage(error: StageError, path: &str) -> Self {
+        match error {
+            StageError::NotFound(_) => {
+                WarehouseError::configuration("the file is missing from the stage").in_file(path)
+            }
+            StageError::Denied(_) | StageError::Config(_) => {
+                WarehouseError::configuration(error.to_string()).with_source(error)
+            }
+            other => WarehouseError::transient(other.to_string()).with_source(other),
+        }
+    }
+
     /// Names the stage file a data error was found in, and says so first in the message.
     pub fn in_file(mut self, file: impl Into<String>) -> Self {
         let file = file.into();
@@ -167,6 +183,16 @@ impl std::fmt::Display for WarehouseError {
 impl std::error::Error for WarehouseError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.detail.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// The outcome of file `id` at `path` from a COPY's results: loaded, or failed where the
+/// warehouse gave no result for it.
+pub fn copy_outcome(id: uuid::Uuid, path: &str, results: &[CopyResult]) -> crate::ledger::FileOutcome {
+    use crate::ledger::FileOutcome;
+    match results.iter().find(|r| r.path == path) {
+        Some(r) => FileOutcome::Loaded { id, rows: r.rows_loaded, query_id: r.query_id.clone() },
+        None => FileOutcome::Failed { id, error: "warehouse returned no result for this file".into(), query_id: None },
     }
 }
 
