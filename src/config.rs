@@ -348,8 +348,9 @@ pub struct LoaderConfig {
     /// transient, configuration nor data) before the file is marked failed.
     pub statement_attempts: u32,
     /// Most COPY statements spent isolating the rows the warehouse refuses in one file (k bad
-    /// rows in n take about k·log2(n)); past it the parts still refused fail whole instead of
-    /// holding the loader for hours when every row is refused.
+    /// rows in n take about 1.5·k·log2(n/k) + 2k); none is run past it, and the parts not yet
+    /// loaded or rejected fail whole instead of holding the loader for hours when every row is
+    /// refused.
     pub isolation_statements: u32,
 }
 

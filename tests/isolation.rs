@@ -101,6 +101,51 @@ async fn check_batch(
     statements
 }
 
+/// A gateway on the embedded backends, with a handle on its DuckDB warehouse so that the test
+/// can change the table behind its back.
+async fn duckdb_app(config: snowgate::Config) -> (TestApp, Arc<DuckDbWarehouse>) {
+    let path = config.server.data_dir.join("warehouse.duckdb");
+    let built = App::build(config).await.unwrap();
+    let (config, stage, ledger) = (built.config.clone(), built.stage.clone(), built.ledger.clone());
+    drop(built);
+    let duck = Arc::new(DuckDbWarehouse::open(&path, stage.clone()).unwrap());
+    let warehouse: Arc<dyn Warehouse> = duck.clone();
+    (serve_app(App::from_parts(config, stage, ledger, warehouse)).await, duck)
+}
+
+/// Past `loader.isolation_statements` COPY statements, the parts still refused fail whole
+/// instead of being split further: the batch ends `failed`, naming why, and no more statements
+/// ran than the cap (beside the first COPY of the whole file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_stops_at_its_statement_cap() {
+    const CAP: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.loader.isolation_statements = CAP as u32;
+    let (app, duck) = duckdb_app(config).await;
+    let declared =
+        app.put_table("loans", json!({"columns": [{"name": "id", "type": "NUMBER", "nullable": false}]})).await;
+    assert_eq!(declared.status(), 201);
+    duck.connection()
+        .unwrap()
+        .execute_batch(
+            "DROP TABLE LOANS;
+             CREATE TABLE LOANS (ID DECIMAL(38,0) NOT NULL CHECK (ID <> 777), _BATCH_ID VARCHAR NOT NULL,
+                 _RECORD_INDEX BIGINT NOT NULL, _INGESTED_AT TIMESTAMPTZ NOT NULL)",
+        )
+        .unwrap();
+    let records: Vec<Value> = (0..1000).map(|i| json!({"id": i})).collect();
+    let response = app.post_json("loans", &json!(records)).await;
+    assert_eq!(response.status(), 202);
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let batch = app.wait_final(&id, Duration::from_secs(120)).await;
+    assert_eq!(batch["status"], "failed", "{batch}");
+    assert!(batch["error"].as_str().unwrap().contains("isolation stopped after 4 COPY statements"), "{batch}");
+    assert!(statements(&batch) <= CAP + 1, "{} statements: {batch}", statements(&batch));
+    assert_eq!(batch["counts"]["rejected"], 0, "no row was rejected for a refusal it never got");
+    app.shutdown().await;
+}
+
 /// 100,000 records, 1% with defects the gateway catches (three kinds) and 14 that only the
 /// warehouse refuses: a CHECK on ids ending in 0007 and a NOT NULL on NOTE, added to the DuckDB
 /// table behind the gateway's back.
@@ -111,12 +156,7 @@ async fn rows_duckdb_refuses_are_isolated_and_every_other_row_loads() {
     let mut config = test_config(dir.path());
     // Claims are renewed every 1.7 s while the isolation works: renewals must never stall it.
     config.loader.lease = Duration::from_secs(5);
-    let built = App::build(config).await.unwrap();
-    let (config, stage, ledger) = (built.config.clone(), built.stage.clone(), built.ledger.clone());
-    drop(built);
-    let duck = Arc::new(DuckDbWarehouse::open(&dir.path().join("warehouse.duckdb"), stage.clone()).unwrap());
-    let warehouse: Arc<dyn Warehouse> = duck.clone();
-    let app = serve_app(App::from_parts(config, stage, ledger, warehouse)).await;
+    let (app, duck) = duckdb_app(config).await;
     let declared = app
         .put_table(
             "loans",

@@ -66,6 +66,8 @@ enum Copied {
     Loaded,
     Refused(WarehouseError),
     Stopped,
+    /// Not copied: the isolation spent its statements (`loader.isolation_statements`).
+    Capped,
 }
 
 /// Why a refused file could not be read back for splitting.
@@ -108,7 +110,7 @@ impl Loader {
         };
         let node = Node { id: file.id, path: file.path.clone(), rows };
         let flow = self.bisect(&isolation, node, error, false).await?;
-        let statements = *isolation.statements.lock().unwrap_or_else(|p| p.into_inner());
+        let statements = self.spent(&isolation);
         tracing::info!(table, path = %file.path, rows = file.rows, statements, finished = flow == Flow::Done,
             "isolated the rows the warehouse refused");
         Ok(())
@@ -163,12 +165,12 @@ impl Loader {
                     Copied::Loaded => Ok(Flow::Done),
                     Copied::Refused(refused) => self.reject_row(isolation, &node, &refused).await,
                     Copied::Stopped => Ok(Flow::Stopped),
+                    Copied::Capped => self.capped(&[node.id], &error, false).await,
                 };
             }
-            let spent = *isolation.statements.lock().unwrap_or_else(|p| p.into_inner());
-            if spent >= self.settings.isolation_statements {
-                let why = format!("isolation stopped after {spent} COPY statements");
-                return self.fail(node.id, &error, !inferred, &why).await;
+            // Splitting is only worth it while statements are left to copy the halves.
+            if self.spent(isolation) >= self.settings.isolation_statements {
+                return self.capped(&[node.id], &error, !inferred).await;
             }
             let Some([first, second]) = self.split(isolation, node, &error, inferred).await? else {
                 return Ok(Flow::Stopped);
@@ -185,12 +187,14 @@ impl Loader {
                         Copied::Loaded => Ok(Flow::Done),
                         Copied::Refused(refused) => self.bisect(isolation, second, refused, false).await,
                         Copied::Stopped => Ok(Flow::Stopped),
+                        Copied::Capped => self.capped(&[second.id], &error, false).await,
                     }
                 }
                 Copied::Stopped => {
                     self.release_parts(isolation, &[second.id], &error).await?;
                     Ok(Flow::Stopped)
                 }
+                Copied::Capped => self.capped(&[first.id, second.id], &error, false).await,
             }
         })
     }
@@ -248,9 +252,33 @@ impl Loader {
         Ok(Some([first, second]))
     }
 
-    /// Copies one part on its own and records what became of it.
+    /// COPY statements the isolation has spent so far.
+    fn spent(&self, isolation: &Isolation<'_>) -> u32 {
+        *isolation.statements.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fails files the isolation has no statements left for, with the refusal they are part of.
+    async fn capped(&self, ids: &[Uuid], error: &WarehouseError, own: bool) -> Result<Flow, LedgerError> {
+        let why = format!("isolation stopped after {} COPY statements", self.settings.isolation_statements);
+        let mut flow = Flow::Done;
+        for id in ids {
+            if self.fail(*id, error, own, &why).await? == Flow::Stopped {
+                flow = Flow::Stopped;
+            }
+        }
+        Ok(flow)
+    }
+
+    /// Copies one part on its own, if the isolation has a statement left, and records what
+    /// became of it.
     async fn copy_part(&self, isolation: &Isolation<'_>, node: &Node) -> Result<Copied, LedgerError> {
-        *isolation.statements.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        {
+            let mut spent = isolation.statements.lock().unwrap_or_else(|p| p.into_inner());
+            if *spent >= self.settings.isolation_statements {
+                return Ok(Copied::Capped);
+            }
+            *spent += 1;
+        }
         let staged = StagedFile { path: node.path.clone(), columns: isolation.columns.clone() };
         match self.warehouse.copy_files(isolation.table, &[staged]).await {
             Ok(results) => {
