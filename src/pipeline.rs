@@ -17,10 +17,12 @@ use crate::config::Config;
 use crate::ingest::decode::{self, DecodeError, DecodeLimits, Decoded};
 use crate::ingest::drift::{plan_from_accepted, unknown_keys, DriftPolicy};
 use crate::ingest::reject::Reject;
+use crate::ingest::replay::{split_items, ReplayItemError};
 use crate::ingest::validate::{KeyResolver, Unknown};
 use crate::ingest::{check_records, Checked, Rules};
 use crate::ledger::{
     BatchRecord, BatchStatus, Counts, DriftCounts, IdempotencyClaim, IdempotencyState, LedgerError, NewBatch, Partner,
+    ReplayClaim, ReplayRefusal,
 };
 use crate::schema::{Column, ColumnName, ColumnType, TableName, TableSchema, RESCUED_DATA};
 
@@ -36,6 +38,8 @@ pub struct IngestRequest {
     pub content_encoding: Option<String>,
     pub body: Bytes,
     pub dry_run: bool,
+    /// For a replay: the batch whose rejects the body corrects (items keyed by their index).
+    pub replay_of: Option<Uuid>,
 }
 
 /// What a dry run would have done.
@@ -82,9 +86,28 @@ pub enum IngestError {
     /// The table's policy is `freeze` and these fields (as sent) name no column.
     #[error("table {table} is frozen (drift policy freeze) and the request carries {} field(s) it has no column for: {}", .fields.len(), frozen_list(.fields))]
     Frozen { table: String, fields: Vec<String> },
+    /// A replay's items are malformed.
+    #[error(transparent)]
+    ReplayItems(#[from] ReplayItemError),
+    /// The replay names records it may not correct.
+    #[error("{}", replay_refusal(.0))]
+    Replay(ReplayRefusal),
     /// Another request with the same `Idempotency-Key` is still making batch `.0`.
     #[error("a request with this Idempotency-Key is still being stored (batch {0}); retry shortly")]
     IdempotencyInProgress(Uuid),
+}
+
+fn replay_refusal(refusal: &ReplayRefusal) -> String {
+    match refusal {
+        ReplayRefusal::NotRejected(indexes) => {
+            let list: Vec<String> = indexes.iter().take(10).map(u64::to_string).collect();
+            let more = if indexes.len() > 10 { format!(" and {} more", indexes.len() - 10) } else { String::new() };
+            format!("the batch rejected no record at index {}{more}", list.join(", "))
+        }
+        ReplayRefusal::AlreadyReplayed { index, by } => {
+            format!("record {index} is already corrected by replay batch {by} (loaded, or on its way)")
+        }
+    }
 }
 
 /// Most unknown fields a `schema_frozen` answer lists in `details.fields`.
@@ -121,9 +144,23 @@ async fn ingest_holding(
     submitted: Option<&mut bool>,
 ) -> Result<IngestOutcome, IngestError> {
     let processing = app.config.limits.processing;
+    // A replay's hold on the rejects it corrects is let go if its batch is certainly not stored.
+    let mut replay = request.replay_of.map(|_| ReplayHold { app, batch: request.batch_id, submitted: false });
     let prepared = tokio::time::timeout(processing, prepare(app, request))
         .await
-        .map_err(|_| IngestError::Timeout(processing))??;
+        .map_err(|_| IngestError::Timeout(processing))
+        .and_then(|prepared| prepared);
+    let prepared = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            // Let go before answering, so that a prompt retry finds the rejects free.
+            if let Some(mut hold) = replay.take() {
+                hold.submitted = true;
+                free_replay(app.ledger.as_ref(), hold.batch).await;
+            }
+            return Err(e);
+        }
+    };
     let (submission, policy) = match prepared {
         Prepared::DryRun(report) => return Ok(IngestOutcome::DryRun(report)),
         Prepared::Store(submission, policy) => (submission, policy),
@@ -133,7 +170,15 @@ async fn ingest_holding(
     if let Some(submitted) = submitted {
         *submitted = true;
     }
-    app.buffers.submit(submission, policy).await?;
+    if let Some(hold) = replay.as_mut() {
+        hold.submitted = true;
+    }
+    if let Err(e) = app.buffers.submit(submission, policy).await.map_err(IngestError::from) {
+        if let Some(hold) = replay.take().filter(|_| e.before_commit()) {
+            free_replay(app.ledger.as_ref(), hold.batch).await;
+        }
+        return Err(e);
+    }
     tracing::info!(batch_id = %batch_id, table = %committed.table, received = counts.received,
         accepted = counts.accepted, rejected = counts.rejected, "batch staged");
     // The batch is committed: it is acknowledged whatever happens next. The ledger's record (with
@@ -240,14 +285,44 @@ impl Drop for KeyHold<'_> {
     }
 }
 
+/// A replay request's hold on the rejects it corrects, while its batch is not yet handed to the
+/// buffers: a request that ends before then (an error, a client that went away) lets it go.
+struct ReplayHold<'a> {
+    app: &'a App,
+    batch: Uuid,
+    submitted: bool,
+}
+
+impl Drop for ReplayHold<'_> {
+    fn drop(&mut self) {
+        if self.submitted {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (ledger, batch) = (self.app.ledger.clone(), self.batch);
+        runtime.spawn(async move { free_replay(ledger.as_ref(), batch).await });
+    }
+}
+
+/// Lets go of a replay's hold; if the ledger refuses, the hold ends with its lease.
+async fn free_replay(ledger: &dyn crate::ledger::Ledger, batch: Uuid) {
+    if let Err(e) = ledger.release_replay(batch).await {
+        tracing::warn!(error = %e, batch_id = %batch,
+            "could not release the rejects a replay that stored nothing held; they free when its lease ends");
+    }
+}
+
 impl IngestError {
     /// Whether the batch certainly was not committed: the failure came before the ledger commit
     /// began. A ledger failure or timeout during the commit leaves its outcome unknown.
     fn before_commit(&self) -> bool {
         match self {
-            IngestError::Decode(_) | IngestError::Catalog(_) | IngestError::Timeout(_) | IngestError::Frozen { .. } => {
-                true
-            }
+            IngestError::Decode(_)
+            | IngestError::Catalog(_)
+            | IngestError::Timeout(_)
+            | IngestError::Frozen { .. }
+            | IngestError::ReplayItems(_)
+            | IngestError::Replay(_) => true,
             IngestError::Buffer(e) => matches!(
                 e,
                 BufferError::OverBudget
@@ -277,7 +352,9 @@ pub(crate) fn idempotency_lease(config: &Config) -> Duration {
 fn request_digest(request: &IngestRequest) -> String {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
+    let replay_of = request.replay_of.map(|id| id.to_string()).unwrap_or_default();
     for part in [
+        replay_of.as_bytes(),
         request.table.as_str().as_bytes(),
         request.content_type.as_deref().unwrap_or("").as_bytes(),
         request.content_encoding.as_deref().unwrap_or("").as_bytes(),
@@ -307,6 +384,9 @@ fn committed_record(batch: &NewBatch) -> BatchRecord {
         staged_at: (status == BatchStatus::Staged).then(Utc::now),
         loaded_at: None,
         error: None,
+        replay_of: batch.replay_of,
+        fixed: 0,
+        fixing: 0,
     }
 }
 
@@ -351,6 +431,26 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
         Ok((decode::parse_records(&plain, format, &limits)?, grant))
     })
     .await??;
+    // A replay's items carry the index each record had in the batch it corrects; those indexes
+    // are taken (a dry run only checks them) before anything else is done with the records.
+    let replay_indexes = match request.replay_of {
+        Some(original) => {
+            let (indexes, items) = split_items(records)?;
+            records = items;
+            let claim = ReplayClaim { original, replay: batch_id, indexes, lease: idempotency_lease(&app.config) };
+            app.ledger.claim_replay(&claim, request.dry_run).await?.map_err(IngestError::Replay)?;
+            Some(claim.indexes)
+        }
+        None => None,
+    };
+    let with_original_indexes = |mut checked: Checked| {
+        if let Some(indexes) = &replay_indexes {
+            let original = |position: u64| indexes.get(position as usize).copied().unwrap_or(position);
+            checked.rows.iter_mut().for_each(|row| row.index = original(row.index));
+            checked.rejects.iter_mut().for_each(|reject| reject.index = original(reject.index));
+        }
+        checked
+    };
 
     let mut schema = table.schema();
     let policy = table.drift();
@@ -403,7 +503,7 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
         let mut preview = (*schema).clone();
         preview.columns.extend(planned.iter().cloned());
         let rules = rules(&preview, aliases.clone());
-        let checked = blocking(move || check_records(&preview, records, rules)).await?;
+        let checked = with_original_indexes(blocking(move || check_records(&preview, records, rules)).await?);
         return Ok(Prepared::DryRun(dry_run_report(&table.name, checked, planned)));
     }
     if !planned.is_empty() {
@@ -413,7 +513,7 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
     let validate_schema: Arc<TableSchema> = schema.clone();
     // The aliases as of the evolve (which re-reads the table under its DDL lock).
     let rules = rules(&validate_schema, table.aliases());
-    let checked = blocking(move || check_records(&validate_schema, records, rules)).await?;
+    let checked = with_original_indexes(blocking(move || check_records(&validate_schema, records, rules)).await?);
     // The text and the parsed records are gone: from here on the request holds its rows.
     let mut grant = grant;
     grant.shrink_to(checked.bytes);
@@ -432,6 +532,7 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
         drift: drift_counts(&checked),
         received_at,
         rejects: checked.rejects,
+        replay_of: request.replay_of,
     };
     let submission = Submission { batch, schema, rows: checked.rows, bytes: checked.bytes, grant: Some(grant) };
     Ok(Prepared::Store(submission, FlushPolicy::from_settings(&app.config.table_settings(&table.name))))

@@ -625,3 +625,97 @@ async fn requests_past_the_concurrency_cap_are_shed_at_once() {
     assert_eq!(app.post_json("loans", &json!([loan(2)])).await.status(), 202, "the slot is free again");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_replay_corrects_each_reject_once_under_its_original_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path()).await;
+    app.declare_loans().await;
+    let records = json!([loan(0), {"id": "bad"}, loan(2), {"id": null}, {"id": "worse"}]);
+    let response = app.client.post(app.url("/v1/tables/loans/batches?wait=loaded")).json(&records).send().await;
+    let original: Value = response.unwrap().json().await.unwrap();
+    assert_eq!(original["counts"], json!({"received": 5, "accepted": 2, "rejected": 3, "loaded": 2}));
+    let id = original["id"].as_str().unwrap().to_string();
+    let replay_url = |query: &str| app.url(&format!("/v1/batches/{id}/replay{query}"));
+    let replay = |body: Value, query: &'static str| app.client.post(replay_url(query)).json(&body).send();
+
+    // Whole-request refusals say what and where; nothing is stored.
+    let refusal = |response: reqwest::Response| async move {
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        (status, body["error"]["code"].as_str().unwrap().to_string(), body["error"]["details"].clone())
+    };
+    let (status, code, details) = refusal(replay(json!([{"index": 1}]), "").await.unwrap()).await;
+    assert_eq!((status, code.as_str(), &details["pointer"]), (422, "invalid_replay", &json!("/0/record")));
+    let (status, code, details) = refusal(
+        replay(json!({"records": [{"index": 0, "record": {}}, {"index": 99, "record": {}}]}), "").await.unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str(), &details["indexes"]), (422, "invalid_replay", &json!([0, 99])));
+    let twice = json!([{"index": 1, "record": loan(1)}, {"index": 1, "record": loan(1)}]);
+    let (status, code, details) = refusal(replay(twice, "").await.unwrap()).await;
+    assert_eq!((status, code.as_str(), &details["pointer"]), (422, "invalid_replay", &json!("/1/index")));
+    let (status, code, _) = refusal(
+        app.client
+            .post(app.url(&format!("/v1/batches/{}/replay", uuid::Uuid::now_v7())))
+            .json(&json!([]))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (404, "batch_not_found"));
+
+    // A dry run validates under the original indexes and holds nothing.
+    let response =
+        replay(json!([{"index": 1, "record": loan(1)}, {"index": 3, "record": {"id": null}}]), "?dry_run=true");
+    let report: Value = response.await.unwrap().json().await.unwrap();
+    assert_eq!(report["counts"], json!({"received": 2, "accepted": 1, "rejected": 1, "loaded": 0}));
+    assert_eq!(report["rejects"][0]["index"], 3);
+
+    // Record 1 fixed, record 3 still bad: the replay's reject keeps the original index.
+    let response =
+        replay(json!([{"index": 1, "record": loan(1)}, {"index": 3, "record": {"id": null}}]), "?wait=loaded");
+    let fix: Value = response.await.unwrap().json().await.unwrap();
+    assert_eq!(fix["status"], "loaded", "{fix}");
+    assert_eq!(fix["replay_of"], json!(id));
+    assert_eq!(fix["counts"], json!({"received": 2, "accepted": 1, "rejected": 1, "loaded": 1}));
+    let fix_id = fix["id"].as_str().unwrap().to_string();
+    let (_, rejects) = app.get_json(&format!("/v1/batches/{fix_id}/rejects")).await;
+    assert_eq!(rejects["rejects"][0]["index"], 3);
+    let (_, batch) = app.get_json(&format!("/v1/batches/{id}")).await;
+    assert_eq!((batch["fixed"].clone(), batch["fixing"].clone()), (json!(1), json!(0)));
+
+    // A loaded correction is not loaded again; a record rejected again may be replayed again,
+    // here as NDJSON and through the replay's own id (it corrects the same batch).
+    let (status, code, details) = refusal(replay(json!([{"index": 1, "record": loan(1)}]), "").await.unwrap()).await;
+    assert_eq!((status, code.as_str(), &details["batch_id"]), (409, "already_replayed", &json!(fix_id)));
+    let lines = format!("{}\n{}\n", json!({"index": 3, "record": loan(3)}), json!({"index": 4, "record": loan(4)}));
+    let response = app
+        .client
+        .post(app.url(&format!("/v1/batches/{fix_id}/replay?wait=loaded")))
+        .header("content-type", "application/x-ndjson")
+        .body(lines)
+        .send()
+        .await
+        .unwrap();
+    let second: Value = response.json().await.unwrap();
+    assert_eq!(second["counts"]["loaded"], 2, "{second}");
+    assert_eq!(second["replay_of"], json!(id));
+    let (_, batch) = app.get_json(&format!("/v1/batches/{id}")).await;
+    assert_eq!(batch["fixed"], 3, "every reject of the batch is fixed");
+    let (_, list) = app.get_json("/v1/batches?limit=1000").await;
+    let listed = list["batches"].as_array().unwrap().iter().find(|b| b["id"] == json!(id)).unwrap().clone();
+    assert_eq!(listed["fixed"], 3);
+    app.shutdown().await;
+
+    // In the warehouse: each index of the original loaded once, under the batch that loaded it.
+    let rows = duckdb_query(
+        dir.path(),
+        "SELECT CAST(_RECORD_INDEX AS VARCHAR), CAST(_BATCH_ID AS VARCHAR) FROM LOANS ORDER BY _RECORD_INDEX",
+    );
+    let indexes: Vec<&str> = rows.iter().map(|r| r[0].as_deref().unwrap()).collect();
+    assert_eq!(indexes, ["0", "1", "2", "3", "4"]);
+    assert_eq!(rows[1][1].as_deref(), Some(fix_id.as_str()));
+    assert_eq!(rows[0][1].as_deref(), Some(id.as_str()));
+}

@@ -30,6 +30,7 @@ fn new_batch(table: &str, accepted: u64, rejects: Vec<Reject>) -> NewBatch {
         drift: Default::default(),
         received_at: Utc::now(),
         rejects,
+        replay_of: None,
     }
 }
 
@@ -571,6 +572,83 @@ pub async fn widened_columns_are_audited_with_their_previous_type(ledger: Arc<dy
     assert!(ledger.change_columns("W", &[ColumnChange::Widened(missing)], &cause).await.is_err());
 }
 
+pub async fn replays_correct_each_reject_once(ledger: Arc<dyn Ledger>) {
+    let original = new_batch("R", 2, vec![reject(1), reject(3), reject(4)]);
+    let original_id = original.id;
+    ledger.commit_stage(&commit(file("R", 2), vec![(original_id, 2)], vec![original], false)).await.unwrap();
+    let claim = |indexes: Vec<u64>, lease: Duration| ReplayClaim {
+        original: original_id,
+        replay: Uuid::now_v7(),
+        indexes,
+        lease,
+    };
+    let refused = ledger.claim_replay(&claim(vec![0, 1, 2], LEASE), false).await.unwrap();
+    assert_eq!(refused, Err(ReplayRefusal::NotRejected(vec![0, 2])), "only rejects may be replayed");
+    assert_eq!(ledger.claim_replay(&claim(vec![1], LEASE), true).await.unwrap(), Ok(()));
+
+    let first = claim(vec![1, 3], LEASE);
+    assert_eq!(ledger.claim_replay(&first, true).await.unwrap(), Ok(()), "a dry run kept nothing");
+    assert_eq!(ledger.claim_replay(&first, false).await.unwrap(), Ok(()));
+    assert_eq!(
+        ledger.claim_replay(&claim(vec![4, 3], LEASE), false).await.unwrap(),
+        Err(ReplayRefusal::AlreadyReplayed { index: 3, by: first.replay }),
+        "a record held by a replay on its way"
+    );
+    // All or none: 4 was not kept by the refused claim; a released claim frees it too.
+    let four = claim(vec![4], LEASE);
+    assert_eq!(ledger.claim_replay(&four, false).await.unwrap(), Ok(()));
+    ledger.release_replay(four.replay).await.unwrap();
+    // A claim whose batch was never stored is taken over once its lease is over.
+    assert_eq!(ledger.claim_replay(&claim(vec![4], Duration::ZERO), false).await.unwrap(), Ok(()));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let late = claim(vec![4], Duration::ZERO);
+    assert_eq!(ledger.claim_replay(&late, false).await.unwrap(), Ok(()), "taken over");
+    // Once its replay is stored, a hold is settled: its lease no longer ends it.
+    let stored = NewBatch { id: late.replay, replay_of: Some(original_id), ..new_batch("R", 1, vec![]) };
+    ledger.commit_stage(&commit(file("R", 1), vec![(late.replay, 1)], vec![stored], false)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        ledger.claim_replay(&claim(vec![4], LEASE), false).await.unwrap(),
+        Err(ReplayRefusal::AlreadyReplayed { index: 4, by: late.replay })
+    );
+
+    // The first replay is stored: record 1 accepted, record 3 rejected again.
+    let replay = NewBatch { id: first.replay, replay_of: Some(original_id), ..new_batch("R", 1, vec![reject(3)]) };
+    ledger.commit_stage(&commit(file("R", 1), vec![(first.replay, 1)], vec![replay], false)).await.unwrap();
+    let stored = ledger.get_batch(first.replay).await.unwrap().unwrap();
+    assert_eq!(stored.replay_of, Some(original_id));
+    let batch = ledger.get_batch(original_id).await.unwrap().unwrap();
+    assert_eq!((batch.fixed, batch.fixing), (0, 2), "records 1 and 4 are on their way; 3 was rejected again");
+    assert_eq!(ledger.claim_replay(&claim(vec![3], LEASE), false).await.unwrap(), Ok(()), "3 is free again");
+    assert_eq!(
+        ledger.claim_replay(&claim(vec![1], LEASE), false).await.unwrap(),
+        Err(ReplayRefusal::AlreadyReplayed { index: 1, by: first.replay })
+    );
+
+    let claimed = ledger.claim_files("one", LEASE, 10).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let outcomes: Vec<FileOutcome> =
+        claimed.iter().map(|f| FileOutcome::Loaded { id: f.id, rows: f.rows, query_id: None }).collect();
+    ledger.complete_files("one", &outcomes).await.unwrap();
+    let batch = ledger.get_batch(original_id).await.unwrap().unwrap();
+    assert_eq!((batch.fixed, batch.fixing), (2, 0));
+    let listed = ledger.list_batches(&BatchFilter::default()).await.unwrap();
+    let listed = listed.iter().find(|b| b.id == original_id).unwrap();
+    assert_eq!((listed.fixed, listed.fixing), (2, 0), "lists count the same");
+    assert_eq!(
+        ledger.claim_replay(&claim(vec![1], LEASE), false).await.unwrap(),
+        Err(ReplayRefusal::AlreadyReplayed { index: 1, by: first.replay }),
+        "a loaded correction is never loaded again"
+    );
+
+    // Retention takes the replays with their batches.
+    assert_eq!(ledger.purge_batches(Duration::ZERO, 100).await.unwrap(), 3);
+    assert!(ledger.get_batch(original_id).await.unwrap().is_none());
+    let again = NewBatch { id: original_id, ..new_batch("R", 2, vec![reject(1)]) };
+    ledger.commit_stage(&commit(file("R", 2), vec![(original_id, 2)], vec![again], false)).await.unwrap();
+    assert_eq!(ledger.claim_replay(&claim(vec![1], LEASE), false).await.unwrap(), Ok(()), "no replay row outlived it");
+}
+
 macro_rules! ledger_suite {
     ($module:ident, $make:expr) => {
         mod $module {
@@ -640,6 +718,12 @@ macro_rules! ledger_suite {
             async fn retention_removes_only_what_is_final_and_old() {
                 let (_guard, ledger) = $make.await;
                 super::retention_removes_only_what_is_final_and_old(ledger).await;
+            }
+
+            #[tokio::test]
+            async fn replays_correct_each_reject_once() {
+                let (_guard, ledger) = $make.await;
+                super::replays_correct_each_reject_once(ledger).await;
             }
 
             #[tokio::test]

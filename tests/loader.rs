@@ -74,6 +74,7 @@ async fn copy_committed_but_not_recorded_is_skipped_on_retry() {
         drift: Default::default(),
         received_at: Utc::now(),
         rejects: vec![],
+        replay_of: None,
     };
     let schema = Arc::new(TableSchema { name: "T".into(), columns });
     let policy = FlushPolicy { max_rows: 1000, max_bytes: 1 << 20, linger: Duration::from_millis(10) };
@@ -132,6 +133,7 @@ async fn a_file_missing_from_the_stage_holds_back_only_itself() {
             drift: Default::default(),
             received_at: Utc::now(),
             rejects: vec![],
+            replay_of: None,
         };
         let submission = Submission { batch, schema: schema.clone(), rows, bytes: 1000, grant: None };
         buffers.submit(submission, policy).await.unwrap();
@@ -195,6 +197,7 @@ async fn a_long_copy_renews_its_claims() {
         drift: Default::default(),
         received_at: Utc::now(),
         rejects: vec![],
+        replay_of: None,
     };
     let commit =
         StageCommit { file: Some(file), parts: vec![(batch_id, 1_000_000)], completed: vec![batch], pending: false };
@@ -254,6 +257,7 @@ async fn requests_with_columns_in_another_order_never_share_a_file() {
             drift: Default::default(),
             received_at: Utc::now(),
             rejects: vec![],
+            replay_of: None,
         };
         let schema = Arc::new(TableSchema { name: "T".into(), columns });
         Submission { batch, schema, rows: vec![Row { index: 0, cells }], bytes: 100, grant: None }

@@ -139,6 +139,28 @@ pub async fn ingest(
     body: Body,
 ) -> Result<Response, ApiError> {
     let Query(params) = params?;
+    let partner = principal.partner.clone();
+    store(&app, &principal, Target { table, partner, replay_of: None }, params, headers, body).await
+}
+
+/// Where a request's records go: a table, for a partner, and for a replay the batch it corrects.
+struct Target {
+    table: crate::schema::TableName,
+    partner: crate::ledger::Partner,
+    replay_of: Option<Uuid>,
+}
+
+/// Reads, validates and stores a request's records (or dry-runs them), and answers as ingest
+/// documents.
+async fn store(
+    app: &AppState,
+    principal: &Principal,
+    target: Target,
+    params: IngestParams,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Target { table, partner, replay_of } = target;
     at_most("timeout", params.timeout, MAX_TIMEOUT_SECS)?;
     if !principal.may_write(&table) {
         return Err(ApiError::new(ErrorCode::Forbidden, format!("this API key may not write table {table}")));
@@ -148,7 +170,7 @@ pub async fn ingest(
     // in at once cannot each spend the whole bucket; the rest once it has arrived.
     let declared = content_length(&headers).unwrap_or(0) as u64;
     app.quotas.spend_bytes(&principal.partner, declared);
-    let (body, grant) = read_body(&app, &headers, body).await?;
+    let (body, grant) = read_body(app, &headers, body).await?;
     app.quotas.spend_bytes(&principal.partner, (body.len() as u64).saturating_sub(declared));
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let dry_run = params.dry_run.unwrap_or(false);
@@ -156,16 +178,17 @@ pub async fn ingest(
         batch_id: Uuid::now_v7(),
         table,
         grant,
-        partner: principal.partner.clone(),
+        partner,
         content_type: header(header::CONTENT_TYPE),
         content_encoding: header(header::CONTENT_ENCODING),
         body,
         dry_run,
+        replay_of,
     };
     // A dry run stores nothing, so there is nothing for its key to make once.
     let stored = match idempotency_key {
-        Some(key) if !dry_run => pipeline::ingest_once(&app, request, key).await?,
-        _ => Stored::Fresh(pipeline::ingest(&app, request).await?),
+        Some(key) if !dry_run => pipeline::ingest_once(app, request, key).await?,
+        _ => Stored::Fresh(pipeline::ingest(app, request).await?),
     };
     let (batch, replayed) = match stored {
         Stored::Fresh(IngestOutcome::DryRun(report)) => {
@@ -180,7 +203,7 @@ pub async fn ingest(
     let waits = params.wait.unwrap_or_default() == WaitFor::Loaded;
     let batch = if waits && !batch.status.is_final() {
         let timeout = Duration::from_secs(params.timeout.unwrap_or(30)).min(app.config.limits.max_wait);
-        pipeline::wait_until_final(&app, batch.id, timeout).await?.map(Box::new).unwrap_or(batch)
+        pipeline::wait_until_final(app, batch.id, timeout).await?.map(Box::new).unwrap_or(batch)
     } else {
         batch
     };
@@ -198,6 +221,101 @@ pub async fn ingest(
         response.headers_mut().insert("idempotent-replayed", header::HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// The body of a replay: corrected records, each keyed by the index it had in the batch.
+pub struct ReplayItems;
+
+impl utoipa::PartialSchema for ReplayItems {
+    fn schema() -> RefOr<Schema> {
+        let item = || {
+            ObjectBuilder::new()
+                .property(
+                    "index",
+                    ObjectBuilder::new()
+                        .schema_type(SchemaType::Type(Type::Integer))
+                        .minimum(Some(0))
+                        .description(Some("The record's index in the batch (as its reject names it)")),
+                )
+                .property("record", ObjectBuilder::new().schema_type(SchemaType::AnyValue))
+                .required("index")
+                .required("record")
+                .additional_properties(Some(utoipa::openapi::schema::AdditionalProperties::FreeForm(false)))
+        };
+        let items = || ArrayBuilder::new().items(item()).min_items(Some(1));
+        let envelope = ObjectBuilder::new().property("records", items()).required("records");
+        OneOfBuilder::new()
+            .item(items())
+            .item(envelope)
+            .description(Some(
+                "A non-empty JSON array of `{\"index\": n, \"record\": {...}}`, or the same under `records`; as NDJSON, one item per line",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for ReplayItems {}
+
+/// Replay: correct a batch's rejects.
+///
+/// Each item carries a corrected record and the index its reject has in the batch. The records
+/// are validated like any ingest, into the batch's table, and stored as a new batch (the
+/// replay) whose record indexes are the original ones and whose `replay_of` names the batch; the
+/// batch's `fixed` then counts the rejects a loaded replay corrected. A reject is corrected by
+/// one replay at most: one held by a replay still on its way, or already loaded, is 409
+/// `already_replayed`; one the replay rejected again (or a failed replay) may be replayed again.
+/// Replaying a replay's rejects corrects the batch that replay corrects. Body, headers and
+/// answers are ingest's (a dry run checks the indexes and keeps nothing); an item counts
+/// against `limits.max_record_bytes` and `limits.max_depth` as a whole.
+#[utoipa::path(
+    post,
+    path = "/v1/batches/{id}/replay",
+    tag = "batches",
+    params(
+        ("id" = String, Path, description = "The batch whose rejects the body corrects (a UUID); anything else names no batch"),
+        ("Idempotency-Key" = Option<String>, Header, description = "As for ingest", pattern = r"^[!-~]{1,255}$"),
+        IngestParams,
+    ),
+    request_body(
+        description = "Corrected records keyed by their index: JSON, or NDJSON with one item per line",
+        content((ReplayItems = "application/json"), (NdjsonRecords = "application/x-ndjson"))
+    ),
+    responses(
+        (status = 202, description = "The replay batch, durably staged", body = BatchRecord,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this is the batch an earlier request with the same Idempotency-Key made"))),
+        (status = 200, description = "Final (as for ingest); with dry_run=true a DryRunReport", body = IngestResult,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this is the batch an earlier request with the same Idempotency-Key made"))),
+        (status = 400, description = "Unparseable body, query or Idempotency-Key", body = ErrorBody),
+        (status = 403, description = "The key may not write the batch's table", body = ErrorBody),
+        (status = 404, description = "No such batch, or its table is gone", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "A record is already corrected by another replay (`already_replayed`, `details.index` and `details.batch_id`), or an Idempotency-Key conflict as for ingest", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "With `idempotency_in_progress`: seconds to wait before retrying"))),
+        (status = 413, description = "Too large", body = ErrorBody),
+        (status = 415, description = "Unsupported content type or encoding", body = ErrorBody),
+        (status = 422, description = "An item is malformed, two items name one index, or an index is not a reject of the batch (`invalid_replay`, `details.pointer` or `details.indexes`); or the table is frozen (`schema_frozen`). Nothing was stored", body = ErrorBody),
+        (status = 500, description = "Internal fault, or the stage refused the gateway's credentials (`stage_misconfigured`); nothing was stored", body = ErrorBody),
+        (status = 503, description = "Not ready, over the memory budget, or a backend unavailable; nothing was stored", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
+pub async fn replay(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    BatchPath(id): BatchPath,
+    params: Result<Query<IngestParams>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Query(params) = params?;
+    let original = visible_batch(&app, &principal, id).await?;
+    let table = table_name(&original.table)?;
+    // A replay's rejects carry the indexes of the batch it corrects: replaying them corrects
+    // that batch, so that each of its records has one place where it is held.
+    let root = original.replay_of.unwrap_or(id);
+    // The replay belongs to the batch's partner, whoever (an operator, say) sends it.
+    let target = Target { table, partner: original.partner, replay_of: Some(root) };
+    store(&app, &principal, target, params, headers, body).await
 }
 
 /// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters, or 400.

@@ -12,7 +12,8 @@ use crate::budget::OverBudget;
 use crate::buffer::BufferError;
 use crate::catalog::CatalogError;
 use crate::ingest::decode::DecodeError;
-use crate::ledger::LedgerError;
+use crate::ingest::replay::ReplayItemError;
+use crate::ledger::{LedgerError, ReplayRefusal};
 use crate::pipeline::IngestError;
 use crate::warehouse::{ErrorKind, WarehouseError};
 
@@ -57,6 +58,9 @@ pub enum ErrorCode {
     IdempotencyConflict,
     /// 409: a request with this `Idempotency-Key` is still being stored; retry after `Retry-After`.
     IdempotencyInProgress,
+    /// 409: a replay names a record another replay corrects, loaded or on its way
+    /// (`details.index`, `details.batch_id`).
+    AlreadyReplayed,
     /// 413: a size or count limit was exceeded.
     PayloadTooLarge,
     /// 415: a `Content-Encoding` other than gzip or zstd.
@@ -66,6 +70,10 @@ pub enum ErrorCode {
     /// 422: the table's drift policy is `freeze` and records carry fields it has no column for
     /// (`details.fields` lists them as sent); nothing was stored.
     SchemaFrozen,
+    /// 422: a replay's items are malformed (`details.pointer` into the list of items), name one
+    /// index twice, or name indexes that are not rejects of the batch (`details.indexes`, the
+    /// first 100); nothing was stored.
+    InvalidReplay,
     /// 429: the partner is over its quota; retry after `Retry-After`. Nothing was stored.
     QuotaExceeded,
     /// 500: an internal fault; the gateway log has the cause.
@@ -102,9 +110,9 @@ impl ErrorCode {
             TableNotFound | BatchNotFound | KeyNotFound | NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            TableConflict | IdempotencyConflict | IdempotencyInProgress => StatusCode::CONFLICT,
+            TableConflict | IdempotencyConflict | IdempotencyInProgress | AlreadyReplayed => StatusCode::CONFLICT,
             QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
-            SchemaFrozen => StatusCode::UNPROCESSABLE_ENTITY,
+            SchemaFrozen | InvalidReplay => StatusCode::UNPROCESSABLE_ENTITY,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedEncoding | UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Internal | StageMisconfigured => StatusCode::INTERNAL_SERVER_ERROR,
@@ -309,6 +317,22 @@ impl From<IngestError> for ApiError {
             }
             IngestError::IdempotencyConflict(batch_id) => {
                 ApiError::new(ErrorCode::IdempotencyConflict, message).with_details(json!({ "batch_id": batch_id }))
+            }
+            IngestError::ReplayItems(e) => {
+                let details = match &e {
+                    ReplayItemError::Malformed { item, pointer, .. } => json!({ "item": item, "pointer": pointer }),
+                    ReplayItemError::Repeated { index, first, second } => {
+                        json!({ "index": index, "items": [first, second], "pointer": format!("/{second}/index") })
+                    }
+                };
+                ApiError::new(ErrorCode::InvalidReplay, message).with_details(details)
+            }
+            IngestError::Replay(ReplayRefusal::NotRejected(indexes)) => {
+                ApiError::new(ErrorCode::InvalidReplay, message).with_details(json!({ "indexes": indexes }))
+            }
+            IngestError::Replay(ReplayRefusal::AlreadyReplayed { index, by }) => {
+                ApiError::new(ErrorCode::AlreadyReplayed, message)
+                    .with_details(json!({ "index": index, "batch_id": by }))
             }
             IngestError::IdempotencyInProgress(batch_id) => {
                 ApiError::new(ErrorCode::IdempotencyInProgress, message).with_details(json!({ "batch_id": batch_id }))

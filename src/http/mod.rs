@@ -40,6 +40,7 @@ use error::{ApiError, ErrorCode};
         batches::ingest,
         batches::get_batch,
         batches::list_rejects,
+        batches::replay,
         batches::list_batches,
         tables::put_table,
         tables::list_tables,
@@ -245,6 +246,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), processing_deadline));
     let api = Router::new()
         .route("/v1/tables/{table}/batches", post(batches::ingest))
+        .route("/v1/batches/{id}/replay", post(batches::replay))
         .merge(bounded)
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .route_layer(middleware::from_fn_with_state(state.clone(), admission))

@@ -4,6 +4,7 @@ pub mod coerce;
 pub mod decode;
 pub mod drift;
 pub mod reject;
+pub mod replay;
 pub mod validate;
 
 use std::collections::BTreeMap;

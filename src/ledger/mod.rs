@@ -250,6 +250,15 @@ pub trait Ledger: Send + Sync + 'static {
     /// Forgets keys older than `window` whose lease is over; returns how many.
     async fn sweep_idempotency(&self, window: Duration) -> Result<u64>;
 
+    /// Takes record `indexes` of `claim.original` for replay batch `claim.replay`, all or none:
+    /// each must be a reject of the original that no other replay holds (one stored and not
+    /// failed, whose record was not rejected again, or one still within its lease). With `dry`
+    /// nothing is kept.
+    async fn claim_replay(&self, claim: &ReplayClaim, dry: bool) -> Result<Result<(), ReplayRefusal>>;
+
+    /// Lets go of what replay batch `replay` holds, if it was never stored.
+    async fn release_replay(&self, replay: Uuid) -> Result<()>;
+
     /// Removes up to `limit` final batches received more than `keep` ago, with their rejects
     /// and their place in files, then the finished files made more than `keep` ago that no batch
     /// needs any more (their stage objects become orphans for the stage sweeper); returns how

@@ -141,6 +141,8 @@ pub struct NewBatch {
     pub drift: DriftCounts,
     pub received_at: DateTime<Utc>,
     pub rejects: Vec<Reject>,
+    /// The batch whose rejects this one corrects, for a replay.
+    pub replay_of: Option<Uuid>,
 }
 
 /// A Parquet file written to the stage.
@@ -388,6 +390,12 @@ pub struct BatchRecord {
     pub staged_at: Option<DateTime<Utc>>,
     pub loaded_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
+    /// For a replay: the batch whose rejects it corrects. Its record indexes are that batch's.
+    pub replay_of: Option<Uuid>,
+    /// Rejects of this batch whose correction a replay has since loaded.
+    pub fixed: u64,
+    /// Rejects of this batch whose correction a replay is storing or loading.
+    pub fixing: u64,
 }
 
 /// Filters for listing batches; newest first, `after` is the last id of the previous page.
@@ -456,4 +464,24 @@ pub enum IdempotencyState {
     Committed { batch_id: Uuid, body_hash: String },
     /// Another request holds the key and has not committed yet.
     InProgress { batch_id: Uuid, body_hash: String },
+}
+
+/// A replay request's hold on the rejects it corrects: record `indexes` of batch `original`, for
+/// replay batch `replay`.
+#[derive(Debug, Clone)]
+pub struct ReplayClaim {
+    pub original: Uuid,
+    pub replay: Uuid,
+    pub indexes: Vec<u64>,
+    /// How long the hold lasts if the replay batch is never stored.
+    pub lease: std::time::Duration,
+}
+
+/// Why a replay may not correct the records it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayRefusal {
+    /// These indexes (the first 100) are not rejects of the original batch.
+    NotRejected(Vec<u64>),
+    /// Record `index` is corrected by batch `by`, loaded or on its way.
+    AlreadyReplayed { index: u64, by: Uuid },
 }

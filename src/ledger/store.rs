@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::{
     ApiKey, AppliedChange, BatchFile, BatchFilter, BatchRecord, BatchStatus, ChangeCause, ClaimedFile, ColumnChange,
     CopyStatement, Counts, DdlGuard, FileOutcome, FileSplit, FileStatus, IdempotencyClaim, IdempotencyState, Ledger,
-    LedgerError, Partner, RejectFilter, Result, SchemaChange, StageCommit, TableRecord,
+    LedgerError, Partner, RejectFilter, ReplayClaim, ReplayRefusal, Result, SchemaChange, StageCommit, TableRecord,
 };
 use crate::ingest::reject::{FieldError, Reject, RejectStage};
 use crate::schema::Column;
@@ -187,7 +187,30 @@ where
         staged_at: time("staged_at")?,
         loaded_at: time("loaded_at")?,
         error: get::<D, Option<String>>(row, "error")?,
+        replay_of: get::<D, Option<D::Id>>(row, "replay_of")?.map(D::uuid).transpose()?,
+        fixed: count::<D, u64>(row, "fixed")?,
+        fixing: count::<D, u64>(row, "fixing")?,
     })
+}
+
+/// `SELECT` of batches (as `b`) with what replays did to their rejects: `fixed` counts those a
+/// loaded replay corrected, `fixing` those a replay still loading holds. A replayed record that
+/// its replay rejected again counts in neither.
+fn select_batches() -> String {
+    let corrected = |statuses: &[BatchStatus]| {
+        let statuses: Vec<String> = statuses.iter().map(|s| format!("'{}'", s.as_str())).collect();
+        format!(
+            "(SELECT COUNT(*) FROM replays r JOIN batches rb ON rb.id = r.replay_id
+              WHERE r.original_id = b.id AND rb.status IN ({})
+                AND NOT EXISTS (SELECT 1 FROM rejects j WHERE j.batch_id = r.replay_id AND j.idx = r.idx))",
+            statuses.join(", ")
+        )
+    };
+    format!(
+        "SELECT b.*, {} AS fixed, {} AS fixing FROM batches b",
+        corrected(&[BatchStatus::Loaded]),
+        corrected(&[BatchStatus::Staged, BatchStatus::Loading])
+    )
 }
 
 /// An `api_keys` row.
@@ -400,8 +423,8 @@ where
             let status = BatchStatus::on_commit(batch.counts.accepted);
             let sql = format!(
                 "INSERT INTO batches (id, table_name, partner, status, received, accepted, rejected, loaded,
-                     rejects_by_code, received_at, staged_at, drift_counts)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, CASE WHEN $10 THEN {} END, $11)",
+                     rejects_by_code, received_at, staged_at, drift_counts, replay_of)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, CASE WHEN $10 THEN {} END, $11, $12)",
                 D::NOW
             );
             sqlx::query::<D>(&sql)
@@ -416,6 +439,7 @@ where
                 .bind(D::time(batch.received_at))
                 .bind(status == BatchStatus::Staged)
                 .bind(to_json(&batch.drift)?)
+                .bind(batch.replay_of.map(D::id))
                 .execute(&mut *tx)
                 .await?;
             for chunk in batch.rejects.chunks(ROWS_PER_INSERT) {
@@ -432,6 +456,15 @@ where
                     insert = insert.bind(D::id(batch.id)).bind(index).bind(record).bind(errors).bind(stage);
                 }
                 insert.execute(&mut *tx).await?;
+            }
+            // A replay is stored: its holds on the rejects it corrects are settled, never taken
+            // over for want of a batch or by a lease.
+            if let Some(original) = batch.replay_of {
+                sqlx::query::<D>("UPDATE replays SET lease_until = NULL WHERE original_id = $1 AND replay_id = $2")
+                    .bind(D::id(original))
+                    .bind(D::id(batch.id))
+                    .execute(&mut *tx)
+                    .await?;
             }
             // The batch is complete: its earlier parts become loadable.
             sqlx::query::<D>(
@@ -767,10 +800,8 @@ where
     }
 
     async fn get_batch(&self, id: Uuid) -> Result<Option<BatchRecord>> {
-        let row = sqlx::query::<D>("SELECT * FROM batches WHERE id = $1")
-            .bind(D::id(id))
-            .fetch_optional(&self.reader)
-            .await?;
+        let sql = format!("{} WHERE b.id = $1", select_batches());
+        let row = sqlx::query::<D>(&sql).bind(D::id(id)).fetch_optional(&self.reader).await?;
         let Some(row) = row else { return Ok(None) };
         let mut batch = batch_from_row::<D>(&row)?;
         let files = sqlx::query::<D>(
@@ -809,7 +840,7 @@ where
 
     async fn list_batches(&self, filter: &BatchFilter) -> Result<Vec<BatchRecord>> {
         // Each filter that is set adds a condition and its parameter, in the same order.
-        let mut sql = String::from("SELECT * FROM batches WHERE 1 = 1");
+        let mut sql = format!("{} WHERE 1 = 1", select_batches());
         let mut n = 0;
         let mut condition = |clause: &str, set: bool| {
             if set {
@@ -1059,13 +1090,20 @@ where
             .await?;
         let ids = rows.iter().map(|row| D::uuid(get::<D, D::Id>(row, "id")?)).collect::<Result<Vec<Uuid>>>()?;
         for chunk in ids.chunks(IDS_PER_LIST) {
-            for table in ["rejects", "file_batches", "batches"] {
-                let column = if table == "batches" { "id" } else { "batch_id" };
-                let sql = format!("DELETE FROM {table} WHERE {column} IN {}", params(1, chunk.len()));
+            let list = params(1, chunk.len());
+            // A purged replay's holds stay while the batch it corrects does: its records stay
+            // corrected (no longer counted as fixed), never open to a second load.
+            for (table, column) in
+                [("replays", "original_id"), ("rejects", "batch_id"), ("file_batches", "batch_id"), ("batches", "id")]
+            {
+                let sql = format!("DELETE FROM {table} WHERE {column} IN {list}");
                 let query = chunk.iter().fold(sqlx::query::<D>(&sql), |q, id| q.bind(D::id(*id)));
                 query.execute(&mut *tx).await?;
             }
         }
+        // A replay's hold whose batch was never stored.
+        let sql = format!("DELETE FROM replays WHERE lease_until < {}", D::now_minus("$1"));
+        sqlx::query::<D>(&sql).bind(keep).execute(&mut *tx).await?;
         // A pending part abandoned long ago belongs to a batch that never got a row.
         let sql = format!(
             "DELETE FROM file_batches WHERE file_id IN (SELECT id FROM files WHERE status = $1 AND created_at < {})",
@@ -1088,6 +1126,80 @@ where
             .await?;
         tx.commit().await?;
         Ok(ids.len() as u64)
+    }
+
+    async fn claim_replay(&self, claim: &ReplayClaim, dry: bool) -> Result<Result<(), ReplayRefusal>> {
+        let mut tx = self.writer.begin().await?;
+        let mut rejected = BTreeSet::new();
+        for chunk in claim.indexes.chunks(IDS_PER_LIST) {
+            let sql = format!("SELECT idx FROM rejects WHERE batch_id = $1 AND idx IN {}", params(2, chunk.len()));
+            let query = sqlx::query::<D>(&sql).bind(D::id(claim.original));
+            let query = chunk.iter().fold(query, |q, index| q.bind(int(*index)));
+            for row in query.fetch_all(&mut *tx).await? {
+                rejected.insert(count::<D, u64>(&row, "idx")?);
+            }
+        }
+        let missing: Vec<u64> = claim.indexes.iter().copied().filter(|i| !rejected.contains(i)).take(100).collect();
+        if !missing.is_empty() {
+            return Ok(Err(ReplayRefusal::NotRejected(missing)));
+        }
+        // A row another replay holds is taken over only when that replay no longer needs it: it
+        // rejected the record again, or failed without loading a row, or it was never stored
+        // (not settled) and its lease is over. Rows are taken in index order, so that two
+        // claims never wait on each other's rows.
+        let mut indexes = claim.indexes.clone();
+        indexes.sort_unstable();
+        let lease = seconds(claim.lease, Duration::from_secs(3600));
+        for chunk in indexes.chunks(ROWS_PER_INSERT) {
+            let values: Vec<String> =
+                (0..chunk.len()).map(|i| format!("($1, ${}, $2, {})", i + 5, D::now_plus("$3"))).collect();
+            let sql = format!(
+                "INSERT INTO replays (original_id, idx, replay_id, lease_until) VALUES {}
+                 ON CONFLICT (original_id, idx) DO UPDATE
+                     SET replay_id = excluded.replay_id, lease_until = excluded.lease_until
+                     WHERE replays.replay_id = excluded.replay_id
+                        OR EXISTS (SELECT 1 FROM batches b
+                                   WHERE b.id = replays.replay_id AND b.status = $4 AND b.loaded = 0)
+                        OR EXISTS (SELECT 1 FROM rejects j WHERE j.batch_id = replays.replay_id AND j.idx = replays.idx)
+                        OR replays.lease_until < {}
+                 RETURNING idx",
+                values.join(", "),
+                D::NOW
+            );
+            let query = sqlx::query::<D>(&sql)
+                .bind(D::id(claim.original))
+                .bind(D::id(claim.replay))
+                .bind(lease)
+                .bind(BatchStatus::Failed.as_str());
+            let query = chunk.iter().fold(query, |q, index| q.bind(int(*index)));
+            let mut taken = BTreeSet::new();
+            for row in query.fetch_all(&mut *tx).await? {
+                taken.insert(count::<D, u64>(&row, "idx")?);
+            }
+            if let Some(&index) = chunk.iter().find(|i| !taken.contains(i)) {
+                let row = sqlx::query::<D>("SELECT replay_id FROM replays WHERE original_id = $1 AND idx = $2")
+                    .bind(D::id(claim.original))
+                    .bind(int(index))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let by = D::uuid(get::<D, D::Id>(&row, "replay_id")?)?;
+                return Ok(Err(ReplayRefusal::AlreadyReplayed { index, by }));
+            }
+        }
+        if dry {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
+        Ok(Ok(()))
+    }
+
+    async fn release_replay(&self, replay: Uuid) -> Result<()> {
+        sqlx::query::<D>("DELETE FROM replays WHERE replay_id = $1 AND lease_until IS NOT NULL")
+            .bind(D::id(replay))
+            .execute(&self.writer)
+            .await?;
+        Ok(())
     }
 
     async fn sweep_idempotency(&self, window: Duration) -> Result<u64> {
