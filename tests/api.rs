@@ -719,3 +719,31 @@ async fn a_replay_corrects_each_reject_once_under_its_original_index() {
     assert_eq!(rows[1][1].as_deref(), Some(fix_id.as_str()));
     assert_eq!(rows[0][1].as_deref(), Some(id.as_str()));
 }
+
+#[tokio::test]
+async fn numbers_land_exactly_however_long_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path()).await;
+    let columns =
+        json!({"columns": [{"name": "id", "type": "NUMBER(38,0)"}, {"name": "amount", "type": "NUMBER(38,10)"}]});
+    assert_eq!(app.put_table("exact", columns).await.status(), 201);
+    let nines = "9".repeat(38);
+    let amount = "1234567890123456789012345678.0123456789";
+    // A 39-digit id is out of range; a new field with a 30-digit integer becomes NUMBER(38,0).
+    let body = format!(
+        "{{\"id\": {nines}, \"amount\": {amount}}}\n{{\"id\": 1{nines}}}\n{{\"id\": 1, \"big\": 123456789012345678901234567890}}\n"
+    );
+    let response = app.post_ndjson("exact", "?wait=loaded", body).await;
+    let batch: Value = response.json().await.unwrap();
+    assert_eq!(batch["status"], "loaded", "{batch}");
+    assert_eq!(batch["rejects_by_code"], json!({"out_of_range": 1}));
+    assert_eq!(batch["schema_changes"][0]["type"], "NUMBER(38,0)", "{batch}");
+    app.shutdown().await;
+    let rows = duckdb_query(
+        dir.path(),
+        "SELECT CAST(ID AS VARCHAR), CAST(AMOUNT AS VARCHAR), CAST(BIG AS VARCHAR) FROM EXACT ORDER BY _RECORD_INDEX",
+    );
+    assert_eq!(rows[0][0].as_deref(), Some(nines.as_str()));
+    assert_eq!(rows[0][1].as_deref(), Some(amount));
+    assert_eq!(rows[1][2].as_deref(), Some("123456789012345678901234567890"));
+}

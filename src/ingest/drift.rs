@@ -16,11 +16,22 @@ pub fn infer_type(value: &Value) -> Option<ColumnType> {
     match value {
         Value::Null => None,
         Value::Bool(_) => Some(ColumnType::Boolean),
-        Value::Number(n) if n.is_i64() || n.is_u64() => Some(ColumnType::INTEGER),
+        Value::Number(n) if integral(n) => Some(ColumnType::INTEGER),
         Value::Number(_) => Some(ColumnType::Float),
         Value::String(_) => Some(ColumnType::VARCHAR),
         Value::Array(_) | Value::Object(_) => Some(ColumnType::Variant),
     }
+}
+
+/// Whether a JSON number is an integer that NUMBER(38,0) holds: numbers keep their text, so one
+/// beyond 64 bits is still an integer (and lands exactly), not a double.
+fn integral(n: &serde_json::Number) -> bool {
+    if n.is_i64() || n.is_u64() {
+        return true;
+    }
+    let text = n.to_string();
+    let digits = text.strip_prefix('-').unwrap_or(&text);
+    digits.len() <= 38 && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The narrowest type that holds values of both types.
@@ -92,6 +103,20 @@ mod tests {
     use crate::schema::ColumnName;
     use crate::schema::TableSchema;
     use serde_json::json;
+
+    #[test]
+    fn integers_beyond_64_bits_are_integers() {
+        let value: Value = serde_json::from_str("123456789012345678901234567890").unwrap();
+        assert_eq!(infer_type(&value), Some(ColumnType::INTEGER));
+        let value: Value = serde_json::from_str("-18446744073709551617").unwrap();
+        assert_eq!(infer_type(&value), Some(ColumnType::INTEGER));
+        let value: Value = serde_json::from_str(&"9".repeat(39)).unwrap();
+        assert_eq!(infer_type(&value), Some(ColumnType::Float), "more digits than NUMBER(38,0) holds");
+        let value: Value = serde_json::from_str("1.5").unwrap();
+        assert_eq!(infer_type(&value), Some(ColumnType::Float));
+        let value: Value = serde_json::from_str("1e3").unwrap();
+        assert_eq!(infer_type(&value), Some(ColumnType::Float));
+    }
 
     #[test]
     fn widening_rules() {

@@ -289,6 +289,20 @@ mod tests {
     }
 
     #[test]
+    fn json_numbers_are_exact_at_any_length() {
+        // Parsed from their text, never through a double: these lose digits as f64.
+        let max = "9".repeat(38);
+        assert_eq!(ok(&max, INT), Cell::Decimal(POW10[38] - 1));
+        assert_eq!(ok(&format!("-{max}"), INT), Cell::Decimal(1 - POW10[38]));
+        assert_eq!(ok("18446744073709551617", INT), Cell::Decimal(18_446_744_073_709_551_617));
+        let many = "1234567890123456789012345678.0123456789";
+        assert_eq!(ok(many, num(38, 10)), Cell::Decimal(12_345_678_901_234_567_890_123_456_780_123_456_789));
+        assert_eq!(ok("0.30000000000000000001", num(38, 20)), Cell::Decimal(30_000_000_000_000_000_001));
+        assert_eq!(code(&format!("1{max}"), INT), RejectCode::OutOfRange);
+        assert_eq!(code(&max, num(38, 1)), RejectCode::OutOfRange);
+    }
+
+    #[test]
     fn number_handles_38_digits() {
         let max = "9".repeat(38);
         assert_eq!(ok(&format!("\"{max}\""), INT), Cell::Decimal(POW10[38] - 1));
