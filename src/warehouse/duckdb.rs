@@ -76,13 +76,27 @@ impl DuckDbWarehouse {
     async fn execute_all(&self, statements: Vec<String>) -> Result<(), WarehouseError> {
         run(&self.conn, move |conn| {
             for sql in &statements {
-                conn.execute_batch(sql).map_err(classify)?;
+                // A DDL statement that meets a load's open transaction on the same table fails
+                // with a write-write conflict and changed nothing: it is tried again for a while
+                // (a load's transaction is short) before the conflict is reported as transient.
+                let deadline = std::time::Instant::now() + DDL_CONFLICT_RETRY;
+                loop {
+                    match conn.execute_batch(sql).map_err(classify) {
+                        Err(e) if e.code() == Some("TransactionContext") && std::time::Instant::now() < deadline => {
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
+                        done => break done?,
+                    }
+                }
             }
             Ok(())
         })
         .await
     }
 }
+
+/// How long a DDL statement is retried while it conflicts with a load's transaction.
+const DDL_CONFLICT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs blocking work on one of the connections.
 async fn run<T: Send + 'static>(
