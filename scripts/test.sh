@@ -20,3 +20,8 @@ eval "$(scripts/peers.sh env)"
 
 # `fault-injection` compiles the crash points that tests/crash.rs aborts at; never in a release.
 cargo nextest run --no-fail-fast --features fault-injection "$@"
+
+# The load generator's smoke test (benches/loadgen.rs --quick, on this debug build): three small
+# scenarios against a real gateway process, each checked exactly-once in DuckDB. Full figures
+# come from scripts/bench.sh (release) and live in BENCHMARKS.md.
+scripts/bench.sh --quick
