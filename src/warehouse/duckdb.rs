@@ -74,24 +74,23 @@ impl DuckDbWarehouse {
     }
 
     async fn execute_all(&self, statements: Vec<String>) -> Result<(), WarehouseError> {
-        run(&self.conn, move |conn| {
-            for sql in &statements {
-                // A DDL statement that meets a load's open transaction on the same table fails
-                // with a write-write conflict and changed nothing: it is tried again for a while
-                // (a load's transaction is short) before the conflict is reported as transient.
-                let deadline = std::time::Instant::now() + DDL_CONFLICT_RETRY;
-                loop {
-                    match conn.execute_batch(sql).map_err(classify) {
-                        Err(e) if e.code() == Some("TransactionContext") && std::time::Instant::now() < deadline => {
-                            std::thread::sleep(std::time::Duration::from_millis(50));
-                        }
-                        done => break done?,
+        // A DDL statement that meets a load's open transaction on the same table fails with a
+        // transaction conflict and changed nothing: it is tried again for a while (a load's
+        // transaction is short), without holding the connection meanwhile, before the conflict
+        // is reported as transient. One deadline covers the whole list.
+        let deadline = tokio::time::Instant::now() + DDL_CONFLICT_RETRY;
+        for sql in statements {
+            loop {
+                let statement = sql.clone();
+                match run(&self.conn, move |conn| conn.execute_batch(&statement).map_err(classify)).await {
+                    Err(e) if e.code() == Some("TransactionContext") && tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     }
+                    done => break done?,
                 }
             }
-            Ok(())
-        })
-        .await
+        }
+        Ok(())
     }
 }
 
