@@ -23,7 +23,8 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --user-group --home-dir /var/lib/snowgate --create-home snowgate
+    && useradd --system --uid 10001 --user-group --home-dir /var/lib/snowgate --create-home snowgate \
+    && install -d -o 10001 -g 10001 /var/lib/snowgate/data
 COPY --from=build /usr/local/bin/snowgate /usr/local/bin/snowgate
 USER 10001:10001
 WORKDIR /var/lib/snowgate

@@ -18,10 +18,14 @@ fi
 scripts/peers.sh install
 eval "$(scripts/peers.sh env)"
 
+# The load generator's smoke test (benches/loadgen.rs --quick, on the debug build nextest uses):
+# three small scenarios against a real gateway process, each checked exactly-once in DuckDB.
+# Full figures come from scripts/bench.sh (release) and live in BENCHMARKS.md. Skipped when
+# nextest arguments (a filter) are given.
+if [[ $# -eq 0 ]]; then
+    scripts/bench.sh --quick
+fi
+
 # `fault-injection` compiles the crash points that tests/crash.rs aborts at; never in a release.
 cargo nextest run --no-fail-fast --features fault-injection "$@"
 
-# The load generator's smoke test (benches/loadgen.rs --quick, on this debug build): three small
-# scenarios against a real gateway process, each checked exactly-once in DuckDB. Full figures
-# come from scripts/bench.sh (release) and live in BENCHMARKS.md.
-scripts/bench.sh --quick
