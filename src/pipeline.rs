@@ -154,9 +154,8 @@ async fn ingest_holding(
         Ok(prepared) => prepared,
         Err(e) => {
             // Let go before answering, so that a prompt retry finds the rejects free.
-            if let Some(mut hold) = replay.take() {
-                hold.submitted = true;
-                free_replay(app.ledger.as_ref(), hold.batch).await;
+            if let Some(hold) = replay.take() {
+                hold.release().await;
             }
             return Err(e);
         }
@@ -175,7 +174,7 @@ async fn ingest_holding(
     }
     if let Err(e) = app.buffers.submit(submission, policy).await.map_err(IngestError::from) {
         if let Some(hold) = replay.take().filter(|_| e.before_commit()) {
-            free_replay(app.ledger.as_ref(), hold.batch).await;
+            hold.release().await;
         }
         return Err(e);
     }
@@ -291,6 +290,14 @@ struct ReplayHold<'a> {
     app: &'a App,
     batch: Uuid,
     submitted: bool,
+}
+
+impl ReplayHold<'_> {
+    /// Lets go now, awaited (the drop would only spawn it).
+    async fn release(mut self) {
+        self.submitted = true;
+        free_replay(self.app.ledger.as_ref(), self.batch).await;
+    }
 }
 
 impl Drop for ReplayHold<'_> {

@@ -56,12 +56,12 @@ async fn check<E: std::fmt::Display>(probe: impl Future<Output = Result<(), E>>)
 pub async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiError> {
     let (ledger, stage, warehouse) =
         tokio::join!(check(app.ledger.ping()), check(app.stage.ping()), check(app.warehouse.ping()));
+    let warehouse_check = format!("warehouse ({})", app.warehouse.backend());
     let checks = BTreeMap::from([
         (format!("ledger ({})", app.ledger.backend()), ledger),
         ("stage".to_string(), stage),
-        (format!("warehouse ({})", app.warehouse.backend()), warehouse),
+        (warehouse_check.clone(), warehouse),
     ]);
-    let warehouse_check = format!("warehouse ({})", app.warehouse.backend());
     let failing: Vec<&str> =
         checks.iter().filter(|(k, v)| *v != "ok" && **k != warehouse_check).map(|(k, _)| k.as_str()).collect();
     if failing.is_empty() {
