@@ -404,7 +404,7 @@ pub async fn split_files_reconcile_through_their_parts(ledger: Arc<dyn Ledger>) 
         FilePart { id, path: format!("T/{id}.parquet"), rows, bytes: 10, batches }
     };
     let parts = [part(3, vec![(a_id, 2), (b_id, 1)]), part(1, vec![(a_id, 1)])];
-    let split = FileSplit { file: parent, error: "refused", query_id: Some("q-parent"), parts: &parts };
+    let split = FileSplit { files: &[parent], error: Some("refused"), query_id: Some("q-parent"), parts: &parts };
     assert!(!ledger.split_file(&split, "another", LEASE).await.unwrap(), "only the holder splits");
     assert!(ledger.split_file(&split, "one", LEASE).await.unwrap());
     assert!(!ledger.split_file(&split, "one", LEASE).await.unwrap(), "a file is split once");
@@ -416,6 +416,21 @@ pub async fn split_files_reconcile_through_their_parts(ledger: Arc<dyn Ledger>) 
     let statuses: Vec<_> = batch.files.iter().map(|f| f.status).collect();
     assert_eq!(statuses, [FileStatus::Split, FileStatus::Loading, FileStatus::Loading]);
     assert_eq!(batch.files[0].query_id.as_deref(), Some("q-parent"));
+
+    // Files not tried yet are cut and merged again into groups, all or none.
+    let halves = [part(2, vec![(a_id, 1), (b_id, 1)]), part(1, vec![(a_id, 1)])];
+    let cut = FileSplit { files: &[parts[0].id], error: None, query_id: None, parts: &halves };
+    assert!(ledger.split_file(&cut, "one", LEASE).await.unwrap());
+    let merged = [part(3, vec![(a_id, 2), (b_id, 1)])];
+    let stale = FileSplit { files: &[halves[0].id, parent], error: None, query_id: None, parts: &merged };
+    assert!(!ledger.split_file(&stale, "one", LEASE).await.unwrap(), "one of the files is not held");
+    assert_eq!(ledger.renew_claims("one", &[halves[0].id, halves[1].id], LEASE).await.unwrap(), 2, "none ended");
+    let merge = FileSplit { files: &[halves[0].id, halves[1].id], error: None, query_id: None, parts: &merged };
+    assert!(ledger.split_file(&merge, "one", LEASE).await.unwrap());
+    let batch = ledger.get_batch(b_id).await.unwrap().unwrap();
+    let statuses: Vec<_> = batch.files.iter().map(|f| f.status).collect();
+    assert_eq!(statuses, [FileStatus::Split, FileStatus::Split, FileStatus::Split, FileStatus::Loading], "{batch:?}");
+    let parts = [merged[0].clone(), parts[1].clone()];
 
     let loaded = [FileOutcome::Loaded { id: parts[0].id, rows: 3, query_id: None }];
     assert_eq!(ledger.complete_files("another", &loaded).await.unwrap(), 0, "only the holder records an outcome");
@@ -440,7 +455,8 @@ pub async fn split_files_reconcile_through_their_parts(ledger: Arc<dyn Ledger>) 
     assert_eq!(a.status, BatchStatus::Loaded);
     assert_eq!(a.counts, Counts { received: 4, accepted: 3, rejected: 2, loaded: 2 });
     assert_eq!(a.rejects_by_code.get("warehouse_rejected"), Some(&1), "{:?}", a.rejects_by_code);
-    assert_eq!(a.files.last().unwrap().status, FileStatus::Rejected);
+    let rejected_part = a.files.iter().find(|f| f.path == parts[1].path).unwrap();
+    assert_eq!(rejected_part.status, FileStatus::Rejected);
     let rejects = ledger.list_rejects(a_id, &RejectFilter::default(), None, 10).await.unwrap();
     let stages: Vec<_> = rejects.iter().map(|r| (r.index, r.stage)).collect();
     assert_eq!(stages, [(0, RejectStage::Gateway), (2, RejectStage::Warehouse)]);

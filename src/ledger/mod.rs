@@ -171,11 +171,12 @@ pub trait Ledger: Send + Sync + 'static {
     /// becomes a warehouse reject of its batch.
     async fn complete_files(&self, owner: &str, outcomes: &[FileOutcome]) -> Result<usize>;
 
-    /// Replaces a file `owner` holds by its parts, already written to the stage, in one
-    /// transaction: the parts are recorded claimed by `owner` for `lease`, with the file's table
-    /// and columns and their rows per batch, and the file ends `split` with the error (and the
-    /// statement) that made it so. Returns false, recording nothing, when `owner` no longer
-    /// holds the file (its lease expired and another took it).
+    /// Replaces files `owner` holds by parts holding the same rows, already written to the
+    /// stage, in one transaction: the parts are recorded claimed by `owner` for `lease`, with the
+    /// table and columns of the first file (their parent) and their rows per batch, and the files
+    /// end `split` with the error (and the statement) that made it so. Returns false, recording
+    /// nothing, when `owner` no longer holds every one of the files (a lease expired and another
+    /// took it).
     async fn split_file(&self, split: &FileSplit<'_>, owner: &str, lease: Duration) -> Result<bool>;
 
     /// Hands claimed files back after a failure that is not the data's; they are retried after

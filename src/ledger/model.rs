@@ -103,8 +103,8 @@ text_enum! {
         Failed = "failed",
         /// A pending part whose batch never completed (the gateway stopped mid-request).
         Abandoned = "abandoned",
-        /// Split in two after the warehouse refused a row in it: its rows load through its parts
-        /// (files whose parent it is).
+        /// Replaced by parts holding its rows while the rows the warehouse refused are isolated:
+        /// its rows load through those parts.
         Split = "split",
         /// A part of one row that the warehouse refused: the row is a reject of its batch.
         Rejected = "rejected",
@@ -207,13 +207,16 @@ pub enum FileOutcome {
     },
 }
 
-/// A file replaced by its parts after the warehouse refused a row in it.
+/// Files replaced by parts holding the same rows, while isolating the rows the warehouse
+/// refused: one refused file halved, or files not tried yet merged into a group or cut into
+/// groups.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileSplit<'a> {
-    pub file: Uuid,
+    pub files: &'a [Uuid],
     /// The refusal, and the statement that got it (none where the refusal was inferred: the
-    /// file's sibling loaded, so the rows its parent was refused for are in this file).
-    pub error: &'a str,
+    /// file's sibling loaded, so the rows its parent was refused for are in this file; neither
+    /// where untried files are regrouped).
+    pub error: Option<&'a str>,
     pub query_id: Option<&'a str>,
     pub parts: &'a [FilePart],
 }

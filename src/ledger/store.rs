@@ -690,22 +690,25 @@ where
     }
 
     async fn split_file(&self, split: &FileSplit<'_>, owner: &str, lease: Duration) -> Result<bool> {
-        let (file, parts) = (split.file, split.parts);
+        let (files, parts) = (split.files, split.parts);
+        let Some(&parent) = files.first() else { return Ok(false) };
         let mut tx = self.writer.begin().await?;
-        let updated = sqlx::query::<D>(
-            "UPDATE files SET status = $1, claimed_by = NULL, lease_until = NULL, error = $5, query_id = $6
-             WHERE id = $2 AND status = $3 AND claimed_by = $4 RETURNING id",
-        )
-        .bind(FileStatus::Split.as_str())
-        .bind(D::id(file))
-        .bind(FileStatus::Loading.as_str())
-        .bind(owner)
-        .bind(split.error)
-        .bind(split.query_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if updated.is_none() {
-            return Ok(false);
+        let end = "UPDATE files SET status = $1, claimed_by = NULL, lease_until = NULL, error = $5, query_id = $6
+             WHERE id = $2 AND status = $3 AND claimed_by = $4 RETURNING id";
+        for file in files {
+            let updated = sqlx::query::<D>(end)
+                .bind(FileStatus::Split.as_str())
+                .bind(D::id(*file))
+                .bind(FileStatus::Loading.as_str())
+                .bind(owner)
+                .bind(split.error)
+                .bind(split.query_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if updated.is_none() {
+                // Dropping the transaction rolls back the files ended so far.
+                return Ok(false);
+            }
         }
         let insert = format!(
             "INSERT INTO files (id, table_name, path, rows, bytes, status, attempts, claimed_by, lease_until,
@@ -723,7 +726,7 @@ where
                 .bind(FileStatus::Loading.as_str())
                 .bind(owner)
                 .bind(seconds(lease, Duration::from_secs(30)))
-                .bind(D::id(file))
+                .bind(D::id(parent))
                 .execute(&mut *tx)
                 .await?;
             for chunk in part.batches.chunks(ROWS_PER_INSERT) {

@@ -1,28 +1,27 @@
 //! Isolating the rows the warehouse refuses. A file whose COPY fails alone with a data error is
-//! split in halves, written to the stage as new files and recorded in the ledger in its place,
-//! and each half is copied on its own. A half that loads is done; a half that is refused is split
-//! again, down to single rows, which become rejects of their batches carrying the warehouse's
-//! error and the row as it was loaded. A half whose sibling loaded holds every row its parent was
-//! refused for, so it is split without a COPY of its own: k bad rows in n rows cost about
-//! k·log2(n) statements, not n.
+//! read back and searched (see `search`): parts of it are written to the stage as new files and
+//! recorded in the ledger in place of the files they come from, and each part is copied on its
+//! own. A part that loads is done; a row refused alone becomes a reject of its batch carrying
+//! the warehouse's error and the row as it was loaded. k bad rows in n rows cost about
+//! k·log2(n/k) + 2k statements, not n.
 //!
-//! Each split is one ledger transaction that ends the parent and records its parts, so a crash at
-//! any point leaves every row in exactly one open file (the parent, or its parts), and a restart
-//! loads those like any other files: no row is loaded twice. Parts written to the stage but never
+//! Each replacement is one ledger transaction that ends the files replaced and records the new
+//! ones, so a crash at any point leaves every row in exactly one open file, and a restart loads
+//! those like any other files: no row is loaded twice. Parts written to the stage but never
 //! recorded are orphans for the stage sweeper.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::compute::concat_batches;
+use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
+use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
-use futures::future::BoxFuture;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::search::{Cause, Key, Part, Search, Step};
 use super::{backoff, jittered, Loader};
 use crate::buffer::encode::parquet_bytes;
 use crate::ingest::reject::{pointer, FieldError, Reject, RejectCode, RejectStage};
@@ -34,40 +33,51 @@ use crate::warehouse::{copy_outcome, ErrorKind, StagedFile, WarehouseError};
 /// Ids of the files a round holds, renewed together; isolation adds the parts it creates.
 pub(super) type Held = Mutex<Vec<Uuid>>;
 
-/// One file of the tree being isolated: its ledger id, stage path and rows, held in memory.
+/// An open file of the isolation: its ledger id, stage path and rows (by position in the
+/// refused file).
 struct Node {
     id: Uuid,
     path: String,
-    rows: RecordBatch,
+    rows: Vec<u32>,
 }
 
-/// What one isolation shares: the table, the columns its files were written with, the claims to
-/// extend with new parts, the file's earlier attempts (for backoff), and the statements spent.
+/// What one isolation holds: the table, the columns its files were written with, the refused
+/// file's rows, the claims to extend with new parts, the file's earlier attempts (for backoff),
+/// its open files, the refusal each is known by, and the statements spent.
 struct Isolation<'a> {
     table: &'a str,
     columns: Option<Vec<Column>>,
+    rows: RecordBatch,
     held: &'a Held,
     attempts: u32,
-    statements: Mutex<u32>,
+    /// The refusal of the whole file.
+    refusal: Arc<WarehouseError>,
+    nodes: HashMap<Key, Node>,
+    /// The refusal each refused part is known by: its own COPY's (`own`), or its parent's.
+    errors: HashMap<Key, Arc<WarehouseError>>,
+    own: HashSet<Key>,
+    statements: u32,
+}
+
+impl Isolation<'_> {
+    fn error(&self, key: Key) -> &WarehouseError {
+        self.errors.get(&key).unwrap_or(&self.refusal)
+    }
+
+    fn ids(&self, keys: &[Key]) -> Vec<Uuid> {
+        keys.iter().filter_map(|k| self.nodes.get(k)).map(|n| n.id).collect()
+    }
 }
 
 /// How a step of an isolation ended.
 #[derive(Debug, PartialEq)]
 enum Flow {
-    /// Every row of the node was loaded or rejected.
-    Done,
-    /// The warehouse or the stage failed for a reason that is not the data's, and the node's
-    /// open files were released for a later round; or the claim was lost to another loader.
+    /// Go on with the next step.
+    Next,
+    /// The warehouse or the stage failed for a reason that is not the data's, and the open files
+    /// were released for a later round; or a claim was lost to another loader; or the files
+    /// left were failed.
     Stopped,
-}
-
-/// The outcome of copying one part.
-enum Copied {
-    Loaded,
-    Refused(WarehouseError),
-    Stopped,
-    /// Not copied: the isolation spent its statements (`loader.isolation_statements`).
-    Capped,
 }
 
 /// Why a refused file could not be read back for splitting.
@@ -85,13 +95,6 @@ impl Loader {
         error: WarehouseError,
         held: &Held,
     ) -> Result<(), LedgerError> {
-        let isolation = Isolation {
-            table,
-            columns: file.columns.clone(),
-            held,
-            attempts: file.attempts,
-            statements: Mutex::new(0),
-        };
         let rows = match self.read_rows(&file.path).await {
             Ok(rows) if rows.num_rows() > 0 => rows,
             Ok(_) => return self.fail(file.id, &error, true, "the refused file holds no rows").await.map(|_| ()),
@@ -99,7 +102,7 @@ impl Loader {
                 let failure = WarehouseError::from_stage(e, &file.path);
                 tracing::warn!(table, path = %file.path, error = %failure,
                     "could not read a refused file back to isolate its rows; released for another try");
-                return self.release_parts(&isolation, &[file.id], &failure).await;
+                return self.release_ids(table, &[file.id], &failure, file.attempts).await;
             }
             Err(Unreadable::Parquet(e)) => {
                 // A file the gateway cannot decode cannot be split: it fails as a whole.
@@ -108,10 +111,37 @@ impl Loader {
                 return self.fail(file.id, &error, true, &format!("could not be split: {e}")).await.map(|_| ());
             }
         };
-        let node = Node { id: file.id, path: file.path.clone(), rows };
-        let flow = self.bisect(&isolation, node, error, false).await?;
-        let statements = self.spent(&isolation);
-        tracing::info!(table, path = %file.path, rows = file.rows, statements, finished = flow == Flow::Done,
+        let Ok(count) = u32::try_from(rows.num_rows()) else {
+            return self.fail(file.id, &error, true, "too many rows to split").await.map(|_| ());
+        };
+        let root = Node { id: file.id, path: file.path.clone(), rows: (0..count).collect() };
+        let mut isolation = Isolation {
+            table,
+            columns: file.columns.clone(),
+            rows,
+            held,
+            attempts: file.attempts,
+            refusal: Arc::new(error),
+            nodes: HashMap::from([(0, root)]),
+            errors: HashMap::new(),
+            own: HashSet::from([0]),
+            statements: 0,
+        };
+        let mut search = Search::new(count);
+        let finished = loop {
+            let flow = match search.next() {
+                Step::Done => break true,
+                Step::Replace { from, into, cause } => {
+                    self.replace(&mut isolation, &search, &from, &into, cause).await?
+                }
+                Step::Copy(key) => self.try_part(&mut isolation, &mut search, key).await?,
+                Step::Reject(key) => self.reject_row(&mut isolation, key).await?,
+            };
+            if flow == Flow::Stopped {
+                break false;
+            }
+        };
+        tracing::info!(table, path = %file.path, rows = file.rows, statements = isolation.statements, finished,
             "isolated the rows the warehouse refused");
         Ok(())
     }
@@ -136,179 +166,158 @@ impl Loader {
         Ok(self.recorded(self.ledger.complete_files(&self.owner, &[outcome]).await?))
     }
 
-    /// `Done` when the ledger recorded an outcome, `Stopped` when the claim was lost.
+    /// Fails every open file in `keys`, each with the refusal it is known by.
+    async fn fail_open(&self, isolation: &Isolation<'_>, keys: &[Key], why: &str) -> Result<Flow, LedgerError> {
+        for key in keys {
+            if let Some(node) = isolation.nodes.get(key) {
+                self.fail(node.id, isolation.error(*key), isolation.own.contains(key), why).await?;
+            }
+        }
+        Ok(Flow::Stopped)
+    }
+
+    /// `Next` when the ledger recorded an outcome, `Stopped` when the claim was lost.
     fn recorded(&self, recorded: usize) -> Flow {
         if recorded == 0 {
             tracing::warn!(owner = %self.owner, "lost the claim on a file while isolating its rows");
             return Flow::Stopped;
         }
-        Flow::Done
+        Flow::Next
     }
 
-    /// Loads or rejects every row of `node`, which the warehouse refused with `error`, or whose
-    /// refusal is `inferred` from its parent's (its sibling loaded).
-    fn bisect<'a>(
-        &'a self,
-        isolation: &'a Isolation<'a>,
-        node: Node,
-        error: WarehouseError,
-        inferred: bool,
-    ) -> BoxFuture<'a, Result<Flow, LedgerError>> {
-        Box::pin(async move {
-            if node.rows.num_rows() == 1 {
-                // A row is only rejected for a refusal of its own: an inferred one is tried
-                // alone first (the table may have changed back, or the refusal was not a row's).
-                if !inferred {
-                    return self.reject_row(isolation, &node, &error).await;
-                }
-                return match self.copy_part(isolation, &node).await? {
-                    Copied::Loaded => Ok(Flow::Done),
-                    Copied::Refused(refused) => self.reject_row(isolation, &node, &refused).await,
-                    Copied::Stopped => Ok(Flow::Stopped),
-                    Copied::Capped => self.capped(&[node.id], &error, false).await,
-                };
-            }
-            // Splitting is only worth it while statements are left to copy the halves.
-            if self.spent(isolation) >= self.settings.isolation_statements {
-                return self.capped(&[node.id], &error, !inferred).await;
-            }
-            let Some([first, second]) = self.split(isolation, node, &error, inferred).await? else {
-                return Ok(Flow::Stopped);
-            };
-            match self.copy_part(isolation, &first).await? {
-                // Every row the parent was refused for is in the second half.
-                Copied::Loaded => self.bisect(isolation, second, error, true).await,
-                Copied::Refused(refused) => {
-                    if self.bisect(isolation, first, refused, false).await? == Flow::Stopped {
-                        self.release_parts(isolation, &[second.id], &error).await?;
-                        return Ok(Flow::Stopped);
-                    }
-                    match self.copy_part(isolation, &second).await? {
-                        Copied::Loaded => Ok(Flow::Done),
-                        Copied::Refused(refused) => self.bisect(isolation, second, refused, false).await,
-                        Copied::Stopped => Ok(Flow::Stopped),
-                        Copied::Capped => self.capped(&[second.id], &error, false).await,
-                    }
-                }
-                Copied::Stopped => {
-                    self.release_parts(isolation, &[second.id], &error).await?;
-                    Ok(Flow::Stopped)
-                }
-                Copied::Capped => self.capped(&[first.id, second.id], &error, false).await,
-            }
-        })
-    }
-
-    /// Writes the halves of `node` to the stage and records them in its place; `None` when that
-    /// could not be done (the node is released, or its claim was lost).
-    async fn split(
+    /// Writes the parts `into` to the stage and records them in place of the open files `from`.
+    async fn replace(
         &self,
-        isolation: &Isolation<'_>,
-        node: Node,
-        error: &WarehouseError,
-        inferred: bool,
-    ) -> Result<Option<[Node; 2]>, LedgerError> {
-        let n = node.rows.num_rows();
-        let halves = [node.rows.slice(0, n / 2), node.rows.slice(n / 2, n - n / 2)];
+        isolation: &mut Isolation<'_>,
+        search: &Search,
+        from: &[Key],
+        into: &[Part],
+        cause: Cause,
+    ) -> Result<Flow, LedgerError> {
+        // What is open until the replacement is recorded: the search counts `into` already.
+        let new: HashSet<Key> = into.iter().map(|p| p.key).collect();
+        let open: Vec<Key> =
+            search.open().into_iter().filter(|k| !new.contains(k)).chain(from.iter().copied()).collect();
+        let parent = &isolation.nodes[&from[0]];
         // Beside the parent, named as the gateway names files, so the sweeper knows them.
-        let dir = node.path.rsplit_once('/').map_or("", |(dir, _)| dir);
-        let mut parts = Vec::with_capacity(2);
-        let mut nodes = Vec::with_capacity(2);
-        for rows in halves {
+        let dir = parent.path.rsplit_once('/').map_or("", |(dir, _)| dir).to_string();
+        let mut parts = Vec::with_capacity(into.len());
+        for part in into {
             let id = Uuid::now_v7();
             let path = if dir.is_empty() { format!("{id}.parquet") } else { format!("{dir}/{id}.parquet") };
-            let encoded = parquet_bytes(&rows).map_err(|e| e.to_string()).and_then(|b| Ok((b, batch_rows(&rows)?)));
+            let encoded = take_rows(&isolation.rows, &part.rows)
+                .and_then(|rows| Ok((parquet_bytes(&rows).map_err(|e| e.to_string())?, batch_rows(&rows)?)));
             let (bytes, batches) = match encoded {
                 Ok(encoded) => encoded,
                 // Rows the gateway wrote and read back always encode again; if not, nothing can
                 // split this file.
-                Err(e) => {
-                    let why = format!("could not be split: {e}");
-                    return self.fail(node.id, error, !inferred, &why).await.map(|_| None);
-                }
+                Err(e) => return self.fail_open(isolation, &open, &format!("could not be split: {e}")).await,
             };
             let size = bytes.len() as u64;
             if let Err(e) = self.stage.put_new(&path, bytes).await {
                 let failure = WarehouseError::from_stage(e, &path);
-                tracing::warn!(table = isolation.table, path = %node.path, error = %failure,
+                tracing::warn!(table = isolation.table, path = %parent.path, error = %failure,
                     "could not write the parts of a refused file; released for another try");
-                self.release_parts(isolation, &[node.id], &failure).await?;
-                return Ok(None);
+                return self.release_open(isolation, &open, &failure).await;
             }
-            parts.push(FilePart { id, path: path.clone(), rows: rows.num_rows() as u64, bytes: size, batches });
-            nodes.push(Node { id, path, rows });
+            parts.push(FilePart { id, path, rows: part.rows.len() as u64, bytes: size, batches });
         }
         crate::fault::crash_point(crate::fault::CrashPoint::PartsStaged);
-        let message = error.to_string();
-        let query_id = if inferred { None } else { error.query_id() };
-        let split = FileSplit { file: node.id, error: &message, query_id, parts: &parts };
+        let refusal = isolation.errors.get(&from[0]).unwrap_or(&isolation.refusal).clone();
+        let message = refusal.to_string();
+        let (error, query_id) = match cause {
+            Cause::Refused => (Some(message.as_str()), refusal.query_id()),
+            Cause::Inferred => (Some(message.as_str()), None),
+            Cause::Regrouped => (None, None),
+        };
+        let files = isolation.ids(from);
+        let split = FileSplit { files: &files, error, query_id, parts: &parts };
         if !self.ledger.split_file(&split, &self.owner, self.settings.lease).await? {
-            tracing::warn!(table = isolation.table, path = %node.path,
-                "lost the claim on a refused file while splitting it; its parts are left to the sweeper");
-            return Ok(None);
+            tracing::warn!(table = isolation.table, path = %parent.path,
+                "lost the claim on a file while isolating its rows; the new parts are left to the sweeper");
+            return Ok(Flow::Stopped);
         }
         isolation.held.lock().unwrap_or_else(|p| p.into_inner()).extend(parts.iter().map(|p| p.id));
-        let [first, second]: [Node; 2] = nodes.try_into().unwrap_or_else(|_| unreachable!("two halves"));
-        Ok(Some([first, second]))
-    }
-
-    /// COPY statements the isolation has spent so far.
-    fn spent(&self, isolation: &Isolation<'_>) -> u32 {
-        *isolation.statements.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Fails files the isolation has no statements left for, with the refusal they are part of.
-    async fn capped(&self, ids: &[Uuid], error: &WarehouseError, own: bool) -> Result<Flow, LedgerError> {
-        let why = format!("isolation stopped after {} COPY statements", self.settings.isolation_statements);
-        let mut flow = Flow::Done;
-        for id in ids {
-            if self.fail(*id, error, own, &why).await? == Flow::Stopped {
-                flow = Flow::Stopped;
-            }
+        for key in from {
+            isolation.nodes.remove(key);
+            isolation.own.remove(key);
         }
-        Ok(flow)
+        for (part, file) in into.iter().zip(parts) {
+            // A refused file's halves are known by its refusal; regrouped parts by none yet.
+            if cause != Cause::Regrouped {
+                isolation.errors.insert(part.key, refusal.clone());
+            }
+            isolation.nodes.insert(part.key, Node { id: file.id, path: file.path, rows: part.rows.clone() });
+        }
+        for key in from {
+            isolation.errors.remove(key);
+        }
+        Ok(Flow::Next)
     }
 
-    /// Copies one part on its own, if the isolation has a statement left, and records what
-    /// became of it.
-    async fn copy_part(&self, isolation: &Isolation<'_>, node: &Node) -> Result<Copied, LedgerError> {
-        {
-            let mut spent = isolation.statements.lock().unwrap_or_else(|p| p.into_inner());
-            if *spent >= self.settings.isolation_statements {
-                return Ok(Copied::Capped);
-            }
-            *spent += 1;
+    /// Copies one part on its own, if the isolation has a statement left, records what became
+    /// of it and tells the search.
+    async fn try_part(
+        &self,
+        isolation: &mut Isolation<'_>,
+        search: &mut Search,
+        key: Key,
+    ) -> Result<Flow, LedgerError> {
+        if isolation.statements >= self.settings.isolation_statements {
+            let why = format!("isolation stopped after {} COPY statements", self.settings.isolation_statements);
+            return self.fail_open(isolation, &search.open(), &why).await;
         }
+        isolation.statements += 1;
+        let node = &isolation.nodes[&key];
         let staged = StagedFile { path: node.path.clone(), columns: isolation.columns.clone() };
         match self.warehouse.copy_files(isolation.table, &[staged]).await {
             Ok(results) => {
                 let outcome = copy_outcome(node.id, &node.path, &results);
-                Ok(match self.recorded(self.ledger.complete_files(&self.owner, &[outcome]).await?) {
-                    Flow::Done => Copied::Loaded,
-                    Flow::Stopped => Copied::Stopped,
-                })
+                if self.recorded(self.ledger.complete_files(&self.owner, &[outcome]).await?) == Flow::Stopped {
+                    return Ok(Flow::Stopped);
+                }
+                isolation.nodes.remove(&key);
+                isolation.errors.remove(&key);
+                search.copied(true);
+                Ok(Flow::Next)
             }
-            Err(e) if e.kind == ErrorKind::Data => Ok(Copied::Refused(e)),
+            Err(e) if e.kind == ErrorKind::Data => {
+                isolation.errors.insert(key, Arc::new(e));
+                isolation.own.insert(key);
+                search.copied(false);
+                Ok(Flow::Next)
+            }
             Err(e) => {
                 tracing::warn!(table = isolation.table, path = %node.path, error = %e,
                     "COPY of a part failed for a reason not the data's; released for another try");
-                self.release_parts(isolation, &[node.id], &e).await?;
-                Ok(Copied::Stopped)
+                self.release_open(isolation, &search.open(), &e).await
             }
         }
     }
 
-    /// Makes files loadable again by any loader, after a delay fitting the failure.
-    async fn release_parts(
+    /// Makes the open files `keys` loadable again by any loader.
+    async fn release_open(
         &self,
         isolation: &Isolation<'_>,
+        keys: &[Key],
+        failure: &WarehouseError,
+    ) -> Result<Flow, LedgerError> {
+        self.release_ids(isolation.table, &isolation.ids(keys), failure, isolation.attempts).await?;
+        Ok(Flow::Stopped)
+    }
+
+    /// Makes files loadable again by any loader, after a delay fitting the failure.
+    async fn release_ids(
+        &self,
+        table: &str,
         ids: &[Uuid],
         failure: &WarehouseError,
+        attempts: u32,
     ) -> Result<(), LedgerError> {
-        let backoff = jittered(backoff(self.settings.retry_base, isolation.attempts)).max(failure.retry_after());
+        let backoff = jittered(backoff(self.settings.retry_base, attempts)).max(failure.retry_after());
         let (delay, unclassified) = match failure.kind {
             ErrorKind::Configuration => {
-                self.health.configuration_error(isolation.table, failure);
+                self.health.configuration_error(table, failure);
                 (self.settings.configuration_retry, false)
             }
             ErrorKind::Statement => (backoff, true),
@@ -317,22 +326,20 @@ impl Loader {
         self.ledger.release_files(&self.owner, ids, &failure.to_string(), delay, unclassified).await
     }
 
-    /// Makes the one row of `node` a warehouse reject of its batch.
-    async fn reject_row(
-        &self,
-        isolation: &Isolation<'_>,
-        node: &Node,
-        error: &WarehouseError,
-    ) -> Result<Flow, LedgerError> {
-        let (batch, index) = match row_identity(&node.rows) {
+    /// Makes the one row of part `key` a warehouse reject of its batch.
+    async fn reject_row(&self, isolation: &mut Isolation<'_>, key: Key) -> Result<Flow, LedgerError> {
+        let node = &isolation.nodes[&key];
+        let error = isolation.error(key);
+        let row = isolation.rows.slice(node.rows[0] as usize, 1);
+        let (batch, index) = match row_identity(&row) {
             Ok(identity) => identity,
             Err(e) => {
                 return self.fail(node.id, error, true, &format!("the refused row has no batch identity: {e}")).await
             }
         };
-        let record = row_json(&node.rows, isolation.columns.as_deref());
+        let record = row_json(&row, isolation.columns.as_deref());
         let column = error.column().and_then(|named| {
-            let fields = node.rows.schema();
+            let fields = row.schema();
             let found = fields.fields().iter().map(|f| f.name().clone()).find(|name| {
                 !META_COLUMNS.contains(&name.as_str())
                     && (name.as_str() == named || named.contains(&format!("\"{name}\"")))
@@ -354,8 +361,16 @@ impl Loader {
         let reject = Reject { index, record, errors: vec![field], stage: RejectStage::Warehouse };
         let outcome =
             FileOutcome::Rejected { id: node.id, batch, reject, query_id: error.query_id().map(str::to_string) };
-        Ok(self.recorded(self.ledger.complete_files(&self.owner, &[outcome]).await?))
+        let flow = self.recorded(self.ledger.complete_files(&self.owner, &[outcome]).await?);
+        isolation.nodes.remove(&key);
+        isolation.errors.remove(&key);
+        Ok(flow)
     }
+}
+
+/// The rows at `positions` of `rows`, in that order.
+fn take_rows(rows: &RecordBatch, positions: &[u32]) -> Result<RecordBatch, String> {
+    take_record_batch(rows, &UInt32Array::from(positions.to_vec())).map_err(|e| e.to_string())
 }
 
 /// Rows of each batch in `rows`, from its `_BATCH_ID` column.

@@ -1,6 +1,7 @@
 //! The loader: claims staged files, runs COPY, and reconciles batches in the ledger.
 
 mod isolate;
+mod search;
 mod supervisor;
 mod sweeper;
 
