@@ -19,6 +19,7 @@ use crate::ledger::postgres::PostgresLedger;
 use crate::ledger::sqlite::SqliteLedger;
 use crate::ledger::Ledger;
 use crate::loader::{run_idempotency_sweeper, run_retention_sweeper, run_sweeper, supervise, Loader, LoaderHealth};
+use crate::metrics::{Metrics, SharedMetrics};
 use crate::replica::ReplicaId;
 use crate::stage::Stage;
 use crate::warehouse::duckdb::DuckDbWarehouse;
@@ -67,6 +68,8 @@ pub struct App {
     pub auth: Authenticator,
     /// Each partner's request, record and byte rates on this replica.
     pub quotas: Quotas,
+    /// What `/metrics` reports.
+    pub metrics: SharedMetrics,
 }
 
 /// Shared handle passed to handlers.
@@ -109,8 +112,15 @@ impl App {
     ) -> App {
         let staged = Arc::new(Notify::new());
         let budget = MemoryBudget::new(config.limits.memory_budget_bytes);
-        let buffers =
-            Buffers::new(stage.clone(), ledger.clone(), budget.clone(), staged.clone(), config.ledger.timeout);
+        let metrics = Arc::new(Metrics::new());
+        let buffers = Buffers::new(
+            stage.clone(),
+            ledger.clone(),
+            budget.clone(),
+            staged.clone(),
+            config.ledger.timeout,
+            metrics.clone(),
+        );
         let catalog = Catalog::new(ledger.clone(), warehouse.clone(), &config);
         let replica = ReplicaId::acquire(&config.server.data_dir);
         let in_flight = Arc::new(tokio::sync::Semaphore::new(config.server.max_concurrent_requests));
@@ -131,6 +141,7 @@ impl App {
             in_flight,
             auth,
             quotas,
+            metrics,
         }
     }
 
@@ -145,6 +156,7 @@ impl App {
             self.loaded.clone(),
         )
         .with_health(self.loader_health.clone())
+        .with_metrics(self.metrics.clone())
     }
 }
 

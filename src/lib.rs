@@ -19,6 +19,7 @@ mod http;
 pub mod ingest;
 pub mod ledger;
 pub mod loader;
+pub mod metrics;
 pub mod partner;
 mod pipeline;
 mod replica;

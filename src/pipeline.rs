@@ -24,6 +24,7 @@ use crate::ledger::{
     BatchRecord, BatchStatus, Counts, DriftCounts, IdempotencyClaim, IdempotencyState, LedgerError, NewBatch, Partner,
     ReplayClaim, ReplayRefusal,
 };
+use crate::metrics::BytesLabels;
 use crate::schema::{Column, ColumnName, ColumnType, TableName, TableSchema, RESCUED_DATA};
 
 /// A batch as received over HTTP.
@@ -420,7 +421,7 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
     let mut grant = request.grant;
     let budget = app.budget.max();
     let partner = request.partner.clone();
-    let (mut records, grant): (Vec<Decoded>, Grant) = blocking(move || {
+    let (mut records, grant, plain): (Vec<Decoded>, Grant, usize) = blocking(move || {
         let held = body.len();
         let plain = decode::decompress(body, encoding.as_deref(), limits.max_decompressed_bytes, &mut |n| {
             grant.grow_to(held + n).is_ok()
@@ -435,9 +436,10 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
         if grant.resize(needed).is_err() {
             return Err(DecodeError::OverBudget);
         }
-        Ok((decode::parse_records(&plain, format, &limits)?, grant))
+        Ok((decode::parse_records(&plain, format, &limits)?, grant, plain.len()))
     })
     .await??;
+    app.metrics.bytes_received.get_or_create(&BytesLabels { form: "decompressed".into() }).inc_by(plain as u64);
     // A replay's items carry the index each record had in the batch it corrects; those indexes
     // are taken (a dry run only checks them) before anything else is done with the records.
     let replay_indexes = match request.replay_of {

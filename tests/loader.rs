@@ -38,6 +38,7 @@ fn buffers(stage: &Arc<Stage>, ledger: &Arc<dyn Ledger>) -> Buffers {
         MemoryBudget::new(1 << 30),
         Arc::new(Notify::new()),
         Duration::from_secs(10),
+        Arc::new(snowgate::metrics::Metrics::new()),
     )
 }
 

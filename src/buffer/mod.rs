@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::budget::{Grant, MemoryBudget};
 use crate::ingest::Row;
 use crate::ledger::{Ledger, LedgerError, NewBatch, NewFile, StageCommit};
+use crate::metrics::SharedMetrics;
 use crate::schema::TableSchema;
 use crate::stage::{Stage, StageError};
 use encode::RowGroup;
@@ -146,6 +147,8 @@ struct Inner {
     staged: Arc<Notify>,
     /// Bound on a ledger commit (`ledger.timeout_secs`).
     commit_timeout: Duration,
+    /// Where stage writes are measured.
+    metrics: SharedMetrics,
 }
 
 impl Inner {
@@ -189,6 +192,7 @@ impl Buffers {
         budget: Arc<MemoryBudget>,
         staged: Arc<Notify>,
         commit_timeout: Duration,
+        metrics: SharedMetrics,
     ) -> Self {
         Buffers {
             inner: Arc::new(Inner {
@@ -201,6 +205,7 @@ impl Buffers {
                 budget,
                 staged,
                 commit_timeout,
+                metrics,
             }),
         }
     }
@@ -410,7 +415,9 @@ async fn flush(
     let id = Uuid::now_v7();
     let path = format!("{}/{}/{id}.parquet", schema.name, Utc::now().format("%Y/%m/%d"));
     let bytes = data.len() as u64;
+    let started = std::time::Instant::now();
     inner.stage.put_new(&path, data).await?;
+    inner.metrics.stage_put.observe(started.elapsed().as_secs_f64());
     crate::fault::crash_point(crate::fault::CrashPoint::StagedBeforeCommit);
     let file =
         NewFile { id, table: schema.name.clone(), path, rows: rows as u64, bytes, columns: schema.columns.clone() };

@@ -23,6 +23,7 @@ use crate::auth::Principal;
 use crate::budget::Grant;
 use crate::ingest::reject::{Reject, RejectCode};
 use crate::ledger::{BatchFilter, BatchRecord, RejectFilter};
+use crate::metrics::BytesLabels;
 use crate::pipeline::{self, IngestOutcome, IngestRequest, Stored};
 use crate::schema::normalize_identifier;
 
@@ -161,6 +162,7 @@ async fn store(
     body: Body,
 ) -> Result<Response, ApiError> {
     let Target { table, partner, replay_of } = target;
+    let started = std::time::Instant::now();
     at_most("timeout", params.timeout, MAX_TIMEOUT_SECS)?;
     if !principal.may_write(&table) {
         return Err(ApiError::new(ErrorCode::Forbidden, format!("this API key may not write table {table}")));
@@ -171,6 +173,7 @@ async fn store(
     let declared = content_length(&headers).unwrap_or(0) as u64;
     app.quotas.spend_bytes(&principal.partner, declared);
     let (body, grant) = read_body(app, &headers, body).await?;
+    app.metrics.bytes_received.get_or_create(&BytesLabels { form: "wire".into() }).inc_by(body.len() as u64);
     app.quotas.spend_bytes(&principal.partner, (body.len() as u64).saturating_sub(declared));
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let dry_run = params.dry_run.unwrap_or(false);
@@ -194,7 +197,10 @@ async fn store(
         Stored::Fresh(IngestOutcome::DryRun(report)) => {
             return Ok((StatusCode::OK, Json(IngestResult::DryRun(report))).into_response())
         }
-        Stored::Fresh(IngestOutcome::Stored(batch)) => (batch, false),
+        Stored::Fresh(IngestOutcome::Stored(batch)) => {
+            app.metrics.batch_stored(&batch, started.elapsed());
+            (batch, false)
+        }
         Stored::Replayed(batch) => (batch, true),
     };
     // A replay answers as the first request did: 200 when no record was accepted, else 202,

@@ -5,6 +5,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use serde_json::json;
@@ -70,4 +72,34 @@ pub async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiErro
     let message = format!("not ready: {} unreachable", failing.join(", "));
     let details = json!({ "checks": checks, "loader": app.loader_health.status() });
     Err(ApiError::new(ErrorCode::NotReady, message).with_details(details))
+}
+
+/// Prometheus metrics of this replica, in the OpenMetrics text format. The backlog and last-load
+/// gauges are read from the ledger (within 3 s; `snowgate_ledger_up` is 0 when it did not
+/// answer, and they keep their last values).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, description = "Metrics, OpenMetrics text",
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String))
+)]
+pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let tables = match tokio::time::timeout(Duration::from_secs(3), app.ledger.load_state()).await {
+        Ok(Ok(tables)) => Some(tables),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "metrics: the ledger did not give the backlog");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("metrics: the ledger did not give the backlog within 3s");
+            None
+        }
+    };
+    let memory = (app.budget.used(), app.budget.max());
+    let text = app
+        .metrics
+        .render(memory, &app.loader_health.status(), tables.as_deref())
+        .map_err(|e| ApiError::internal(format!("could not encode metrics: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }

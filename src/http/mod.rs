@@ -7,7 +7,7 @@ pub mod health;
 pub mod keys;
 pub mod tables;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 
 use crate::app::AppState;
 use crate::config::ServerConfig;
+use crate::metrics::{QuotaLabels, RequestLabels};
 use error::{ApiError, ErrorCode};
 
 /// The OpenAPI document, generated from the handlers' annotations.
@@ -52,6 +53,7 @@ use error::{ApiError, ErrorCode};
         keys::revoke,
         health::healthz,
         health::readyz,
+        health::metrics,
     ),
     components(schemas(crate::pipeline::DryRunReport, batches::WaitFor)),
     modifiers(&KeysAndQuotas),
@@ -201,6 +203,8 @@ async fn authenticate(State(app): State<AppState>, mut request: Request, next: N
     };
     let partner = principal.partner.clone();
     if let Err(over) = app.quotas.admit(&partner) {
+        let labels = QuotaLabels { partner: partner.to_string(), limit: over.limit.as_str().to_string() };
+        app.metrics.quota_refusals.get_or_create(&labels).inc();
         let mut response = ApiError::from(over).into_response();
         rate_limit_headers(&app, &partner, response.headers_mut());
         return response;
@@ -252,13 +256,26 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), admission))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state);
+        .with_state(state.clone());
     Router::new()
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .merge(api)
         .fallback(not_found)
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn_with_state(state, observe))
         .layer(TraceLayer::new_for_http())
+}
+
+/// Measures every request by method, route as declared and status (panics included, as 500).
+async fn observe(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().as_str().to_string();
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let response = next.run(request).await;
+    let labels = RequestLabels { method, route, status: response.status().as_u16() };
+    app.metrics.requests.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    response
 }

@@ -193,6 +193,10 @@ pub trait Ledger: Send + Sync + 'static {
     /// Marks pending files older than `age` abandoned: their batch was never acknowledged.
     async fn abandon_pending(&self, age: Duration) -> Result<u64>;
 
+    /// Per table: the files waiting to load (staged or loading) and the oldest of them, and
+    /// when a file last loaded.
+    async fn load_state(&self) -> Result<Vec<TableLoadState>>;
+
     /// Which of `paths` the ledger knows as files (in any status).
     async fn known_paths(&self, paths: &[String]) -> Result<std::collections::BTreeSet<String>>;
 

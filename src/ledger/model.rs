@@ -183,6 +183,24 @@ pub struct ClaimedFile {
     pub statement_failures: u32,
     /// The columns the file was written with; `None` for files staged before they were kept.
     pub columns: Option<Vec<Column>>,
+    /// When the file was recorded in the ledger (a part of an isolation: when it was split off).
+    pub staged_at: DateTime<Utc>,
+}
+
+/// What waits to load into one table, and when it last loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableLoadState {
+    pub table: String,
+    /// Files staged or loading.
+    pub waiting: u64,
+    pub oldest_waiting: Option<DateTime<Utc>>,
+    pub last_loaded: Option<DateTime<Utc>>,
+}
+
+impl TableLoadState {
+    pub fn new(table: String) -> Self {
+        TableLoadState { table, waiting: 0, oldest_waiting: None, last_loaded: None }
+    }
 }
 
 /// What the warehouse did with one claimed file.

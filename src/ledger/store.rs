@@ -14,7 +14,8 @@ use uuid::Uuid;
 use super::{
     ApiKey, AppliedChange, BatchFile, BatchFilter, BatchRecord, BatchStatus, ChangeCause, ClaimedFile, ColumnChange,
     CopyStatement, Counts, DdlGuard, FileOutcome, FileSplit, FileStatus, IdempotencyClaim, IdempotencyState, Ledger,
-    LedgerError, Partner, RejectFilter, ReplayClaim, ReplayRefusal, Result, SchemaChange, StageCommit, TableRecord,
+    LedgerError, Partner, RejectFilter, ReplayClaim, ReplayRefusal, Result, SchemaChange, StageCommit, TableLoadState,
+    TableRecord,
 };
 use crate::ingest::reject::{FieldError, Reject, RejectStage};
 use crate::schema::Column;
@@ -496,7 +497,7 @@ where
                  ORDER BY created_at LIMIT $3{skip_locked})
              UPDATE files SET status = $5, claimed_by = $1, lease_until = {lease_until}, attempts = attempts + 1
              FROM picked WHERE id = picked.picked_id
-             RETURNING id, table_name, path, rows, attempts, statement_failures, columns",
+             RETURNING id, table_name, path, rows, attempts, statement_failures, columns, created_at",
             now = D::NOW,
             skip_locked = D::SKIP_LOCKED,
             lease_until = D::now_plus("$2"),
@@ -519,6 +520,7 @@ where
                 attempts: count::<D, u32>(row, "attempts")?,
                 statement_failures: count::<D, u32>(row, "statement_failures")?,
                 columns: get::<D, Option<String>>(row, "columns")?.as_deref().map(from_json).transpose()?,
+                staged_at: D::datetime(get::<D, D::Time>(row, "created_at")?)?,
             });
         }
         let ids: Vec<Uuid> = claimed.iter().map(|f| f.id).collect();
@@ -788,6 +790,36 @@ where
             .fetch_all(&self.writer)
             .await?;
         Ok(abandoned.len() as u64)
+    }
+
+    async fn load_state(&self) -> Result<Vec<TableLoadState>> {
+        let mut tables: BTreeMap<String, TableLoadState> = BTreeMap::new();
+        let waiting = sqlx::query::<D>(
+            "SELECT table_name, COUNT(*) AS waiting, MIN(created_at) AS oldest FROM files
+             WHERE status IN ($1, $2) GROUP BY table_name",
+        )
+        .bind(FileStatus::Staged.as_str())
+        .bind(FileStatus::Loading.as_str())
+        .fetch_all(&self.reader)
+        .await?;
+        for row in &waiting {
+            let table = get::<D, String>(row, "table_name")?;
+            let entry = tables.entry(table.clone()).or_insert_with(|| TableLoadState::new(table));
+            entry.waiting = count::<D, u64>(row, "waiting")?;
+            entry.oldest_waiting = get::<D, Option<D::Time>>(row, "oldest")?.map(D::datetime).transpose()?;
+        }
+        let loaded = sqlx::query::<D>(
+            "SELECT table_name, MAX(loaded_at) AS last FROM files WHERE status = $1 GROUP BY table_name",
+        )
+        .bind(FileStatus::Loaded.as_str())
+        .fetch_all(&self.reader)
+        .await?;
+        for row in &loaded {
+            let table = get::<D, String>(row, "table_name")?;
+            let entry = tables.entry(table.clone()).or_insert_with(|| TableLoadState::new(table));
+            entry.last_loaded = get::<D, Option<D::Time>>(row, "last")?.map(D::datetime).transpose()?;
+        }
+        Ok(tables.into_values().collect())
     }
 
     async fn known_paths(&self, paths: &[String]) -> Result<BTreeSet<String>> {

@@ -270,9 +270,15 @@ impl Loader {
         isolation.statements += 1;
         let node = &isolation.nodes[&key];
         let staged = StagedFile { path: node.path.clone(), columns: isolation.columns.clone() };
-        match self.warehouse.copy_files(isolation.table, &[staged]).await {
+        let started = std::time::Instant::now();
+        let copied = self.warehouse.copy_files(isolation.table, &[staged]).await;
+        self.measure_copy(isolation.table, &copied, started.elapsed());
+        match copied {
             Ok(results) => {
                 let outcome = copy_outcome(node.id, &node.path, &results);
+                if let FileOutcome::Loaded { rows, .. } = &outcome {
+                    self.metrics.loaded(isolation.table, *rows, None);
+                }
                 if self.recorded(self.ledger.complete_files(&self.owner, &[outcome]).await?) == Flow::Stopped {
                     return Ok(Flow::Stopped);
                 }
@@ -362,6 +368,14 @@ impl Loader {
         let outcome =
             FileOutcome::Rejected { id: node.id, batch, reject, query_id: error.query_id().map(str::to_string) };
         let flow = self.recorded(self.ledger.complete_files(&self.owner, &[outcome]).await?);
+        if flow == Flow::Next {
+            // Rare (isolation is capped), so the batch's partner is looked up for each.
+            let partner = match self.ledger.get_batch(batch).await {
+                Ok(Some(record)) => record.partner.to_string(),
+                Ok(None) | Err(_) => "unknown".to_string(),
+            };
+            self.metrics.warehouse_reject(isolation.table, &partner);
+        }
         isolation.nodes.remove(&key);
         isolation.errors.remove(&key);
         Ok(flow)

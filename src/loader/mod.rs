@@ -18,6 +18,7 @@ pub use sweeper::{run_idempotency_sweeper, run_retention_sweeper, run_sweeper, s
 use self::isolate::Held;
 use crate::config::LoaderConfig;
 use crate::ledger::{ClaimedFile, FileOutcome, Ledger, LedgerError};
+use crate::metrics::{Metrics, SharedMetrics};
 use crate::stage::Stage;
 use crate::warehouse::{copy_outcome, ErrorKind, StagedFile, Warehouse, WarehouseError};
 
@@ -37,6 +38,7 @@ pub struct Loader {
     /// Notified (all waiters) after every round that changed batch status.
     loaded: Arc<Notify>,
     health: Arc<LoaderHealth>,
+    metrics: SharedMetrics,
 }
 
 impl Loader {
@@ -50,7 +52,14 @@ impl Loader {
         loaded: Arc<Notify>,
     ) -> Self {
         let health = Arc::new(LoaderHealth::default());
-        Loader { ledger, warehouse, stage, settings, owner, staged, loaded, health }
+        let metrics = Arc::new(Metrics::new());
+        Loader { ledger, warehouse, stage, settings, owner, staged, loaded, health, metrics }
+    }
+
+    /// Counts rows, COPY statements and warehouse rejects in `metrics` (shared with `/metrics`).
+    pub fn with_metrics(mut self, metrics: SharedMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Reports rounds and errors to `health` (shared with `/readyz`).
@@ -138,11 +147,15 @@ impl Loader {
     async fn load(&self, table: &str, files: Vec<ClaimedFile>, held: &Held) -> Result<(), LedgerError> {
         let staged: Vec<StagedFile> =
             files.iter().map(|f| StagedFile { path: f.path.clone(), columns: f.columns.clone() }).collect();
-        let error = match self.warehouse.copy_files(table, &staged).await {
+        let started = std::time::Instant::now();
+        let copied = self.warehouse.copy_files(table, &staged).await;
+        self.measure_copy(table, &copied, started.elapsed());
+        let error = match copied {
             Ok(results) => {
                 crate::fault::crash_point(crate::fault::CrashPoint::AfterCopy);
                 let outcomes: Vec<FileOutcome> =
                     files.iter().map(|file| copy_outcome(file.id, &file.path, &results)).collect();
+                self.count_loaded(table, &files, &outcomes);
                 tracing::info!(table, files = files.len(), "loaded files");
                 let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
                 self.health.clear_configuration_error(table, &paths);
@@ -233,6 +246,25 @@ impl Loader {
         tokio::select! {
             done = &mut work => done,
             never = &mut renewals => never,
+        }
+    }
+
+    /// Measures a COPY statement by its outcome.
+    fn measure_copy<T>(&self, table: &str, copied: &Result<T, WarehouseError>, took: Duration) {
+        let outcome = match copied {
+            Ok(_) => "loaded",
+            Err(e) if e.kind == ErrorKind::Data => "refused",
+            Err(_) => "failed",
+        };
+        self.metrics.copy(table, outcome, took);
+    }
+
+    /// Counts the rows a COPY loaded from `files`, and how long they waited in the stage.
+    fn count_loaded(&self, table: &str, files: &[ClaimedFile], outcomes: &[FileOutcome]) {
+        for (file, outcome) in files.iter().zip(outcomes) {
+            if let FileOutcome::Loaded { rows, .. } = outcome {
+                self.metrics.loaded(table, *rows, Some(file.staged_at));
+            }
         }
     }
 
