@@ -111,6 +111,8 @@ pub struct Metrics {
     ledger_up: Gauge,
     loader_up: Gauge,
     loader_restarts: Counter,
+    /// One scrape at a time reads the scrape-time values and encodes them.
+    scrape: std::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -144,6 +146,7 @@ impl Metrics {
             ledger_up: Gauge::default(),
             loader_up: Gauge::default(),
             loader_restarts: Counter::default(),
+            scrape: std::sync::Mutex::new(()),
         };
         let r = &mut metrics.registry;
         r.register("records_received", "Records received, by table and partner", metrics.records_received.clone());
@@ -271,7 +274,8 @@ impl Metrics {
     pub fn loaded(&self, table: &str, rows: u64, staged: Option<DateTime<Utc>>) {
         let labels = TableLabels { table: table.into() };
         self.records_loaded.get_or_create(&labels).inc_by(rows);
-        if let Some(staged) = staged {
+        // A file the warehouse had loaded already (0 rows) waited for nothing.
+        if let Some(staged) = staged.filter(|_| rows > 0) {
             let delay = (Utc::now() - staged).to_std().unwrap_or_default();
             self.load_delay.get_or_create(&labels).observe(delay.as_secs_f64());
         }
@@ -285,6 +289,7 @@ impl Metrics {
         loader: &LoaderStatus,
         tables: Option<&[TableLoadState]>,
     ) -> Result<String, std::fmt::Error> {
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         self.memory_used.set(i64::try_from(memory.0).unwrap_or(i64::MAX));
         self.memory_budget.set(i64::try_from(memory.1).unwrap_or(i64::MAX));
         self.loader_up.set(i64::from(loader.state == LoaderState::Running));

@@ -340,7 +340,11 @@ impl Loader {
         let (batch, index) = match row_identity(&row) {
             Ok(identity) => identity,
             Err(e) => {
-                return self.fail(node.id, error, true, &format!("the refused row has no batch identity: {e}")).await
+                let flow =
+                    self.fail(node.id, error, true, &format!("the refused row has no batch identity: {e}")).await;
+                isolation.nodes.remove(&key);
+                isolation.errors.remove(&key);
+                return flow;
             }
         };
         let record = row_json(&row, isolation.columns.as_deref());
