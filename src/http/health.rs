@@ -34,11 +34,14 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok".into(), checks: BTreeMap::new(), loader: None })
 }
 
+/// Longest wait for one backend, in a probe or a scrape.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 async fn check<E: std::fmt::Display>(probe: impl Future<Output = Result<(), E>>) -> String {
-    match tokio::time::timeout(Duration::from_secs(3), probe).await {
+    match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
         Ok(Ok(())) => "ok".into(),
         Ok(Err(e)) => e.to_string(),
-        Err(_) => "timed out after 3s".into(),
+        Err(_) => format!("timed out after {}s", PROBE_TIMEOUT.as_secs()),
     }
 }
 
@@ -85,14 +88,14 @@ pub async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiErro
         content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String))
 )]
 pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
-    let tables = match tokio::time::timeout(Duration::from_secs(3), app.ledger.load_state()).await {
+    let tables = match tokio::time::timeout(PROBE_TIMEOUT, app.ledger.load_state()).await {
         Ok(Ok(tables)) => Some(tables),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "metrics: the ledger did not give the backlog");
             None
         }
         Err(_) => {
-            tracing::warn!("metrics: the ledger did not give the backlog within 3s");
+            tracing::warn!(timeout = ?PROBE_TIMEOUT, "metrics: the ledger did not give the backlog in time");
             None
         }
     };
