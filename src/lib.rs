@@ -22,6 +22,7 @@ pub mod loader;
 pub mod metrics;
 pub mod partner;
 mod pipeline;
+pub mod rejects;
 mod replica;
 pub mod schema;
 mod sql;

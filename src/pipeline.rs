@@ -523,24 +523,33 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
     // The aliases as of the evolve (which re-reads the table under its DDL lock).
     let rules = rules(&validate_schema, table.aliases());
     let checked = with_original_indexes(blocking(move || check_records(&validate_schema, records, rules)).await?);
-    // The text and the parsed records are gone: from here on the request holds its rows.
-    let mut grant = grant;
-    grant.shrink_to(checked.bytes);
     let counts = Counts {
         received: checked.received,
         accepted: checked.rows.len() as u64,
         rejected: checked.rejects.len() as u64,
         loaded: 0,
     };
+    let rejects_by_code = checked.rejects_by_code();
+    // The rejects go to the stage while the grant still holds what the whole body took: their
+    // lines are a part of it.
+    let mut checked = checked;
+    let rejects = std::mem::take(&mut checked.rejects);
+    let rejects = crate::rejects::store(&app.stage, &table.name, batch_id, received_at, rejects)
+        .await
+        .map_err(|e| IngestError::Buffer(e.into()))?;
+    // The text, the parsed records and the rejects are gone: from here on the request holds
+    // its rows.
+    let mut grant = grant;
+    grant.shrink_to(checked.bytes);
     let batch = NewBatch {
         id: batch_id,
         table: table.name.to_string(),
         partner: request.partner,
         counts,
-        rejects_by_code: checked.rejects_by_code(),
+        rejects_by_code,
         drift: drift_counts(&checked),
         received_at,
-        rejects: checked.rejects,
+        rejects,
         replay_of: request.replay_of,
     };
     let submission = Submission { batch, schema, rows: checked.rows, bytes: checked.bytes, grant: Some(grant) };

@@ -376,6 +376,27 @@ async fn rejects_paginate_and_stream_as_ndjson() {
     let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 125);
     assert_eq!(lines[124]["index"], 248);
+
+    // The rejects are one NDJSON object in the stage beside the table's files, each line the
+    // reject as served; the ledger keeps no record of them, only where each line is.
+    let received: chrono::DateTime<chrono::Utc> = batch["received_at"].as_str().unwrap().parse().unwrap();
+    let day = received.format("%Y/%m/%d");
+    let object = dir.path().join(format!("stage/LOANS/{day}/{id}.rejects.ndjson"));
+    let stored: Vec<Value> =
+        std::fs::read_to_string(&object).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(stored, lines, "the object holds exactly what the stream served");
+    let ledger =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("snowgate.db").display())).await.unwrap();
+    let kept: (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), COUNT(record) FROM rejects").fetch_one(&ledger).await.unwrap();
+    assert_eq!(kept, (125, 0));
+    // Filtered pages read only the lines they return.
+    let (status, page) =
+        app.get_json(&format!("/v1/batches/{id}/rejects?code=type_mismatch&column=ID&after=100")).await;
+    assert_eq!(status, 200);
+    let indexes: Vec<u64> = page["rejects"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    assert_eq!(indexes, (102..250).step_by(2).collect::<Vec<u64>>());
+    assert_eq!(page["rejects"][0], lines[51]);
     app.shutdown().await;
 }
 

@@ -29,9 +29,20 @@ fn new_batch(table: &str, accepted: u64, rejects: Vec<Reject>) -> NewBatch {
         rejects_by_code: by_code,
         drift: Default::default(),
         received_at: Utc::now(),
-        rejects,
+        rejects: NewRejects::Whole(rejects),
         replay_of: None,
     }
+}
+
+/// Rejects listed whole (none of these tests stages them).
+fn whole(entries: Vec<RejectEntry>) -> Vec<Reject> {
+    entries
+        .into_iter()
+        .map(|entry| match entry {
+            RejectEntry::Whole(reject) => reject,
+            staged => panic!("expected a whole reject, got {staged:?}"),
+        })
+        .collect()
 }
 
 fn reject(index: u64) -> Reject {
@@ -220,11 +231,11 @@ pub async fn rejects_and_batch_lists(ledger: Arc<dyn Ledger>) {
     assert_eq!(record.status, BatchStatus::Rejected);
     assert!(record.staged_at.is_none());
 
-    let page = ledger.list_rejects(rejected_id, &RejectFilter::default(), None, 10).await.unwrap();
+    let page = whole(ledger.list_rejects(rejected_id, &RejectFilter::default(), None, 10).await.unwrap());
     assert_eq!(page.iter().map(|r| r.index).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
     assert_eq!(page[3].record, json!({"id": null, "n": 3}));
     assert_eq!(page[3].errors[0].code, RejectCode::NullInNotNull);
-    let rest = ledger.list_rejects(rejected_id, &RejectFilter::default(), Some(9), 100).await.unwrap();
+    let rest = whole(ledger.list_rejects(rejected_id, &RejectFilter::default(), Some(9), 100).await.unwrap());
     assert_eq!(rest.len(), 15);
     assert_eq!(rest[0].index, 10);
     // The drift report's source: rejects of a table's batches in a window, by partner.
@@ -457,7 +468,7 @@ pub async fn split_files_reconcile_through_their_parts(ledger: Arc<dyn Ledger>) 
     assert_eq!(a.rejects_by_code.get("warehouse_rejected"), Some(&1), "{:?}", a.rejects_by_code);
     let rejected_part = a.files.iter().find(|f| f.path == parts[1].path).unwrap();
     assert_eq!(rejected_part.status, FileStatus::Rejected);
-    let rejects = ledger.list_rejects(a_id, &RejectFilter::default(), None, 10).await.unwrap();
+    let rejects = whole(ledger.list_rejects(a_id, &RejectFilter::default(), None, 10).await.unwrap());
     let stages: Vec<_> = rejects.iter().map(|r| (r.index, r.stage)).collect();
     assert_eq!(stages, [(0, RejectStage::Gateway), (2, RejectStage::Warehouse)]);
     // Filtered by code, by column, by both.
@@ -465,7 +476,7 @@ pub async fn split_files_reconcile_through_their_parts(ledger: Arc<dyn Ledger>) 
         let ledger = ledger.clone();
         async move {
             let rejects = ledger.list_rejects(a_id, &filter, None, 10).await.unwrap();
-            rejects.iter().map(|r| r.index).collect::<Vec<_>>()
+            rejects.iter().map(RejectEntry::index).collect::<Vec<_>>()
         }
     };
     let code = |code| RejectFilter { code: Some(code), column: None };
@@ -665,6 +676,78 @@ pub async fn replays_correct_each_reject_once(ledger: Arc<dyn Ledger>) {
     assert_eq!(ledger.claim_replay(&claim(vec![1], LEASE), false).await.unwrap(), Ok(()), "no replay row outlived it");
 }
 
+/// Rejects kept in the stage: the ledger lists where each line is, filters by the keys it kept,
+/// knows the object (so the sweeper leaves it), lets a replay take them, and forgets them with
+/// their batch.
+pub async fn staged_rejects_are_an_index(ledger: Arc<dyn Ledger>) {
+    let mut batch = new_batch("S", 1, vec![]);
+    let id = batch.id;
+    let path = format!("S/2026/11/30/{id}.rejects.ndjson");
+    let key = |code, column: Option<&str>| ErrorKey { code, column: column.map(str::to_string) };
+    let entries = vec![
+        StagedReject { index: 1, at: 0, len: 120, keys: vec![key(RejectCode::TypeMismatch, Some("AMOUNT"))] },
+        StagedReject { index: 4, at: 121, len: 80, keys: vec![key(RejectCode::InvalidJson, None)] },
+        StagedReject {
+            index: 7,
+            at: 202,
+            len: 99,
+            keys: vec![key(RejectCode::TooLong, Some("CITY")), key(RejectCode::TypeMismatch, Some("ID"))],
+        },
+    ];
+    batch.counts = Counts { received: 4, accepted: 1, rejected: 3, loaded: 0 };
+    batch.rejects = NewRejects::Staged(StagedRejects { path: path.clone(), entries });
+    ledger.commit_stage(&commit(file("S", 1), vec![(id, 1)], vec![batch], false)).await.unwrap();
+
+    let listed = ledger.list_rejects(id, &RejectFilter::default(), None, 10).await.unwrap();
+    assert_eq!(
+        listed,
+        vec![
+            RejectEntry::Staged { index: 1, path: path.clone(), at: 0, len: 120 },
+            RejectEntry::Staged { index: 4, path: path.clone(), at: 121, len: 80 },
+            RejectEntry::Staged { index: 7, path: path.clone(), at: 202, len: 99 },
+        ]
+    );
+    let indexes = |filter: RejectFilter, after: Option<u64>| {
+        let ledger = ledger.clone();
+        async move {
+            ledger
+                .list_rejects(id, &filter, after, 10)
+                .await
+                .unwrap()
+                .iter()
+                .map(RejectEntry::index)
+                .collect::<Vec<_>>()
+        }
+    };
+    let by = |code: Option<RejectCode>, column: Option<&str>| RejectFilter { code, column: column.map(str::to_string) };
+    assert_eq!(indexes(by(Some(RejectCode::TypeMismatch), None), None).await, [1, 7]);
+    assert_eq!(indexes(by(Some(RejectCode::TypeMismatch), None), Some(1)).await, [7]);
+    assert_eq!(indexes(by(None, Some("CITY")), None).await, [7]);
+    assert_eq!(indexes(by(Some(RejectCode::TypeMismatch), Some("CITY")), None).await, Vec::<u64>::new());
+    assert_eq!(indexes(by(Some(RejectCode::InvalidJson), None), None).await, [4]);
+
+    let known = ledger.known_paths(&[path.clone(), "S/2026/11/30/other.rejects.ndjson".into()]).await.unwrap();
+    assert_eq!(known.into_iter().collect::<Vec<_>>(), vec![path.clone()]);
+    let errors = ledger.reject_errors("S", Utc::now() - chrono::Duration::hours(1), None, 100).await.unwrap();
+    let mut keys: Vec<ErrorKey> = errors.into_iter().flat_map(|(_, keys)| keys).collect();
+    keys.sort_by_key(|k| (k.code, k.column.clone()));
+    assert_eq!(keys.len(), 4);
+    assert_eq!(keys[0], key(RejectCode::InvalidJson, None));
+
+    let claim = |indexes: Vec<u64>| ReplayClaim { original: id, replay: Uuid::now_v7(), indexes, lease: LEASE };
+    assert_eq!(ledger.claim_replay(&claim(vec![2, 4]), true).await.unwrap(), Err(ReplayRefusal::NotRejected(vec![2])));
+    assert_eq!(ledger.claim_replay(&claim(vec![1, 4, 7]), true).await.unwrap(), Ok(()));
+
+    let claimed = ledger.claim_files("one", LEASE, 10).await.unwrap();
+    let loaded = FileOutcome::Loaded { id: claimed[0].id, rows: 1, query_id: None };
+    ledger.complete_files("one", &[loaded]).await.unwrap();
+    let record = ledger.get_batch(id).await.unwrap().unwrap();
+    assert_eq!((record.status, record.counts.loaded + record.counts.rejected), (BatchStatus::Loaded, 4));
+    assert_eq!(ledger.purge_batches(Duration::ZERO, 100).await.unwrap(), 1);
+    assert!(ledger.known_paths(std::slice::from_ref(&path)).await.unwrap().is_empty(), "the object is an orphan now");
+    assert!(ledger.list_rejects(id, &RejectFilter::default(), None, 10).await.unwrap().is_empty());
+}
+
 macro_rules! ledger_suite {
     ($module:ident, $make:expr) => {
         mod $module {
@@ -710,6 +793,12 @@ macro_rules! ledger_suite {
             async fn rejects_and_batch_lists() {
                 let (_guard, ledger) = $make.await;
                 super::rejects_and_batch_lists(ledger).await;
+            }
+
+            #[tokio::test]
+            async fn staged_rejects_are_an_index() {
+                let (_guard, ledger) = $make.await;
+                super::staged_rejects_are_an_index(ledger).await;
             }
 
             #[tokio::test]
@@ -858,7 +947,7 @@ async fn first_release_rows_survive_the_upgrade(ledger: Arc<dyn Ledger>) -> Uuid
     assert_eq!(batch.status, BatchStatus::Loading);
     assert_eq!(batch.counts, Counts { received: 3, accepted: 2, rejected: 1, loaded: 0 });
     assert_eq!(batch.files[0].path, "T/old.parquet");
-    assert_eq!(ledger.list_rejects(batch_id, &RejectFilter::default(), None, 10).await.unwrap()[0].index, 1);
+    assert_eq!(ledger.list_rejects(batch_id, &RejectFilter::default(), None, 10).await.unwrap()[0].index(), 1);
     let claimed = ledger.claim_files("new", LEASE, 10).await.unwrap();
     assert_eq!(claimed.len(), 1, "the expired claim of the old process is taken over");
     ledger.complete_files("new", &[FileOutcome::Loaded { id: claimed[0].id, rows: 2, query_id: None }]).await.unwrap();

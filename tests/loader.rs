@@ -11,7 +11,7 @@ use snowgate::config::{LoaderConfig, StageConfig};
 use snowgate::ingest::coerce::Cell;
 use snowgate::ingest::Row;
 use snowgate::ledger::sqlite::SqliteLedger;
-use snowgate::ledger::{BatchStatus, Counts, Ledger, NewBatch};
+use snowgate::ledger::{BatchStatus, Counts, Ledger, NewBatch, NewRejects};
 use snowgate::loader::Loader;
 use snowgate::schema::{Column, ColumnName, ColumnType, TableSchema};
 use snowgate::stage::Stage;
@@ -74,7 +74,7 @@ async fn copy_committed_but_not_recorded_is_skipped_on_retry() {
         rejects_by_code: BTreeMap::new(),
         drift: Default::default(),
         received_at: Utc::now(),
-        rejects: vec![],
+        rejects: NewRejects::none(),
         replay_of: None,
     };
     let schema = Arc::new(TableSchema { name: "T".into(), columns });
@@ -133,7 +133,7 @@ async fn a_file_missing_from_the_stage_holds_back_only_itself() {
             rejects_by_code: BTreeMap::new(),
             drift: Default::default(),
             received_at: Utc::now(),
-            rejects: vec![],
+            rejects: NewRejects::none(),
             replay_of: None,
         };
         let submission = Submission { batch, schema: schema.clone(), rows, bytes: 1000, grant: None };
@@ -197,7 +197,7 @@ async fn a_long_copy_renews_its_claims() {
         rejects_by_code: BTreeMap::new(),
         drift: Default::default(),
         received_at: Utc::now(),
-        rejects: vec![],
+        rejects: NewRejects::none(),
         replay_of: None,
     };
     let commit =
@@ -257,7 +257,7 @@ async fn requests_with_columns_in_another_order_never_share_a_file() {
             rejects_by_code: BTreeMap::new(),
             drift: Default::default(),
             received_at: Utc::now(),
-            rejects: vec![],
+            rejects: NewRejects::none(),
             replay_of: None,
         };
         let schema = Arc::new(TableSchema { name: "T".into(), columns });

@@ -37,6 +37,16 @@ async fn post_to_loaded_on_postgres_s3_and_snowflake() {
     // The file went through the S3 API and sits where s3s-fs keeps objects.
     assert!(peers.s3.object_path(file["path"].as_str().unwrap()).exists());
 
+    // The reject is a line of an object in S3 beside the file, read back by a ranged GET.
+    let (status, page) = app.get_json(&format!("/v1/batches/{id}/rejects")).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["rejects"][0]["index"], 7, "{page}");
+    assert_eq!(page["rejects"][0]["record"]["amount"], "not a number", "{page}");
+    let received: chrono::DateTime<chrono::Utc> = done["received_at"].as_str().unwrap().parse().unwrap();
+    let object = peers.s3.object_path(&format!("LOANS/{}/{id}.rejects.ndjson", received.format("%Y/%m/%d")));
+    let line: Value = serde_json::from_str(std::fs::read_to_string(&object).unwrap().trim_end()).unwrap();
+    assert_eq!(line, page["rejects"][0]);
+
     let warehouse = peers.warehouse();
     assert_eq!(one_number(&warehouse, "SELECT COUNT(*) FROM LOANS").await, "1999");
     let expected: f64 = (0..2_000).filter(|i| *i != 7).map(|i| (100 + i) as f64 + (i % 100) as f64 / 100.0).sum();

@@ -25,6 +25,7 @@ use crate::ingest::reject::{Reject, RejectCode};
 use crate::ledger::{BatchFilter, BatchRecord, RejectFilter};
 use crate::metrics::BytesLabels;
 use crate::pipeline::{self, IngestOutcome, IngestRequest, Stored};
+use crate::rejects::RejectsError;
 use crate::schema::normalize_identifier;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
@@ -482,7 +483,8 @@ pub struct RejectPage {
             content((RejectPage = "application/json"), (Reject = "application/x-ndjson"))),
         (status = 400, description = "Invalid query", body = ErrorBody),
         (status = 404, description = "No such batch", body = ErrorBody),
-        (status = 503, description = "Ledger unavailable", body = ErrorBody),
+        (status = 500, description = "Internal fault: the stage refused the gateway's credentials, or a rejects object is missing or was changed", body = ErrorBody),
+        (status = 503, description = "Ledger unavailable, or the stage holding the rejects", body = ErrorBody),
     )
 )]
 pub async fn list_rejects(
@@ -502,7 +504,7 @@ pub async fn list_rejects(
         return Ok(stream_rejects(app, id, filter, params.after));
     }
     let limit = page_limit(params.limit)?;
-    let rejects = app.ledger.list_rejects(id, &filter, params.after, limit).await?;
+    let rejects = crate::rejects::page(app.ledger.as_ref(), &app.stage, id, &filter, params.after, limit).await?;
     let next = (rejects.len() == limit as usize).then(|| rejects.last().map(|r| r.index.to_string())).flatten();
     Ok(Json(RejectPage { rejects, next }).into_response())
 }
@@ -514,19 +516,18 @@ fn stream_rejects(app: AppState, id: Uuid, filter: RejectFilter, after: Option<u
         let (app, filter) = (app.clone(), filter.clone());
         async move {
             let Some(after) = cursor else { return Ok(None) };
-            let rejects = app.ledger.list_rejects(id, &filter, after, PAGE).await?;
+            let rejects = crate::rejects::page(app.ledger.as_ref(), &app.stage, id, &filter, after, PAGE).await;
+            let rejects =
+                rejects.inspect_err(|e| tracing::warn!(batch_id = %id, error = %e, "rejects stream cut short"))?;
             let mut chunk = Vec::new();
             for reject in &rejects {
+                // A reject is JSON values and strings: writing it to memory cannot fail.
                 serde_json::to_writer(&mut chunk, reject)
-                    .map_err(|e| crate::ledger::LedgerError::Corrupt(e.to_string()))?;
+                    .map_err(|e| RejectsError::Corrupt { path: format!("batch {id}"), problem: e.to_string() })?;
                 chunk.push(b'\n');
             }
             let next = (rejects.len() == PAGE as usize).then(|| rejects.last().map(|r| r.index));
-            Ok::<_, crate::ledger::LedgerError>(if rejects.is_empty() {
-                None
-            } else {
-                Some((Bytes::from(chunk), next))
-            })
+            Ok::<_, RejectsError>(if rejects.is_empty() { None } else { Some((Bytes::from(chunk), next)) })
         }
     });
     ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(pages)).into_response()

@@ -15,6 +15,7 @@ use crate::ingest::decode::DecodeError;
 use crate::ingest::replay::ReplayItemError;
 use crate::ledger::{LedgerError, ReplayRefusal};
 use crate::pipeline::IngestError;
+use crate::stage::StageError;
 use crate::warehouse::{ErrorKind, WarehouseError};
 
 /// Every error code the API answers with; each has exactly one HTTP status.
@@ -245,6 +246,21 @@ impl From<LedgerError> for ApiError {
                 ApiError::new(ErrorCode::InvalidQuery, "a value in the request cannot be stored or compared")
             }
             other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<crate::rejects::RejectsError> for ApiError {
+    fn from(e: crate::rejects::RejectsError) -> Self {
+        use crate::rejects::RejectsError;
+        match e {
+            RejectsError::Ledger(e) => e.into(),
+            RejectsError::Stage(StageError::Unavailable(cause)) => {
+                tracing::warn!(error = %cause, "stage unavailable while reading rejects");
+                ApiError::new(ErrorCode::StageUnavailable, "the stage holding the rejects is unavailable; retry later")
+            }
+            RejectsError::Stage(other) => ApiError::internal(other),
+            corrupt @ RejectsError::Corrupt { .. } => ApiError::internal(corrupt),
         }
     }
 }

@@ -13,7 +13,6 @@ use uuid::Uuid;
 pub use model::*;
 pub use store::SqlLedger;
 
-use crate::ingest::reject::Reject;
 use crate::schema::Column;
 
 /// Ledger failures, classified once from the driver's error kinds and SQLSTATEs.
@@ -197,7 +196,7 @@ pub trait Ledger: Send + Sync + 'static {
     /// when a file last loaded.
     async fn load_state(&self) -> Result<Vec<TableLoadState>>;
 
-    /// Which of `paths` the ledger knows as files (in any status).
+    /// Which of `paths` the ledger knows: as files (in any status), or as a batch's rejects.
     async fn known_paths(&self, paths: &[String]) -> Result<std::collections::BTreeSet<String>>;
 
     async fn get_batch(&self, id: Uuid) -> Result<Option<BatchRecord>>;
@@ -205,14 +204,15 @@ pub trait Ledger: Send + Sync + 'static {
     /// Batches newest first; `files`, `copies` and `schema_changes` are left empty in lists.
     async fn list_batches(&self, filter: &BatchFilter) -> Result<Vec<BatchRecord>>;
 
-    /// Rejects of a batch that `filter` selects, by index after `after`, at most `limit`.
+    /// Rejects of a batch that `filter` selects, by index after `after`, at most `limit`: whole,
+    /// or where their lines are in the stage (read them with [`crate::rejects`]).
     async fn list_rejects(
         &self,
         batch: Uuid,
         filter: &RejectFilter,
         after: Option<u64>,
         limit: u32,
-    ) -> Result<Vec<Reject>>;
+    ) -> Result<Vec<RejectEntry>>;
 
     /// The errors of up to `limit` rejects of batches sent to `table` since `since` (by `partner`
     /// only, when given), each with the partner that sent it: the raw material of the drift report.
@@ -222,7 +222,7 @@ pub trait Ledger: Send + Sync + 'static {
         since: chrono::DateTime<chrono::Utc>,
         partner: Option<&Partner>,
         limit: u32,
-    ) -> Result<Vec<(Partner, Vec<crate::ingest::reject::FieldError>)>>;
+    ) -> Result<Vec<(Partner, Vec<ErrorKey>)>>;
 
     /// Records a new API key; `Conflict` if its id is taken.
     async fn insert_key(&self, key: &ApiKey) -> Result<()>;

@@ -140,9 +140,69 @@ pub struct NewBatch {
     pub rejects_by_code: BTreeMap<String, u64>,
     pub drift: DriftCounts,
     pub received_at: DateTime<Utc>,
-    pub rejects: Vec<Reject>,
+    pub rejects: NewRejects,
     /// The batch whose rejects this one corrects, for a replay.
     pub replay_of: Option<Uuid>,
+}
+
+/// A new batch's gateway rejects, as the ledger is to keep them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NewRejects {
+    /// Whole, in the ledger.
+    Whole(Vec<Reject>),
+    /// Already written to the stage as one NDJSON object, a line per reject; the ledger keeps
+    /// where each line is and the keys of its errors.
+    Staged(StagedRejects),
+}
+
+impl NewRejects {
+    pub fn none() -> Self {
+        NewRejects::Whole(Vec::new())
+    }
+}
+
+/// A batch's rejects in one stage object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagedRejects {
+    /// The object, relative to the stage.
+    pub path: String,
+    /// One entry per line, by index.
+    pub entries: Vec<StagedReject>,
+}
+
+/// Where one reject's line is in its object, and what its errors are about.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagedReject {
+    pub index: u64,
+    /// Byte offset of the line in the object.
+    pub at: u64,
+    /// Its length in bytes, without the newline.
+    pub len: u64,
+    pub keys: Vec<ErrorKey>,
+}
+
+/// What the ledger keeps of one error of a staged reject: enough to filter, count by code and
+/// report drift by column, not its message or pointer (those are in the stage).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorKey {
+    pub code: RejectCode,
+    pub column: Option<String>,
+}
+
+/// A reject as the ledger lists it: whole, or a line of an object in the stage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RejectEntry {
+    Whole(Reject),
+    Staged { index: u64, path: String, at: u64, len: u64 },
+}
+
+impl RejectEntry {
+    pub fn index(&self) -> u64 {
+        match self {
+            RejectEntry::Whole(reject) => reject.index,
+            RejectEntry::Staged { index, .. } => *index,
+        }
+    }
 }
 
 /// A Parquet file written to the stage.

@@ -50,6 +50,15 @@ impl Dialect for Postgres {
         format!("now() - make_interval(secs => {param})")
     }
 
+    fn reject_rows(param: &str) -> String {
+        // `json`, not `jsonb`: an element's text stays as sent (jsonb would reorder a record's keys).
+        format!(
+            "(e->>0)::bigint, (e->>1)::bigint, (e->>2)::bigint, (e->3)::text,
+             CASE WHEN e->>4 IS NULL THEN NULL ELSE (e->4)::text END
+             FROM json_array_elements({param}::json) AS r(e)"
+        )
+    }
+
     fn any_error_with(conditions: &[(&'static str, &str)]) -> String {
         let each: Vec<String> = conditions
             .iter()

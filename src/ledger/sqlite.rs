@@ -64,6 +64,15 @@ impl Dialect for Sqlite {
         format!("strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || {param} || ' seconds')")
     }
 
+    fn reject_rows(param: &str) -> String {
+        // `->` gives JSON text (a string quoted), `->>` the SQL value (NULL for a JSON null).
+        format!(
+            "value->>'$[0]', value->>'$[1]', value->>'$[2]', value->'$[3]',
+             CASE WHEN value->>'$[4]' IS NULL THEN NULL ELSE value->'$[4]' END
+             FROM json_each({param})"
+        )
+    }
+
     fn any_error_with(conditions: &[(&'static str, &str)]) -> String {
         let each: Vec<String> = conditions
             .iter()

@@ -13,11 +13,11 @@ use uuid::Uuid;
 
 use super::{
     ApiKey, AppliedChange, BatchFile, BatchFilter, BatchRecord, BatchStatus, ChangeCause, ClaimedFile, ColumnChange,
-    CopyStatement, Counts, DdlGuard, FileOutcome, FileSplit, FileStatus, IdempotencyClaim, IdempotencyState, Ledger,
-    LedgerError, Partner, RejectFilter, ReplayClaim, ReplayRefusal, Result, SchemaChange, StageCommit, TableLoadState,
-    TableRecord,
+    CopyStatement, Counts, DdlGuard, ErrorKey, FileOutcome, FileSplit, FileStatus, IdempotencyClaim, IdempotencyState,
+    Ledger, LedgerError, NewRejects, Partner, RejectEntry, RejectFilter, ReplayClaim, ReplayRefusal, Result,
+    SchemaChange, StageCommit, TableLoadState, TableRecord,
 };
-use crate::ingest::reject::{FieldError, Reject, RejectStage};
+use crate::ingest::reject::{Reject, RejectStage};
 use crate::schema::Column;
 
 /// Rows per bulk insert: five parameters a row stays under SQLite's 32766 and Postgres's 65535.
@@ -45,6 +45,11 @@ pub trait Dialect: Database {
     fn now_plus(param: &str) -> String;
     /// The database clock minus the seconds (a float) in parameter `param`.
     fn now_minus(param: &str) -> String;
+    /// The columns `idx, at, len, errors, record` and the `FROM` of a `SELECT` with a row per
+    /// element of the JSON array in parameter `param`, each element `[idx, at, len, errors,
+    /// record]`: numbers as integers (NULL for null), `errors` and `record` as their JSON text
+    /// exactly as sent (NULL for a null record).
+    fn reject_rows(param: &str) -> String;
     /// True when one error in a reject's `errors` (a JSON array of objects) meets every
     /// condition: `(field, param)` holds when parameter `param` is NULL or equals the error's
     /// `field` (a constant of the code, never input).
@@ -112,6 +117,81 @@ fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| LedgerError::Corrupt(format!("unwritable value: {e}")))
+}
+
+/// Reject rows per insert statement: one JSON parameter carries them all.
+const REJECTS_PER_INSERT: usize = 50_000;
+
+/// Records a new batch's gateway rejects, whole or as the index of their lines in the stage.
+/// A statement takes its rows as one JSON array (`[index, at, len, errors, record]` each) that
+/// the database unpacks itself ([`Dialect::reject_rows`]): 100,000 rows bound one by one take
+/// SQLite seconds to prepare and bind, one text parameter a fraction of that.
+async fn insert_rejects<D>(tx: &mut Transaction<'static, D>, batch: Uuid, rejects: &NewRejects) -> Result<()>
+where
+    D: Dialect,
+    for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
+    for<'q> D::Arguments<'q>: IntoArguments<'q, D>,
+    for<'q> String: Encode<'q, D> + Type<D>,
+    for<'q> &'q str: Encode<'q, D> + Type<D>,
+{
+    type Row<'a> = (u64, Option<u64>, Option<u64>, serde_json::Value, Option<&'a serde_json::Value>);
+    let rows: Vec<Row<'_>> = match rejects {
+        NewRejects::Whole(rejects) => rejects
+            .iter()
+            .map(|r| Ok((r.index, None, None, json_value(&r.errors)?, Some(&r.record))))
+            .collect::<Result<_>>()?,
+        NewRejects::Staged(staged) => staged
+            .entries
+            .iter()
+            .map(|r| Ok((r.index, Some(r.at), Some(r.len), json_value(&r.keys)?, None)))
+            .collect::<Result<_>>()?,
+    };
+    let sql = format!(
+        "INSERT INTO rejects (batch_id, stage, idx, at, len, errors, record) SELECT $1, $2, {}",
+        D::reject_rows("$3")
+    );
+    for chunk in rows.chunks(REJECTS_PER_INSERT) {
+        sqlx::query::<D>(&sql)
+            .bind(D::id(batch))
+            .bind(RejectStage::Gateway.as_str())
+            .bind(to_json(&chunk)?)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+fn json_value<T: serde::Serialize>(value: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(value).map_err(|e| LedgerError::Corrupt(format!("unwritable value: {e}")))
+}
+
+/// A reject row: whole (its record is in the ledger), or where its line is in the stage.
+fn reject_from_row<D>(row: &D::Row) -> Result<RejectEntry>
+where
+    D: Dialect,
+    for<'r> String: Decode<'r, D> + Type<D>,
+    for<'r> i64: Decode<'r, D> + Type<D>,
+    for<'a> &'a str: ColumnIndex<D::Row>,
+{
+    let index = count::<D, u64>(row, "idx")?;
+    let record = get::<D, Option<String>>(row, "record")?;
+    let located = (get::<D, Option<i64>>(row, "at")?, get::<D, Option<i64>>(row, "len")?);
+    match (record, located) {
+        (Some(record), _) => Ok(RejectEntry::Whole(Reject {
+            index,
+            record: from_json(&record)?,
+            errors: from_json(&get::<D, String>(row, "errors")?)?,
+            stage: reject_stage(&get::<D, String>(row, "stage")?)?,
+        })),
+        (None, (Some(at), Some(len))) => {
+            let path = get::<D, Option<String>>(row, "rejects_path")?.ok_or_else(|| {
+                LedgerError::Corrupt(format!("reject {index} is staged but its batch names no object"))
+            })?;
+            let offset = |n: i64| u64::try_from(n).map_err(|_| LedgerError::Corrupt(format!("reject {index}: {n}")));
+            Ok(RejectEntry::Staged { index, path, at: offset(at)?, len: offset(len)? })
+        }
+        (None, _) => Err(LedgerError::Corrupt(format!("reject {index} has neither a record nor a place in the stage"))),
+    }
 }
 
 fn reject_stage(text: &str) -> Result<RejectStage> {
@@ -424,8 +504,8 @@ where
             let status = BatchStatus::on_commit(batch.counts.accepted);
             let sql = format!(
                 "INSERT INTO batches (id, table_name, partner, status, received, accepted, rejected, loaded,
-                     rejects_by_code, received_at, staged_at, drift_counts, replay_of)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, CASE WHEN $10 THEN {} END, $11, $12)",
+                     rejects_by_code, received_at, staged_at, drift_counts, replay_of, rejects_path)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, CASE WHEN $10 THEN {} END, $11, $12, $13)",
                 D::NOW
             );
             sqlx::query::<D>(&sql)
@@ -441,23 +521,13 @@ where
                 .bind(status == BatchStatus::Staged)
                 .bind(to_json(&batch.drift)?)
                 .bind(batch.replay_of.map(D::id))
+                .bind(match &batch.rejects {
+                    NewRejects::Staged(staged) => Some(staged.path.as_str()),
+                    NewRejects::Whole(_) => None,
+                })
                 .execute(&mut *tx)
                 .await?;
-            for chunk in batch.rejects.chunks(ROWS_PER_INSERT) {
-                let rows = chunk
-                    .iter()
-                    .map(|r| Ok((int(r.index), to_json(&r.record)?, to_json(&r.errors)?, r.stage.as_str())))
-                    .collect::<Result<Vec<_>>>()?;
-                let sql = format!(
-                    "INSERT INTO rejects (batch_id, idx, record, errors, stage) VALUES {}",
-                    tuples(rows.len(), 5)
-                );
-                let mut insert = sqlx::query::<D>(&sql);
-                for (index, record, errors, stage) in rows {
-                    insert = insert.bind(D::id(batch.id)).bind(index).bind(record).bind(errors).bind(stage);
-                }
-                insert.execute(&mut *tx).await?;
-            }
+            insert_rejects::<D>(&mut tx, batch.id, &batch.rejects).await?;
             // A replay is stored: its holds on the rejects it corrects are settled, never taken
             // over for want of a batch or by a lease.
             if let Some(original) = batch.replay_of {
@@ -825,7 +895,11 @@ where
     async fn known_paths(&self, paths: &[String]) -> Result<BTreeSet<String>> {
         let mut known = BTreeSet::new();
         for chunk in paths.chunks(IDS_PER_LIST) {
-            let sql = format!("SELECT path FROM files WHERE path IN {}", params(1, chunk.len()));
+            let list = params(1, chunk.len());
+            let sql = format!(
+                "SELECT path FROM files WHERE path IN {list}
+                 UNION SELECT rejects_path AS path FROM batches WHERE rejects_path IN {list}"
+            );
             let query = chunk.iter().fold(sqlx::query::<D>(&sql), |q, path| q.bind(path.as_str()));
             for row in query.fetch_all(&self.reader).await? {
                 known.insert(get::<D, String>(&row, "path")?);
@@ -920,11 +994,12 @@ where
         filter: &RejectFilter,
         after: Option<u64>,
         limit: u32,
-    ) -> Result<Vec<Reject>> {
+    ) -> Result<Vec<RejectEntry>> {
         let sql = format!(
-            "SELECT idx, record, errors, stage FROM rejects
-             WHERE batch_id = $1 AND idx > $2 AND (($4 IS NULL AND $5 IS NULL) OR {})
-             ORDER BY idx LIMIT $3",
+            "SELECT r.idx, r.record, r.errors, r.stage, r.at, r.len, b.rejects_path
+             FROM rejects r JOIN batches b ON b.id = r.batch_id
+             WHERE r.batch_id = $1 AND r.idx > $2 AND (($4 IS NULL AND $5 IS NULL) OR {})
+             ORDER BY r.idx LIMIT $3",
             D::any_error_with(&[("code", "$4"), ("column", "$5")])
         );
         let rows = sqlx::query::<D>(&sql)
@@ -935,16 +1010,7 @@ where
             .bind(filter.column.as_deref())
             .fetch_all(&self.reader)
             .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Reject {
-                    index: count::<D, u64>(row, "idx")?,
-                    record: from_json(&get::<D, String>(row, "record")?)?,
-                    errors: from_json(&get::<D, String>(row, "errors")?)?,
-                    stage: reject_stage(&get::<D, String>(row, "stage")?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(reject_from_row::<D>).collect()
     }
 
     async fn reject_errors(
@@ -953,7 +1019,7 @@ where
         since: DateTime<Utc>,
         partner: Option<&Partner>,
         limit: u32,
-    ) -> Result<Vec<(Partner, Vec<FieldError>)>> {
+    ) -> Result<Vec<(Partner, Vec<ErrorKey>)>> {
         let rows = sqlx::query::<D>(
             "SELECT b.partner, r.errors FROM rejects r JOIN batches b ON b.id = r.batch_id
              WHERE b.table_name = $1 AND b.received_at >= $2 AND ($3 IS NULL OR b.partner = $3) LIMIT $4",

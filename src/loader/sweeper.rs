@@ -1,5 +1,5 @@
 //! The stage sweeper: deletes Parquet files that a crash left in the stage without a ledger
-//! record.
+//! record, and rejects objects whose batch the ledger no longer (or never) held.
 //!
 //! A staged file gets its ledger record in the same transaction that acknowledges its records,
 //! so a file without one was never acknowledged: the process died (or the ledger refused the
@@ -35,7 +35,7 @@ pub async fn sweep_orphans(
     older_than: Duration,
 ) -> Result<Vec<String>, SweepError> {
     let cutoff = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
-    let candidates = stage.parquet_files_before(cutoff).await?;
+    let candidates = stage.gateway_files_before(cutoff).await?;
     let mut deleted = Vec::new();
     for chunk in candidates.chunks(PATHS_PER_CHECK) {
         let known = ledger.known_paths(chunk).await?;

@@ -166,10 +166,19 @@ impl Stage {
         .await
     }
 
-    /// Files the gateway wrote before `cutoff` (`<TABLE>/<yyyy>/<mm>/<dd>/<uuid>.parquet`; any
-    /// other object under the prefix is not the gateway's and is never listed), as paths relative
-    /// to the stage, as the ledger records them. Lists the whole stage: an occasional sweep.
-    pub async fn parquet_files_before(&self, cutoff: DateTime<Utc>) -> Result<Vec<String>, StageError> {
+    /// Reads byte ranges of one file (nearby ranges in one request, on an object store).
+    pub async fn get_ranges(&self, relative: &str, ranges: &[std::ops::Range<u64>]) -> Result<Vec<Bytes>, StageError> {
+        self.bounded("reading a stage file", async {
+            Ok(self.store.get_ranges(&self.full_path(relative), ranges).await?)
+        })
+        .await
+    }
+
+    /// Files the gateway wrote before `cutoff` (`<TABLE>/<yyyy>/<mm>/<dd>/<uuid>.parquet`, or a
+    /// batch's `<uuid>.rejects.ndjson` there; any other object under the prefix is not the
+    /// gateway's and is never listed), as paths relative to the stage, as the ledger records
+    /// them. Lists the whole stage: an occasional sweep.
+    pub async fn gateway_files_before(&self, cutoff: DateTime<Utc>) -> Result<Vec<String>, StageError> {
         use futures::TryStreamExt;
         let skip = self.prefix.parts().count();
         let listed: Vec<object_store::ObjectMeta> = self
@@ -207,14 +216,20 @@ impl Stage {
     }
 }
 
-/// Whether path parts name a file as the gateway writes them: `<TABLE>/<yyyy>/<mm>/<dd>/<uuid>.parquet`.
+/// How a batch's rejects object ends (see [`crate::rejects`]).
+pub const REJECTS_SUFFIX: &str = ".rejects.ndjson";
+
+/// Whether path parts name a file as the gateway writes them: `<TABLE>/<yyyy>/<mm>/<dd>/<uuid>.parquet`
+/// (rows), or `<uuid>.rejects.ndjson` in the same place (a batch's rejects).
 fn is_gateway_file(parts: &[String]) -> bool {
     let [_, year, month, day, file] = parts else { return false };
     let digits = |part: &str, n: usize| part.len() == n && part.bytes().all(|b| b.is_ascii_digit());
     digits(year, 4)
         && digits(month, 2)
         && digits(day, 2)
-        && file.strip_suffix(".parquet").is_some_and(|id| uuid::Uuid::parse_str(id).is_ok())
+        && [".parquet", REJECTS_SUFFIX]
+            .iter()
+            .any(|suffix| file.strip_suffix(suffix).is_some_and(|id| uuid::Uuid::parse_str(id).is_ok()))
 }
 
 /// `s3://bucket/some/prefix` to the bucket and the prefix every file lives under.
@@ -291,9 +306,11 @@ mod tests {
     fn the_sweeper_only_sees_files_shaped_as_the_gateway_writes_them() {
         let parts = |path: &str| path.split('/').map(str::to_string).collect::<Vec<_>>();
         assert!(is_gateway_file(&parts("LOANS/2026/11/25/01a21332-f52d-77dd-bf8b-6de9fed10851.parquet")));
+        assert!(is_gateway_file(&parts("LOANS/2026/11/25/01a21332-f52d-77dd-bf8b-6de9fed10851.rejects.ndjson")));
         for other in [
             "LOANS/2026/11/25/report.parquet",
             "LOANS/2026/11/25/01a21332-f52d-77dd-bf8b-6de9fed10851.csv",
+            "LOANS/2026/11/25/01a21332-f52d-77dd-bf8b-6de9fed10851.ndjson",
             "exports/LOANS/2026/11/25/01a21332-f52d-77dd-bf8b-6de9fed10851.parquet",
             "LOANS/26/11/25/01a21332-f52d-77dd-bf8b-6de9fed10851.parquet",
         ] {
