@@ -1,6 +1,6 @@
 //! The deployment files configure the gateway with keys it reads: every `SNOWGATE_*` variable the
-//! Dockerfile, the Kubernetes ConfigMaps (base and overlays) and Secret set is loaded by
-//! `snowgate check-config`, which refuses unknown keys and invalid values.
+//! Dockerfile, docker-compose.yml, the Kubernetes ConfigMaps (base and overlays) and Secret set is
+//! loaded by `snowgate check-config`, which refuses unknown keys and invalid values.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -58,6 +58,23 @@ fn every_variable_the_deployment_files_set_is_a_key_the_gateway_reads() {
     let secret = manifest_entries(&root.join("k8s/base/secret.yaml"));
     assert!(base.contains_key("SNOWGATE_WAREHOUSE__KIND") && secret.contains_key("SNOWGATE_LEDGER__URL"), "{base:?}");
     let mut sets = vec![("Dockerfile", dockerfile_env(&root.join("Dockerfile")))];
+    // docker-compose.yml: both gateway replicas, with the image's own variables beneath theirs.
+    let mut compose: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root.join("docker-compose.yml")).unwrap()).unwrap();
+    compose.apply_merge().unwrap();
+    for replica in ["gateway-1", "gateway-2"] {
+        let environment = &compose["services"][replica]["environment"];
+        let mut vars = dockerfile_env(&root.join("Dockerfile"));
+        for (key, value) in environment.as_mapping().unwrap_or_else(|| panic!("{replica} has no environment")) {
+            let value = match value {
+                serde_yaml::Value::String(text) => text.clone(),
+                other => panic!("{replica}: {key:?} is {other:?}; compose wants strings"),
+            };
+            vars.insert(key.as_str().unwrap().to_string(), value);
+        }
+        assert_eq!(vars["SNOWGATE_WAREHOUSE__KIND"], "snowflake", "{replica} runs the production shape");
+        sets.push(("docker-compose.yml", vars));
+    }
     let mut production = base.clone();
     production.extend(secret.clone());
     sets.push(("k8s/base", production.clone()));
@@ -70,7 +87,9 @@ fn every_variable_the_deployment_files_set_is_a_key_the_gateway_reads() {
         }
     }
     for (source, vars) in sets {
-        let mut vars: BTreeMap<String, String> = vars.into_iter().filter(|(k, _)| k.starts_with("SNOWGATE_")).collect();
+        // Snowflake's password has its own variable (as snowflake's own tools read it).
+        let ours = |k: &str| k.starts_with("SNOWGATE_") || k == "SNOWFLAKE_PASSWORD";
+        let mut vars: BTreeMap<String, String> = vars.into_iter().filter(|(k, _)| ours(k)).collect();
         assert!(!vars.is_empty(), "{source} sets no SNOWGATE_ variable");
         // The key file is mounted in the pod; here any readable path stands in for it.
         if vars.contains_key("SNOWGATE_WAREHOUSE__SNOWFLAKE__PRIVATE_KEY_PATH") {
