@@ -37,6 +37,25 @@ pub struct Config {
     pub idempotency: IdempotencyConfig,
     pub quotas: QuotasConfig,
     pub retention: RetentionConfig,
+    pub log: LogConfig,
+}
+
+/// How the gateway writes its log (to stderr).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default, for people) or `json` (one object per line, for log pipelines); either
+    /// way every line of a request carries its span: `request_id`, and `batch_id`, `table` and
+    /// `partner` once known. The level comes from `RUST_LOG` (default `info`).
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// How long the ledger keeps what it knows of finished batches.

@@ -132,7 +132,7 @@ fn main() -> anyhow::Result<()> {
             if let Some(listen) = listen {
                 loaded.server.listen = listen;
             }
-            init_tracing();
+            init_tracing(loaded.log.format);
             tokio::runtime::Runtime::new()?.block_on(serve(loaded))?;
         }
     }
@@ -180,10 +180,14 @@ fn config_text(config: &Config) -> anyhow::Result<String> {
     Ok(serde_json::to_string_pretty(&value)?)
 }
 
-fn init_tracing() {
+fn init_tracing(format: snowgate::config::LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn"));
-    let ansi = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        snowgate::config::LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // The fields of every span the event is in (the request's) go with it, flattened.
+        snowgate::config::LogFormat::Json => logs.json().flatten_event(true).with_span_list(true).init(),
+    }
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

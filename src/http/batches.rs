@@ -178,8 +178,10 @@ async fn store(
     app.quotas.spend_bytes(&principal.partner, (body.len() as u64).saturating_sub(declared));
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let dry_run = params.dry_run.unwrap_or(false);
+    let batch_id = Uuid::now_v7();
+    super::record_batch(batch_id, table.as_str(), partner.as_str());
     let request = IngestRequest {
-        batch_id: Uuid::now_v7(),
+        batch_id,
         table,
         grant,
         partner,

@@ -36,7 +36,7 @@ use error::{ApiError, ErrorCode};
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "snowgate", description = "HTTP ingestion gateway: partner JSON batches to the warehouse, record by record."),
+    info(title = "snowgate", description = "HTTP ingestion gateway: partner JSON batches to the warehouse, record by record. Every answer carries `X-Request-Id`: the one the request sent (1 to 128 characters of `A-Za-z0-9-_.:/+=`) or one the gateway made; the gateway logs it with every line about the request."),
     paths(
         batches::ingest,
         batches::get_batch,
@@ -266,7 +266,53 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(state, observe))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(middleware::from_fn(request_id))
+}
+
+/// The header that names a request in the gateway's logs and in its answer.
+const REQUEST_ID: &str = "x-request-id";
+
+/// Gives every request an `X-Request-Id`: the client's own when it is 1 to 128 characters of
+/// `A-Za-z0-9-_.:/+=`, else one made here (a UUID). It is set on the request before the request's
+/// span is made, so that every log line of the request carries it, and returned on the answer.
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let acceptable = |value: &HeaderValue| {
+        let bytes = value.as_bytes();
+        (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(b))
+    };
+    let id = match request.headers().get(REQUEST_ID).filter(|v| acceptable(v)) {
+        Some(id) => id.clone(),
+        None => HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unnamed")),
+    };
+    request.headers_mut().insert(REQUEST_ID, id.clone());
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(REQUEST_ID, id);
+    response
+}
+
+/// The span of one request: its id, method and path; handlers record `batch_id`, `table` and
+/// `partner` in it once they know them ([`record_batch`]).
+fn request_span(request: &Request) -> tracing::Span {
+    let id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+    tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %request.method(),
+        path = %request.uri().path(),
+        batch_id = tracing::field::Empty,
+        table = tracing::field::Empty,
+        partner = tracing::field::Empty,
+    )
+}
+
+/// Names the batch a request is making in the request's span, and so in its every later log line.
+pub(crate) fn record_batch(batch_id: uuid::Uuid, table: &str, partner: &str) {
+    let span = tracing::Span::current();
+    span.record("batch_id", tracing::field::display(batch_id));
+    span.record("table", table);
+    span.record("partner", partner);
 }
 
 /// Measures every request by method, route as declared and status (panics included, as 500).

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use supervisor::{supervise, ConfigurationError, LoaderHealth, LoaderState, LoaderStatus};
 pub use sweeper::{run_idempotency_sweeper, run_retention_sweeper, run_sweeper, sweep_orphans, SweepError};
@@ -123,7 +124,8 @@ impl Loader {
         let loads = async {
             let mut failed = None;
             for (table, files) in by_table {
-                if let Err(e) = self.load(&table, files, &held).await {
+                let span = tracing::info_span!("load", table = %table, files = files.len(), owner = %self.owner);
+                if let Err(e) = self.load(&table, files, &held).instrument(span).await {
                     // The claims stay until their lease expires; the next claim retries them.
                     tracing::error!(table, error = %e, "could not record a load; files retried after the lease");
                     failed = Some(e);

@@ -1,0 +1,70 @@
+//! Request ids and logs: every answer carries `X-Request-Id` (the client's, when acceptable, else
+//! one the gateway made), and with `log.format = "json"` every log line about a request is one
+//! JSON object carrying that id and, once known, the batch, table and partner.
+
+mod common;
+
+use std::process::Stdio;
+
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn request_ids_reach_the_answer_and_every_log_line_of_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("gateway.log");
+    let (mut command, base) = common::gateway_command(&dir.path().join("data"));
+    command
+        .env("SNOWGATE_LOG__FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()));
+    let gateway = common::Process::start(command, base.clone()).await;
+    common::declare_ids(&base, "loans").await;
+    let client = reqwest::Client::new();
+
+    let sent = "partner-run-42:batch/7";
+    let response = client
+        .post(format!("{base}/v1/tables/loans/batches"))
+        .header("x-request-id", sent)
+        .json(&json!([{"id": 1}, {"id": null}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.headers()["x-request-id"], sent, "the client's id comes back");
+    let batch_id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+
+    // One the gateway will not log as sent (too long, or a character that could forge a log
+    // line) is replaced by its own, as is a missing one; every answer has one, errors included.
+    for (header, expected_kept) in [(Some("x".repeat(129)), false), (Some("bad\tid".into()), false), (None, false)] {
+        let mut request = client.get(format!("{base}/v1/batches/{batch_id}"));
+        if let Some(value) = &header {
+            request = request.header("x-request-id", value.as_str());
+        }
+        let response = request.send().await.unwrap();
+        let id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+        assert_eq!(Some(&id) == header.as_ref(), expected_kept);
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "a made id is a UUID: {id}");
+    }
+    let missing = client.get(format!("{base}/v1/nowhere")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert!(missing.headers().contains_key("x-request-id"));
+    gateway.terminate();
+
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}")))
+        .collect();
+    assert!(!lines.is_empty());
+    // The line that says the batch was staged is in the request's span, with everything known.
+    let staged = lines
+        .iter()
+        .find(|l| l["message"] == "batch staged")
+        .unwrap_or_else(|| panic!("no 'batch staged' line in:\n{text}"));
+    let request = staged["spans"].as_array().unwrap().iter().find(|s| s["name"] == "request").unwrap();
+    assert_eq!(request["request_id"], sent, "{staged}");
+    assert_eq!(request["batch_id"], batch_id.as_str(), "{staged}");
+    assert_eq!(request["table"], "LOANS", "{staged}");
+    assert_eq!(request["partner"], "anonymous", "{staged}");
+    assert_eq!(staged["batch_id"], batch_id.as_str());
+}
