@@ -360,7 +360,9 @@ pub struct LoaderConfig {
     pub configuration_retry: Duration,
     /// Age past which a stage file unknown to the ledger (written, then the process died before
     /// committing it) is deleted, and how often the stage is swept for them (key
-    /// `orphan_after_secs`). Keep it far above any ledger commit's duration.
+    /// `orphan_after_secs`). Keep it far above the longest a batch takes from its first stage
+    /// write to its commit: a batch's rejects object is written before its rows buffer, so that is
+    /// the longest `linger_ms` plus `limits.processing_secs` and the stage and ledger timeouts.
     #[serde(rename = "orphan_after_secs", with = "secs")]
     pub orphan_after: Duration,
     /// Times a file is tried when the warehouse answers with an error of no known kind (neither

@@ -185,7 +185,7 @@ fn init_tracing(format: snowgate::config::LogFormat) {
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         snowgate::config::LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
-        // The fields of every span the event is in (the request's) go with it, flattened.
+        // The event's fields at the top level, and every span it is in (the request's) under `spans`.
         snowgate::config::LogFormat::Json => logs.json().flatten_event(true).with_span_list(true).init(),
     }
 }

@@ -738,12 +738,24 @@ pub async fn staged_rejects_are_an_index(ledger: Arc<dyn Ledger>) {
     assert_eq!(ledger.claim_replay(&claim(vec![2, 4]), true).await.unwrap(), Err(ReplayRefusal::NotRejected(vec![2])));
     assert_eq!(ledger.claim_replay(&claim(vec![1, 4, 7]), true).await.unwrap(), Ok(()));
 
+    // Whole rejects keep their stage and a record that is JSON null (not a missing one).
+    let mut null = reject(0);
+    null.record = serde_json::Value::Null;
+    null.stage = RejectStage::Warehouse;
+    let other = new_batch("S2", 0, vec![null.clone()]);
+    let other_id = other.id;
+    ledger
+        .commit_stage(&StageCommit { file: None, parts: vec![], completed: vec![other], pending: false })
+        .await
+        .unwrap();
+    assert_eq!(whole(ledger.list_rejects(other_id, &RejectFilter::default(), None, 10).await.unwrap()), vec![null]);
+
     let claimed = ledger.claim_files("one", LEASE, 10).await.unwrap();
     let loaded = FileOutcome::Loaded { id: claimed[0].id, rows: 1, query_id: None };
     ledger.complete_files("one", &[loaded]).await.unwrap();
     let record = ledger.get_batch(id).await.unwrap().unwrap();
     assert_eq!((record.status, record.counts.loaded + record.counts.rejected), (BatchStatus::Loaded, 4));
-    assert_eq!(ledger.purge_batches(Duration::ZERO, 100).await.unwrap(), 1);
+    assert_eq!(ledger.purge_batches(Duration::ZERO, 100).await.unwrap(), 2);
     assert!(ledger.known_paths(std::slice::from_ref(&path)).await.unwrap().is_empty(), "the object is an orphan now");
     assert!(ledger.list_rejects(id, &RejectFilter::default(), None, 10).await.unwrap().is_empty());
 }

@@ -51,10 +51,10 @@ impl Dialect for Postgres {
     }
 
     fn reject_rows(param: &str) -> String {
-        // `json`, not `jsonb`: an element's text stays as sent (jsonb would reorder a record's keys).
+        // `json`, not `jsonb`: an element's text stays as sent (jsonb would reorder a record's keys);
+        // `e->5` is NULL when the element has no record.
         format!(
-            "(e->>0)::bigint, (e->>1)::bigint, (e->>2)::bigint, (e->3)::text,
-             CASE WHEN e->>4 IS NULL THEN NULL ELSE (e->4)::text END
+            "(e->>0)::bigint, (e->>1)::bigint, (e->>2)::bigint, (e->3)::text, e->>4, (e->5)::text
              FROM json_array_elements({param}::json) AS r(e)"
         )
     }

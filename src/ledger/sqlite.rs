@@ -65,10 +65,10 @@ impl Dialect for Sqlite {
     }
 
     fn reject_rows(param: &str) -> String {
-        // `->` gives JSON text (a string quoted), `->>` the SQL value (NULL for a JSON null).
+        // `->` gives JSON text (a string quoted, a JSON null `null`; NULL for a missing element),
+        // `->>` the SQL value.
         format!(
-            "value->>'$[0]', value->>'$[1]', value->>'$[2]', value->'$[3]',
-             CASE WHEN value->>'$[4]' IS NULL THEN NULL ELSE value->'$[4]' END
+            "value->>'$[0]', value->>'$[1]', value->>'$[2]', value->'$[3]', value->>'$[4]', value->'$[5]'
              FROM json_each({param})"
         )
     }

@@ -45,10 +45,10 @@ pub trait Dialect: Database {
     fn now_plus(param: &str) -> String;
     /// The database clock minus the seconds (a float) in parameter `param`.
     fn now_minus(param: &str) -> String;
-    /// The columns `idx, at, len, errors, record` and the `FROM` of a `SELECT` with a row per
-    /// element of the JSON array in parameter `param`, each element `[idx, at, len, errors,
-    /// record]`: numbers as integers (NULL for null), `errors` and `record` as their JSON text
-    /// exactly as sent (NULL for a null record).
+    /// The columns `idx, at, len, errors, stage, record` and the `FROM` of a `SELECT` with a row
+    /// per element of the JSON array in parameter `param`, each element `[idx, at, len, errors,
+    /// stage]` or `[idx, at, len, errors, stage, record]`: numbers as integers (NULL for null),
+    /// `stage` as text, `errors` and `record` as their JSON text (`record` NULL when absent).
     fn reject_rows(param: &str) -> String;
     /// True when one error in a reject's `errors` (a JSON array of objects) meets every
     /// condition: `(field, param)` holds when parameter `param` is NULL or equals the error's
@@ -134,29 +134,28 @@ where
     for<'q> String: Encode<'q, D> + Type<D>,
     for<'q> &'q str: Encode<'q, D> + Type<D>,
 {
-    type Row<'a> = (u64, Option<u64>, Option<u64>, serde_json::Value, Option<&'a serde_json::Value>);
-    let rows: Vec<Row<'_>> = match rejects {
+    // `[idx, at, len, errors, stage]`, and the record as a sixth element when it is kept: a
+    // record that is JSON null is kept as `null`, a staged one has no sixth element.
+    let rows: Vec<serde_json::Value> = match rejects {
         NewRejects::Whole(rejects) => rejects
             .iter()
-            .map(|r| Ok((r.index, None, None, json_value(&r.errors)?, Some(&r.record))))
+            .map(|r| {
+                let errors = json_value(&r.errors)?;
+                Ok(serde_json::json!([r.index, null, null, errors, r.stage.as_str(), r.record]))
+            })
             .collect::<Result<_>>()?,
         NewRejects::Staged(staged) => staged
             .entries
             .iter()
-            .map(|r| Ok((r.index, Some(r.at), Some(r.len), json_value(&r.keys)?, None)))
+            .map(|r| Ok(serde_json::json!([r.index, r.at, r.len, json_value(&r.keys)?, RejectStage::Gateway.as_str()])))
             .collect::<Result<_>>()?,
     };
     let sql = format!(
-        "INSERT INTO rejects (batch_id, stage, idx, at, len, errors, record) SELECT $1, $2, {}",
-        D::reject_rows("$3")
+        "INSERT INTO rejects (batch_id, idx, at, len, errors, stage, record) SELECT $1, {}",
+        D::reject_rows("$2")
     );
     for chunk in rows.chunks(REJECTS_PER_INSERT) {
-        sqlx::query::<D>(&sql)
-            .bind(D::id(batch))
-            .bind(RejectStage::Gateway.as_str())
-            .bind(to_json(&chunk)?)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query::<D>(&sql).bind(D::id(batch)).bind(to_json(&chunk)?).execute(&mut **tx).await?;
     }
     Ok(())
 }
