@@ -522,7 +522,7 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
     let validate_schema: Arc<TableSchema> = schema.clone();
     // The aliases as of the evolve (which re-reads the table under its DDL lock).
     let rules = rules(&validate_schema, table.aliases());
-    let checked = with_original_indexes(blocking(move || check_records(&validate_schema, records, rules)).await?);
+    let mut checked = with_original_indexes(blocking(move || check_records(&validate_schema, records, rules)).await?);
     let counts = Counts {
         received: checked.received,
         accepted: checked.rows.len() as u64,
@@ -532,7 +532,6 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
     let rejects_by_code = checked.rejects_by_code();
     // The rejects go to the stage while the grant still holds what the whole body took: their
     // lines are a part of it.
-    let mut checked = checked;
     let rejects = std::mem::take(&mut checked.rejects);
     let rejects = crate::rejects::store(&app.stage, &table.name, batch_id, received_at, rejects)
         .await
