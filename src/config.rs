@@ -266,6 +266,9 @@ pub struct TableSettings {
     pub linger: Duration,
     pub max_rows_per_file: usize,
     pub max_bytes_per_file: usize,
+    /// A segment holding this many bytes of rows is written at once, without waiting for its
+    /// linger: a request that brings a file's worth of rows is not held back for others.
+    pub flush_at_bytes: usize,
 }
 
 impl Default for TableSettings {
@@ -275,6 +278,7 @@ impl Default for TableSettings {
             linger: Duration::from_millis(200),
             max_rows_per_file: 100_000,
             max_bytes_per_file: 64 << 20,
+            flush_at_bytes: 4 << 20,
         }
     }
 }
@@ -287,6 +291,7 @@ pub struct TableOverrides {
     pub linger: Option<Duration>,
     pub max_rows_per_file: Option<usize>,
     pub max_bytes_per_file: Option<usize>,
+    pub flush_at_bytes: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -503,6 +508,7 @@ impl Config {
                 "must be 1..=10000000",
             )?;
             check(t.max_bytes_per_file >= 1024, &format!("{key}.max_bytes_per_file"), "must be at least 1024")?;
+            check(t.flush_at_bytes >= 1024, &format!("{key}.flush_at_bytes"), "must be at least 1024")?;
         }
         let l = &self.limits;
         check(l.max_body_bytes >= 1024, "limits.max_body_bytes", "must be at least 1024")?;
@@ -670,6 +676,7 @@ impl Config {
             linger: overrides.linger.unwrap_or(d.linger),
             max_rows_per_file: overrides.max_rows_per_file.unwrap_or(d.max_rows_per_file),
             max_bytes_per_file: overrides.max_bytes_per_file.unwrap_or(d.max_bytes_per_file),
+            flush_at_bytes: overrides.flush_at_bytes.unwrap_or(d.flush_at_bytes),
         }
     }
 }

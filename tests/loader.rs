@@ -78,7 +78,8 @@ async fn copy_committed_but_not_recorded_is_skipped_on_retry() {
         replay_of: None,
     };
     let schema = Arc::new(TableSchema { name: "T".into(), columns });
-    let policy = FlushPolicy { max_rows: 1000, max_bytes: 1 << 20, linger: Duration::from_millis(10) };
+    let policy =
+        FlushPolicy { max_rows: 1000, max_bytes: 1 << 20, linger: Duration::from_millis(10), flush_at_bytes: 1 << 20 };
     buffers.submit(Submission { batch, schema, rows, bytes: 5000, grant: None }, policy).await.unwrap();
 
     // A loader claims the file, COPYs it, and dies before telling the ledger.
@@ -120,7 +121,8 @@ async fn a_file_missing_from_the_stage_holds_back_only_itself() {
     warehouse.create_table("T", &columns).await.unwrap();
     let schema = Arc::new(TableSchema { name: "T".into(), columns });
     let buffers = buffers(&stage, &ledger);
-    let policy = FlushPolicy { max_rows: 1000, max_bytes: 1 << 20, linger: Duration::from_millis(10) };
+    let policy =
+        FlushPolicy { max_rows: 1000, max_bytes: 1 << 20, linger: Duration::from_millis(10), flush_at_bytes: 1 << 20 };
     let mut ids = Vec::new();
     for n in 0..2u64 {
         let id = Uuid::now_v7();
@@ -247,7 +249,8 @@ async fn requests_with_columns_in_another_order_never_share_a_file() {
     warehouse.create_table("T", &[id.clone(), x.clone(), y.clone()]).await.unwrap();
 
     let buffers = buffers(&stage, &ledger);
-    let policy = FlushPolicy { max_rows: 1000, max_bytes: 1 << 20, linger: Duration::from_millis(200) };
+    let policy =
+        FlushPolicy { max_rows: 1000, max_bytes: 1 << 20, linger: Duration::from_millis(200), flush_at_bytes: 1 << 20 };
     let submission = |columns: Vec<Column>, cells: Vec<Cell>| {
         let batch = NewBatch {
             id: Uuid::now_v7(),
@@ -288,4 +291,52 @@ async fn requests_with_columns_in_another_order_never_share_a_file() {
     };
     assert_eq!(row(1), (Some("x-value".into()), None));
     assert_eq!(row(2), (None, Some("42".into())));
+}
+
+/// A segment that reaches `flush_at_bytes` is written at once: a request bringing a file's worth
+/// of rows is not held for the linger, and the smaller one waiting in the segment rides along.
+#[tokio::test]
+async fn a_segment_reaching_flush_at_bytes_is_written_without_its_linger() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stage, ledger, _duck) = backends(dir.path()).await;
+    let columns = vec![Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: false }];
+    let schema = Arc::new(TableSchema { name: "T".into(), columns });
+    let buffers = buffers(&stage, &ledger);
+    let policy =
+        FlushPolicy { max_rows: 1000, max_bytes: 1 << 20, linger: Duration::from_secs(600), flush_at_bytes: 4096 };
+    let submission = |rows: u64, bytes: usize| {
+        let batch = NewBatch {
+            id: Uuid::now_v7(),
+            table: "T".into(),
+            partner: "acme".parse().unwrap(),
+            counts: Counts { received: rows, accepted: rows, rejected: 0, loaded: 0 },
+            rejects_by_code: BTreeMap::new(),
+            drift: Default::default(),
+            received_at: Utc::now(),
+            rejects: NewRejects::none(),
+            replay_of: None,
+        };
+        let cells = (0..rows).map(|i| Row { index: i, cells: vec![Cell::Decimal(i as i128)] }).collect();
+        (batch.id, Submission { batch, schema: schema.clone(), rows: cells, bytes, grant: None })
+    };
+    let (small_id, small) = submission(2, 100);
+    let waiting = {
+        let buffers = buffers.clone();
+        tokio::spawn(async move { buffers.submit(small, policy).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "100 bytes of rows wait for the linger");
+    assert!(ledger.get_batch(small_id).await.unwrap().is_none(), "nothing is committed yet");
+
+    let (large_id, large) = submission(40, 5000);
+    tokio::time::timeout(Duration::from_secs(10), buffers.submit(large, policy))
+        .await
+        .expect("written without waiting ten minutes")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("answered with it").unwrap().unwrap();
+    let (small, large) =
+        (ledger.get_batch(small_id).await.unwrap().unwrap(), ledger.get_batch(large_id).await.unwrap().unwrap());
+    assert_eq!((small.status, large.status), (BatchStatus::Staged, BatchStatus::Staged));
+    assert_eq!(small.files.len(), 1);
+    assert_eq!(small.files[0].path, large.files[0].path, "one file holds both");
 }

@@ -1,10 +1,11 @@
 //! Per-table micro-batches: rows from many requests share one Parquet file and one ledger commit.
 //!
 //! A request's rows join the table's open segment; the segment is cut when it reaches its row or
-//! byte limit or its linger time, then written to the stage and committed to the ledger, and every
-//! request with rows in it gets its answer. A request larger than one file is split into files of
-//! its own: all but the last are committed as `pending`, and the last commit makes them loadable,
-//! so nothing of a batch loads before the whole batch was acknowledged.
+//! byte limit, its linger time, or a file's worth of rows (`flush_at_bytes`), then written to the
+//! stage and committed to the ledger, and every request with rows in it gets its answer. A request
+//! larger than one file is split into files of its own: all but the last are committed as
+//! `pending`, and the last commit makes them loadable, so nothing of a batch loads before the
+//! whole batch was acknowledged.
 
 pub mod encode;
 
@@ -32,6 +33,8 @@ pub struct FlushPolicy {
     pub max_rows: usize,
     pub max_bytes: usize,
     pub linger: Duration,
+    /// Bytes of rows at which a segment is written without waiting for its linger.
+    pub flush_at_bytes: usize,
 }
 
 impl FlushPolicy {
@@ -41,6 +44,7 @@ impl FlushPolicy {
             max_rows: settings.max_rows_per_file,
             max_bytes: settings.max_bytes_per_file,
             linger: settings.linger,
+            flush_at_bytes: settings.flush_at_bytes,
         }
     }
 }
@@ -265,7 +269,8 @@ impl Buffers {
         segment.push(entry, submission.bytes);
         segment.grants.push(grant);
         let hurry = self.inner.hurry.load(Ordering::Acquire);
-        if hurry || segment.rows >= policy.max_rows || segment.bytes >= policy.max_bytes {
+        let full = segment.rows >= policy.max_rows || segment.bytes >= policy.max_bytes;
+        if hurry || full || segment.bytes >= policy.flush_at_bytes {
             let full = buffer.open.take().expect("just filled");
             self.spawn_flush(full);
         }
