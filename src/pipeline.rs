@@ -1,5 +1,6 @@
 //! One POST, end to end: decode, drift, validate, buffer, and (optionally) wait for the load.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use crate::ingest::decode::{self, DecodeError, DecodeLimits, Decoded};
 use crate::ingest::drift::{plan_from_accepted, unknown_keys, DriftPolicy};
 use crate::ingest::reject::Reject;
 use crate::ingest::replay::{split_items, ReplayItemError};
-use crate::ingest::validate::{KeyResolver, Unknown};
+use crate::ingest::validate::{KeyResolver, Unknown, Validator};
 use crate::ingest::{check_records, Checked, Rules};
 use crate::ledger::{
     BatchRecord, BatchStatus, Counts, DriftCounts, IdempotencyClaim, IdempotencyState, LedgerError, NewBatch, Partner,
@@ -110,6 +111,10 @@ fn replay_refusal(refusal: &ReplayRefusal) -> String {
         }
     }
 }
+
+/// Records of a batch offered to the fast read before it gives up on a batch whose records
+/// mostly need the closer look.
+const FAST_READ_TRIES: usize = 64;
 
 /// Most unknown fields a `schema_frozen` answer lists in `details.fields`.
 const MAX_FROZEN_FIELDS: usize = 1000;
@@ -421,7 +426,11 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
     let mut grant = request.grant;
     let budget = app.budget.max();
     let partner = request.partner.clone();
-    let (mut records, grant, plain): (Vec<Decoded>, Grant, usize) = blocking(move || {
+    // Records that pass as they are against the table as it is now are read straight into
+    // cells; the rest are parsed for a closer look. A replay's items are not records.
+    let read_as = (table.schema(), table.aliases());
+    let fast = request.replay_of.is_none().then(|| read_as.clone());
+    let (mut records, grant, plain): (Vec<Decoded>, Grant, Bytes) = blocking(move || {
         let held = body.len();
         let plain = decode::decompress(body, encoding.as_deref(), limits.max_decompressed_bytes, &mut |n| {
             grant.grow_to(held + n).is_ok()
@@ -436,10 +445,37 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
         if grant.resize(needed).is_err() {
             return Err(DecodeError::OverBudget);
         }
-        Ok((decode::parse_records(&plain, format, &limits)?, grant, plain.len()))
+        let records = match &fast {
+            Some((schema, aliases)) => {
+                let mut validator = Validator::new(schema, limits.max_depth).aliases(aliases);
+                // A batch whose records mostly need the closer look (a new field on each, say)
+                // stops trying after a few, rather than reading each of them twice.
+                let (mut read, mut missed) = (0usize, 0usize);
+                decode::parse_records_with(&plain, format, &limits, &mut |text| {
+                    if missed > FAST_READ_TRIES && missed > read {
+                        return None;
+                    }
+                    let cells = validator.accept_text(text);
+                    *if cells.is_some() { &mut read } else { &mut missed } += 1;
+                    cells
+                })?
+            }
+            None => decode::parse_records(&plain, format, &limits)?,
+        };
+        Ok((records, grant, plain))
     })
     .await??;
-    app.metrics.bytes_received.get_or_create(&BytesLabels { form: "decompressed".into() }).inc_by(plain as u64);
+    app.metrics.bytes_received.get_or_create(&BytesLabels { form: "decompressed".into() }).inc_by(plain.len() as u64);
+    // Rows read straight into cells hold to the schema and aliases they were read with; under
+    // any other (a batch that evolved the table, or a table changed meanwhile) they are parsed
+    // and checked again: rare, as a table changes only so often, and always exact.
+    let recheck = move |schema: &TableSchema, aliases: &BTreeMap<String, String>, records: Vec<Decoded>| {
+        if *read_as.0 == *schema && *read_as.1 == *aliases {
+            records
+        } else {
+            decode::reparse(&plain, records, &limits)
+        }
+    };
     // A replay's items carry the index each record had in the batch it corrects; those indexes
     // are taken (a dry run only checks them) before anything else is done with the records.
     let replay_indexes = match request.replay_of {
@@ -512,7 +548,11 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
         let mut preview = (*schema).clone();
         preview.columns.extend(planned.iter().cloned());
         let rules = rules(&preview, aliases.clone());
-        let checked = with_original_indexes(blocking(move || check_records(&preview, records, rules)).await?);
+        let checked = blocking(move || {
+            let records = recheck(&preview, &rules.aliases, records);
+            check_records(&preview, records, rules)
+        });
+        let checked = with_original_indexes(checked.await?);
         return Ok(Prepared::DryRun(dry_run_report(&table.name, checked, planned)));
     }
     if !planned.is_empty() {
@@ -522,7 +562,11 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
     let validate_schema: Arc<TableSchema> = schema.clone();
     // The aliases as of the evolve (which re-reads the table under its DDL lock).
     let rules = rules(&validate_schema, table.aliases());
-    let mut checked = with_original_indexes(blocking(move || check_records(&validate_schema, records, rules)).await?);
+    let checked = blocking(move || {
+        let records = recheck(&validate_schema, &rules.aliases, records);
+        check_records(&validate_schema, records, rules)
+    });
+    let mut checked = with_original_indexes(checked.await?);
     let counts = Counts {
         received: checked.received,
         accepted: checked.rows.len() as u64,

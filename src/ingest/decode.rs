@@ -1,6 +1,7 @@
 //! Request bodies to records: content encoding, JSON array / envelope / NDJSON, size limits.
 
 use std::io::Read;
+use std::ops::Range;
 
 use bytes::Bytes;
 
@@ -8,6 +9,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use super::coerce::Cell;
 use super::reject::{FieldError, RejectCode};
 
 /// Limits applied while decoding one request.
@@ -87,12 +89,26 @@ fn outside_strings(json: &[u8]) -> impl Iterator<Item = u8> + '_ {
     })
 }
 
-/// A record as decoded: a JSON value, or a reject found before validation.
+/// A record as decoded: a JSON value, a reject found before validation, or the cells of a
+/// record that passed as it was read (see [`parse_records_with`]).
 #[derive(Debug)]
 pub enum Decoded {
     Value(Value),
-    Rejected { record: Value, error: FieldError },
+    Rejected {
+        record: Value,
+        error: FieldError,
+    },
+    /// Cells in the order of the schema they were checked against; `span` is the record's text
+    /// in the body, to read it again if the schema changes before the rows are kept.
+    Row {
+        cells: Vec<Cell>,
+        span: Range<usize>,
+    },
 }
+
+/// Reads a record's text straight into cells when it passes as it is (see
+/// [`crate::ingest::validate::Validator::accept_text`]); `None` parses it into a [`Value`].
+pub type Accept<'a> = &'a mut dyn FnMut(&str) -> Option<Vec<Cell>>;
 
 /// Picks the body format from a `Content-Type` header value.
 pub fn body_format(content_type: Option<&str>) -> Result<BodyFormat, DecodeError> {
@@ -182,9 +198,20 @@ struct Envelope<'a> {
 
 /// Splits a decompressed body into records.
 pub fn parse_records(body: &[u8], format: BodyFormat, limits: &DecodeLimits) -> Result<Vec<Decoded>, DecodeError> {
+    parse_records_with(body, format, limits, &mut |_| None)
+}
+
+/// [`parse_records`], offering each record's text to `accept` first (after the size limit):
+/// the records it takes are [`Decoded::Row`]s, never parsed into a [`Value`].
+pub fn parse_records_with(
+    body: &[u8],
+    format: BodyFormat,
+    limits: &DecodeLimits,
+    accept: Accept<'_>,
+) -> Result<Vec<Decoded>, DecodeError> {
     let records = match format {
-        BodyFormat::Json => parse_json(body, limits)?,
-        BodyFormat::Ndjson => parse_ndjson(body, limits)?,
+        BodyFormat::Json => parse_json(body, limits, accept)?,
+        BodyFormat::Ndjson => parse_ndjson(body, limits, accept)?,
     };
     if records.is_empty() {
         return Err(DecodeError::Empty);
@@ -192,7 +219,30 @@ pub fn parse_records(body: &[u8], format: BodyFormat, limits: &DecodeLimits) -> 
     Ok(records)
 }
 
-fn parse_json(body: &[u8], limits: &DecodeLimits) -> Result<Vec<Decoded>, DecodeError> {
+/// Parses the [`Decoded::Row`]s of `records` into values again (their text is in `body`), for a
+/// schema other than the one they were accepted under.
+pub fn reparse(body: &[u8], records: Vec<Decoded>, limits: &DecodeLimits) -> Vec<Decoded> {
+    let parse = |span: Range<usize>| match body.get(span.clone()) {
+        Some(text) => decode_line(text, span, limits, &mut |_| None),
+        None => rejected(Value::Null, RejectCode::InvalidJson, "record text out of the body".into()),
+    };
+    records
+        .into_iter()
+        .map(|record| match record {
+            Decoded::Row { span, .. } => parse(span),
+            other => other,
+        })
+        .collect()
+}
+
+/// Where `text`, a slice of `body`, lies in it.
+fn span_of(body: &[u8], text: &[u8]) -> Range<usize> {
+    let start = (text.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+    debug_assert!(start <= body.len() && start + text.len() <= body.len(), "text is not a part of the body");
+    start..start + text.len()
+}
+
+fn parse_json(body: &[u8], limits: &DecodeLimits, accept: Accept<'_>) -> Result<Vec<Decoded>, DecodeError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     let raws: Vec<&RawValue> = match first {
         Some(b'[') => serde_json::from_slice(body).map_err(|e| syntax_error(body, &e))?,
@@ -210,10 +260,10 @@ fn parse_json(body: &[u8], limits: &DecodeLimits) -> Result<Vec<Decoded>, Decode
     if raws.len() > limits.max_records {
         return Err(DecodeError::TooManyRecords(limits.max_records));
     }
-    Ok(raws.into_iter().map(|raw| decode_one(raw.get(), limits)).collect())
+    Ok(raws.into_iter().map(|raw| decode_one(raw.get(), span_of(body, raw.get().as_bytes()), limits, accept)).collect())
 }
 
-fn parse_ndjson(body: &[u8], limits: &DecodeLimits) -> Result<Vec<Decoded>, DecodeError> {
+fn parse_ndjson(body: &[u8], limits: &DecodeLimits, accept: Accept<'_>) -> Result<Vec<Decoded>, DecodeError> {
     let mut out = Vec::new();
     for line in body.split(|b| *b == b'\n') {
         let line = line.trim_ascii();
@@ -223,26 +273,34 @@ fn parse_ndjson(body: &[u8], limits: &DecodeLimits) -> Result<Vec<Decoded>, Deco
         if out.len() == limits.max_records {
             return Err(DecodeError::TooManyRecords(limits.max_records));
         }
-        let decoded = match std::str::from_utf8(line) {
-            Ok(text) => decode_one(text, limits),
-            Err(e) => rejected(
-                Value::String(truncate_lossy(line, limits.max_record_bytes)),
-                RejectCode::InvalidJson,
-                format!("line is not valid UTF-8 at byte {}", e.valid_up_to()),
-            ),
-        };
-        out.push(decoded);
+        out.push(decode_line(line, span_of(body, line), limits, accept));
     }
     Ok(out)
 }
 
-fn decode_one(text: &str, limits: &DecodeLimits) -> Decoded {
+/// One record's bytes, which need not be UTF-8.
+fn decode_line(line: &[u8], span: Range<usize>, limits: &DecodeLimits, accept: Accept<'_>) -> Decoded {
+    match std::str::from_utf8(line) {
+        Ok(text) => decode_one(text, span, limits, accept),
+        Err(e) => rejected(
+            Value::String(truncate_lossy(line, limits.max_record_bytes)),
+            RejectCode::InvalidJson,
+            format!("line is not valid UTF-8 at byte {}", e.valid_up_to()),
+        ),
+    }
+}
+
+fn decode_one(text: &str, span: Range<usize>, limits: &DecodeLimits, accept: Accept<'_>) -> Decoded {
     if text.len() > limits.max_record_bytes {
         return rejected(
             Value::String(truncate_lossy(text.as_bytes(), 1024)),
             RejectCode::RecordTooLarge,
             format!("record is {} bytes; the limit is {}", text.len(), limits.max_record_bytes),
         );
+    }
+    // Only flat records pass as they are: nothing to check for depth.
+    if let Some(cells) = accept(text) {
+        return Decoded::Row { cells, span };
     }
     // Checked on the bytes, before parsing: a deep record is too large, never "invalid JSON"
     // (the parser's own recursion limit), and never costs a deep parse.
@@ -324,7 +382,7 @@ mod tests {
             .iter()
             .map(|d| match d {
                 Decoded::Value(v) => Some(v),
-                Decoded::Rejected { .. } => None,
+                Decoded::Rejected { .. } | Decoded::Row { .. } => None,
             })
             .collect()
     }

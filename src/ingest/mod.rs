@@ -84,6 +84,7 @@ pub struct Rules {
 }
 
 /// Validates every decoded record against `schema`; one bad record never affects the others.
+/// [`Decoded::Row`]s were accepted as they were read, against this same schema and aliases.
 pub fn check_records(schema: &TableSchema, records: Vec<Decoded>, rules: Rules) -> Checked {
     let mut validator = Validator::new(schema, rules.max_depth)
         .aliases(&rules.aliases)
@@ -102,6 +103,12 @@ pub fn check_records(schema: &TableSchema, records: Vec<Decoded>, rules: Rules) 
                 Err(errors) => checked.rejects.push(gateway_reject(index, value, errors)),
             },
             Decoded::Rejected { record, error } => checked.rejects.push(gateway_reject(index, record, vec![error])),
+            // Accepted as read, against this schema and these rules (see `parse_records_with`).
+            Decoded::Row { cells, .. } => {
+                let row = Row { index, cells };
+                checked.bytes += row.approx_bytes();
+                checked.rows.push(row);
+            }
         }
     }
     checked.discarded_values = validator.discarded_values;

@@ -35,6 +35,8 @@ pub fn split_items(items: Vec<Decoded>) -> Result<(Vec<u64>, Vec<Decoded>), Repl
         let value = match decoded {
             Decoded::Value(value) => value,
             Decoded::Rejected { error, .. } => return Err(malformed("", error.message)),
+            // Items are never read as table rows; one that was is not an item.
+            Decoded::Row { .. } => Value::Null,
         };
         let Value::Object(mut fields) = value else {
             return Err(malformed("", "an item must be an object {\"index\": n, \"record\": {...}}".into()));

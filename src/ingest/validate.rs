@@ -1,10 +1,14 @@
 //! Checks one record against a table schema and turns it into typed cells.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 
+use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::coerce::{coerce, Cell};
+use super::coerce::{coerce, coerce_scalar, Cell, ValueRef};
 use super::reject::{pointer, FieldError, RejectCode};
 use crate::schema::{ColumnName, IdentifierError, TableSchema};
 
@@ -236,9 +240,120 @@ impl<'s> Validator<'s> {
         }
     }
 
+    /// The cells of a record read straight from its JSON text, when it passes as it is: an object
+    /// whose keys name columns, one key per column, with scalar values that fit them, and every
+    /// NOT NULL column present. No map is built and strings are borrowed until they become cells.
+    /// `None` for anything else, text that is not JSON included: then the record is parsed and
+    /// [`Validator::validate`] decides, with its errors and the drift policy. A record accepted
+    /// here gets the cells `validate` would give it, under any drift policy.
+    pub fn accept_text(&mut self, text: &str) -> Option<Vec<Cell>> {
+        let schema = self.keys.schema();
+        let mut cells = vec![Cell::Null; schema.columns.len()];
+        self.seen.iter_mut().for_each(|s| *s = None);
+        let mut parser = serde_json::Deserializer::from_str(text);
+        parser.deserialize_map(FlatRecord { validator: self, cells: &mut cells }).ok()?;
+        parser.end().ok()?;
+        let complete = schema.columns.iter().zip(&self.seen).all(|(column, seen)| column.nullable || seen.is_some());
+        complete.then_some(cells)
+    }
+
     /// The key resolver, for drift planning over the same batch.
     pub fn keys(&mut self) -> &mut KeyResolver<'s> {
         &mut self.keys
+    }
+}
+
+/// Reads one record for [`Validator::accept_text`]; any error means "not as it is".
+struct FlatRecord<'v, 's> {
+    validator: &'v mut Validator<'s>,
+    cells: &'v mut [Cell],
+}
+
+impl<'de> Visitor<'de> for FlatRecord<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a record of known columns with scalar values")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let not_flat = || de::Error::custom("the record needs a closer look");
+        let schema = self.validator.keys.schema();
+        let mut position = 0;
+        while let Some(key) = map.next_key_seed(Key)? {
+            // Keys the JSON parser gives a meaning of its own (its number and raw value markers).
+            if key.starts_with("$serde_json::private::") {
+                return Err(not_flat());
+            }
+            let raw: &'de RawValue = map.next_value()?;
+            let value = scalar(raw.get()).ok_or_else(not_flat)?;
+            let column = match self.validator.keys.resolve(&key) {
+                KeyTarget::Column(i) => *i,
+                // A key naming no column is ignored when it holds null, as `validate` does.
+                KeyTarget::Unknown(_) if value == ValueRef::Null => {
+                    position += 1;
+                    continue;
+                }
+                KeyTarget::Unknown(_) => return Err(not_flat()),
+            };
+            if self.validator.seen[column].replace(position).is_some() {
+                return Err(not_flat());
+            }
+            let definition = &schema.columns[column];
+            match value {
+                ValueRef::Null if definition.nullable => {}
+                ValueRef::Null => return Err(not_flat()),
+                _ if definition.ty.is_semi_structured() => return Err(not_flat()),
+                _ => self.cells[column] = coerce_scalar(value, definition.ty).map_err(|_| not_flat())?,
+            }
+            position += 1;
+        }
+        Ok(())
+    }
+}
+
+/// A JSON scalar from its text (as a [`RawValue`] gives it), strings borrowed; `None` for an
+/// array, an object, or a string with escapes (rare in partner data: the parser's path takes it).
+fn scalar(text: &str) -> Option<ValueRef<'_>> {
+    match text.as_bytes().first()? {
+        b'n' => Some(ValueRef::Null),
+        b't' => Some(ValueRef::Bool(true)),
+        b'f' => Some(ValueRef::Bool(false)),
+        b'"' => {
+            let inner = text.get(1..text.len() - 1)?;
+            (!inner.contains('\\')).then_some(ValueRef::String(inner))
+        }
+        // A number with an exponent is not kept as sent by the parser (`1E5` becomes `1e+5`),
+        // which a VARCHAR column would see: rare, so the parser's path takes it.
+        b'-' | b'0'..=b'9' if !text.contains(['e', 'E']) => Some(ValueRef::Number(text)),
+        _ => None,
+    }
+}
+
+/// A map key, borrowed from the text unless it has escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(key))
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(key.to_owned()))
     }
 }
 
@@ -272,7 +387,7 @@ pub fn kind_of(value: &Value) -> &'static str {
 mod tests {
     use super::*;
     use crate::schema::ColumnName;
-    use crate::schema::{Column, ColumnType};
+    use crate::schema::{Column, ColumnType, RESCUED_DATA};
     use serde_json::json;
 
     fn loans() -> TableSchema {
@@ -329,6 +444,160 @@ mod tests {
         let errors = v.validate(&json!([1, 2])).unwrap_err();
         assert_eq!(errors[0].code, RejectCode::NotAnObject);
         assert_eq!(errors[0].path, "");
+    }
+
+    /// Every column type with values that fit, values that do not, and values that need a
+    /// closer look, in records with keys in any case, repeated, unknown, null or missing.
+    fn wide() -> TableSchema {
+        let col = |name: &str, ty, nullable| Column { name: ColumnName::normalize(name).unwrap(), ty, nullable };
+        TableSchema {
+            name: "WIDE".into(),
+            columns: vec![
+                col("ID", ColumnType::INTEGER, false),
+                col("AMOUNT", ColumnType::Number { precision: 12, scale: 2 }, true),
+                col("RATE", ColumnType::Float, true),
+                col("CITY", ColumnType::Varchar { max_len: 8 }, true),
+                col("OK", ColumnType::Boolean, true),
+                col("ON_DAY", ColumnType::Date, true),
+                col("AT", ColumnType::TimestampNtz, true),
+                col("AT_TZ", ColumnType::TimestampTz, true),
+                col("CLOCK", ColumnType::Time, true),
+                col("RAW", ColumnType::Binary, true),
+                col("DOC", ColumnType::Variant, true),
+                Column { name: ColumnName::rescued(), ty: ColumnType::Variant, nullable: true },
+            ],
+        }
+    }
+
+    const VALUES: [&str; 30] = [
+        "null",
+        "true",
+        "false",
+        "0",
+        "1",
+        "-7",
+        "12.345",
+        "1e3",
+        "-0.5E-2",
+        "99999999999999999999999999999999999999",
+        "123456789012345678901234567890123456789",
+        "1.005",
+        "\"12.5\"",
+        "\"abc\"",
+        "\"a\\\"b\"",
+        "\"\"",
+        "\"yes\"",
+        "\"2024-02-29\"",
+        "\"2024-02-30\"",
+        "\"2024-01-02T03:04:05.123456+02:00\"",
+        "\"12:30:00\"",
+        "\"DEADbeef\"",
+        "\"éééééééé\"",
+        "\"ééééééééé\"",
+        "[1,2]",
+        "{\"a\":1}",
+        "1700000000",
+        "\" 42 \"",
+        "\"\\u0041\"",
+        "-0",
+    ];
+    const KEYS: [&str; 17] = [
+        "id",
+        "ID",
+        "amount",
+        "Rate",
+        "city",
+        "ok",
+        "on_day",
+        "at",
+        "at_tz",
+        "clock",
+        "raw",
+        "doc",
+        "extra",
+        "x y",
+        "_batch_id",
+        "\\u0069d",
+        "$serde_json::private::Number",
+    ];
+
+    /// A small deterministic generator: the test needs no seed file and repeats exactly.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((self.0 >> 33) as usize) % n
+        }
+    }
+
+    #[test]
+    fn records_read_as_text_get_exactly_the_cells_validate_gives() {
+        let schema = wide();
+        let rescue = schema.position(RESCUED_DATA).unwrap();
+        let (mut accepted, mut refused) = (0, 0);
+        let mut rng = Lcg(7);
+        for n in 0..20_000 {
+            let fields = rng.below(8);
+            let mut text = String::from("{");
+            if n % 3 == 0 {
+                text.push_str(&format!("\"id\": {n}"));
+            }
+            for _ in 0..fields {
+                if text.len() > 1 {
+                    text.push(',');
+                }
+                text.push_str(&format!("\"{}\": {}", KEYS[rng.below(KEYS.len())], VALUES[rng.below(VALUES.len())]));
+            }
+            text.push('}');
+            let Ok(value) = serde_json::from_str::<Value>(&text) else {
+                // Text the parser refuses (its private marker keys) is never read as a row.
+                assert_eq!(Validator::new(&schema, 8).accept_text(&text), None, "{text}");
+                continue;
+            };
+            for unknown in [Unknown::Reject, Unknown::Drop, Unknown::Rescue(rescue)] {
+                let mut validator = Validator::new(&schema, 8).unknown_fields(unknown);
+                let fast = validator.accept_text(&text);
+                let slow = validator.validate(&value);
+                match fast {
+                    Some(cells) => {
+                        assert_eq!(slow.as_ref(), Ok(&cells), "{text} under {unknown:?}");
+                        accepted += 1;
+                    }
+                    None => refused += 1,
+                }
+            }
+        }
+        // Both paths are exercised, not one of them only.
+        assert!(accepted > 2_000 && refused > 2_000, "accepted {accepted}, refused {refused}");
+    }
+
+    #[test]
+    fn flat_records_are_read_without_a_closer_look() {
+        let schema = wide();
+        let mut v = Validator::new(&schema, 8);
+        let text = r#"{"ID": 123456789012345678901234567890, "amount": 1.005, "city": "Pune", "ok": "yes",
+            "on_day": "2024-02-29", "at": 1700000000, "clock": "12:30:00", "raw": "00ff", "doc": null, "later": null}"#;
+        let cells = v.accept_text(text).expect("a flat record of known columns");
+        assert_eq!(cells[0], Cell::Decimal(123456789012345678901234567890), "38 digits stay exact");
+        assert_eq!(cells[1], Cell::Decimal(101), "1.005 rounds half away from zero at scale 2");
+        assert_eq!(cells[3], Cell::Str("Pune".into()));
+        assert_eq!(cells[9], Cell::Binary(vec![0, 255]));
+        for closer in [
+            r#"{"id": 1, "doc": {"a": 1}}"#,
+            r#"{"id": 1, "city": "a\"b"}"#,
+            r#"{"id": 1, "extra": 2}"#,
+            r#"{"id": 1, "ID": 2}"#,
+            r#"{"amount": 1}"#,
+            r#"{"id": "x"}"#,
+            r#"[{"id": 1}]"#,
+            r#"{"id": 1} trailing"#,
+            r#"{"id": 1, "city": 1E5}"#,
+            r#"{"$serde_json::private::Number": null, "id": 1}"#,
+            r#"{"id": 1"#,
+        ] {
+            assert_eq!(v.accept_text(closer), None, "{closer}");
+        }
     }
 
     #[test]

@@ -50,10 +50,45 @@ impl CoerceError {
     }
 }
 
+/// A JSON value as the scalar coercions see it: a scalar borrowed from where it was read (a
+/// number as its text, exactly as sent), or only the kind of a container.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueRef<'a> {
+    Null,
+    Bool(bool),
+    Number(&'a str),
+    String(&'a str),
+    Array,
+    Object,
+}
+
+impl<'a> From<&'a Value> for ValueRef<'a> {
+    fn from(value: &'a Value) -> Self {
+        match value {
+            Value::Null => ValueRef::Null,
+            Value::Bool(b) => ValueRef::Bool(*b),
+            Value::Number(n) => ValueRef::Number(n.as_str()),
+            Value::String(s) => ValueRef::String(s),
+            Value::Array(_) => ValueRef::Array,
+            Value::Object(_) => ValueRef::Object,
+        }
+    }
+}
+
 /// Converts a non-null JSON value for a column of type `ty`. `max_depth` bounds nesting of VARIANT/OBJECT/ARRAY values.
 pub fn coerce(value: &Value, ty: ColumnType, max_depth: usize) -> Result<Cell, CoerceError> {
+    if ty.is_semi_structured() && !value.is_null() {
+        return coerce_semi(value, ty, max_depth);
+    }
+    coerce_scalar(value.into(), ty)
+}
+
+/// [`coerce`] for a column of a scalar type, from a value that need not be parsed into a
+/// [`Value`]: the same cell, or the same error. A VARIANT, OBJECT or ARRAY column needs the
+/// whole value ([`coerce`]) and refuses here.
+pub fn coerce_scalar(value: ValueRef<'_>, ty: ColumnType) -> Result<Cell, CoerceError> {
     match ty {
-        _ if value.is_null() => Ok(Cell::Null),
+        _ if value == ValueRef::Null => Ok(Cell::Null),
         ColumnType::Number { precision, scale } => coerce_number(value, ty, precision, scale),
         ColumnType::Float => coerce_float(value, ty),
         ColumnType::Varchar { max_len } => coerce_varchar(value, ty, max_len),
@@ -62,7 +97,7 @@ pub fn coerce(value: &Value, ty: ColumnType, max_depth: usize) -> Result<Cell, C
         ColumnType::Time => coerce_time(value, ty),
         ColumnType::TimestampNtz => coerce_timestamp(value, ty, false),
         ColumnType::TimestampLtz | ColumnType::TimestampTz => coerce_timestamp(value, ty, true),
-        ColumnType::Variant | ColumnType::Object | ColumnType::Array => coerce_semi(value, ty, max_depth),
+        ColumnType::Variant | ColumnType::Object | ColumnType::Array => Err(mismatch(value, ty)),
         ColumnType::Binary => coerce_binary(value, ty),
     }
 }
@@ -71,25 +106,24 @@ pub fn coerce(value: &Value, ty: ColumnType, max_depth: usize) -> Result<Cell, C
 const QUOTE_CHARS: usize = 40;
 
 /// Names a value in an error message: its JSON type and, for scalars, a truncated rendering.
-struct Brief<'a>(&'a Value);
+struct Brief<'a>(ValueRef<'a>);
 
 impl fmt::Display for Brief<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Value::Null => f.write_str("null"),
-            Value::Bool(b) => write!(f, "boolean {b}"),
-            // Numbers are short unless serde_json keeps arbitrary precision; truncate them too.
-            Value::Number(n) => {
-                let text = n.to_string();
-                let (head, cut) = truncate(&text);
+            ValueRef::Null => f.write_str("null"),
+            ValueRef::Bool(b) => write!(f, "boolean {b}"),
+            // Numbers keep the digits they were sent with, so they can be long: truncated too.
+            ValueRef::Number(text) => {
+                let (head, cut) = truncate(text);
                 write!(f, "number {head}{}", if cut { "…" } else { "" })
             }
-            Value::String(s) => {
+            ValueRef::String(s) => {
                 let (head, cut) = truncate(s);
                 write!(f, "string {head:?}{}", if cut { "…" } else { "" })
             }
-            Value::Array(_) => f.write_str("array"),
-            Value::Object(_) => f.write_str("object"),
+            ValueRef::Array => f.write_str("array"),
+            ValueRef::Object => f.write_str("object"),
         }
     }
 }
@@ -102,15 +136,14 @@ fn truncate(text: &str) -> (&str, bool) {
     }
 }
 
-fn mismatch(value: &Value, ty: ColumnType) -> CoerceError {
+fn mismatch(value: ValueRef<'_>, ty: ColumnType) -> CoerceError {
     CoerceError::new(RejectCode::TypeMismatch, format!("expected {ty}, got {}", Brief(value)))
 }
 
-fn coerce_varchar(value: &Value, ty: ColumnType, max_len: u32) -> Result<Cell, CoerceError> {
+fn coerce_varchar(value: ValueRef<'_>, ty: ColumnType, max_len: u32) -> Result<Cell, CoerceError> {
     let text = match value {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
+        ValueRef::String(s) | ValueRef::Number(s) => s.to_owned(),
+        ValueRef::Bool(b) => b.to_string(),
         _ => return Err(mismatch(value, ty)),
     };
     let max = usize::try_from(max_len).unwrap_or(usize::MAX);
@@ -130,15 +163,15 @@ fn coerce_varchar(value: &Value, ty: ColumnType, max_len: u32) -> Result<Cell, C
 const TRUE_WORDS: [&str; 6] = ["true", "t", "yes", "y", "on", "1"];
 const FALSE_WORDS: [&str; 6] = ["false", "f", "no", "n", "off", "0"];
 
-fn coerce_bool(value: &Value, ty: ColumnType) -> Result<Cell, CoerceError> {
+fn coerce_bool(value: ValueRef<'_>, ty: ColumnType) -> Result<Cell, CoerceError> {
     let parsed = match value {
-        Value::Bool(b) => Some(*b),
-        Value::Number(n) => match n.as_u64() {
-            Some(0) => Some(false),
-            Some(1) => Some(true),
+        ValueRef::Bool(b) => Some(b),
+        ValueRef::Number(text) => match text.parse::<u64>() {
+            Ok(0) => Some(false),
+            Ok(1) => Some(true),
             _ => None,
         },
-        Value::String(s) => {
+        ValueRef::String(s) => {
             let word = s.trim();
             let is = |words: &[&str]| words.iter().any(|w| w.eq_ignore_ascii_case(word));
             is(&TRUE_WORDS).then_some(true).or_else(|| is(&FALSE_WORDS).then_some(false))
@@ -155,7 +188,7 @@ fn coerce_semi(value: &Value, ty: ColumnType, max_depth: usize) -> Result<Cell, 
         _ => true,
     };
     if !shape_ok {
-        return Err(mismatch(value, ty));
+        return Err(mismatch(value.into(), ty));
     }
     if nests_deeper_than(value, max_depth) {
         return Err(CoerceError::new(
@@ -219,10 +252,10 @@ fn nests_deeper_than(value: &Value, max_depth: usize) -> bool {
     false
 }
 
-fn coerce_binary(value: &Value, ty: ColumnType) -> Result<Cell, CoerceError> {
+fn coerce_binary(value: ValueRef<'_>, ty: ColumnType) -> Result<Cell, CoerceError> {
     let invalid =
         || CoerceError::new(RejectCode::TypeMismatch, format!("expected {ty} as hex digits, got {}", Brief(value)));
-    let Value::String(s) = value else {
+    let ValueRef::String(s) = value else {
         return Err(invalid());
     };
     let hex = s.trim().as_bytes();

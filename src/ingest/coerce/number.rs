@@ -1,10 +1,6 @@
 //! NUMBER and FLOAT: exact decimal parsing of JSON numbers and numeric strings.
 
-use std::fmt::{self, Write as _};
-
-use serde_json::{Number, Value};
-
-use super::{mismatch, Brief, Cell, CoerceError};
+use super::{mismatch, Brief, Cell, CoerceError, ValueRef};
 use crate::ingest::reject::RejectCode;
 use crate::schema::ColumnType;
 
@@ -37,14 +33,19 @@ pub(super) enum Rounding {
     Floor,
 }
 
-pub(super) fn coerce_number(value: &Value, ty: ColumnType, precision: u8, scale: u8) -> Result<Cell, CoerceError> {
+pub(super) fn coerce_number(
+    value: ValueRef<'_>,
+    ty: ColumnType,
+    precision: u8,
+    scale: u8,
+) -> Result<Cell, CoerceError> {
     // The schema parser guarantees 1..=38 and scale <= precision; clamping keeps indexing total anyway.
     let precision = usize::from(precision).min(MAX_PRECISION);
     let scale = usize::from(scale).min(precision);
     let rounding = Rounding::HalfAwayFromZero;
     let result = match value {
-        Value::Number(n) => number_unscaled(n, precision, scale, rounding),
-        Value::String(s) => parse_decimal(s.trim().as_bytes(), precision, scale, rounding),
+        ValueRef::Number(text) => number_unscaled(text, precision, scale, rounding),
+        ValueRef::String(s) => parse_decimal(s.trim().as_bytes(), precision, scale, rounding),
         _ => return Err(mismatch(value, ty)),
     };
     match result {
@@ -61,49 +62,21 @@ pub(super) fn coerce_number(value: &Value, ty: ColumnType, precision: u8, scale:
     }
 }
 
-/// A JSON number as an unscaled integer at `scale`, exactly: integers directly, floats from their
-/// shortest round-trip text, so 1.005 means 1.005 and not the binary 1.00499999…
+/// A JSON number (its text as sent) as an unscaled integer at `scale`, exactly: 1.005 means
+/// 1.005 and not the binary 1.00499999…, and 38 digits are 38 digits.
 pub(super) fn number_unscaled(
-    n: &Number,
+    text: &str,
     precision: usize,
     scale: usize,
     rounding: Rounding,
 ) -> Result<i128, DecimalError> {
-    let integer = n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from));
-    if let Some(int) = integer {
-        return int
+    if let Ok(int) = text.parse::<i64>() {
+        return i128::from(int)
             .checked_mul(POW10[scale])
             .filter(|v| v.unsigned_abs() < POW10[precision].unsigned_abs())
             .ok_or(DecimalError::OutOfRange);
     }
-    let mut buf = StackText { buf: [0; 64], len: 0 };
-    if write!(buf, "{n}").is_ok() {
-        parse_decimal(buf.as_bytes(), precision, scale, rounding)
-    } else {
-        // Only reachable with serde_json's arbitrary_precision, where numbers can be long.
-        parse_decimal(n.to_string().as_bytes(), precision, scale, rounding)
-    }
-}
-
-/// A fixed buffer for formatting a float without touching the heap; shortest f64 text is < 32 bytes.
-struct StackText {
-    buf: [u8; 64],
-    len: usize,
-}
-
-impl StackText {
-    fn as_bytes(&self) -> &[u8] {
-        self.buf.get(..self.len).unwrap_or_default()
-    }
-}
-
-impl fmt::Write for StackText {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len.checked_add(s.len()).ok_or(fmt::Error)?;
-        self.buf.get_mut(self.len..end).ok_or(fmt::Error)?.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
+    parse_decimal(text.as_bytes(), precision, scale, rounding)
 }
 
 /// Parses `[+-]digits[.digits][(e|E)[+-]digits]` into an unscaled integer at `scale` that must
@@ -203,12 +176,14 @@ fn parse_exponent(text: &[u8]) -> Option<i64> {
     Some(if negative { -magnitude } else { magnitude })
 }
 
-pub(super) fn coerce_float(value: &Value, ty: ColumnType) -> Result<Cell, CoerceError> {
+pub(super) fn coerce_float(value: ValueRef<'_>, ty: ColumnType) -> Result<Cell, CoerceError> {
     let out_of_range =
         || CoerceError::new(RejectCode::OutOfRange, format!("{} is out of range for {ty}", Brief(value)));
     match value {
-        Value::Number(n) => n.as_f64().filter(|f| f.is_finite()).map(Cell::Float).ok_or_else(out_of_range),
-        Value::String(s) => {
+        ValueRef::Number(text) => {
+            text.parse::<f64>().ok().filter(|f| f.is_finite()).map(Cell::Float).ok_or_else(out_of_range)
+        }
+        ValueRef::String(s) => {
             let text = s.trim();
             let float: f64 = text.parse().map_err(|_| mismatch(value, ty))?;
             // Rust parses "1e400" as infinity; only an explicit "inf"/"infinity" may mean that.

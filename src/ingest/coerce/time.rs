@@ -1,12 +1,10 @@
 //! DATE, TIME and TIMESTAMP_*: ISO-8601 text and Unix epoch numbers.
 
-use chrono::{Datelike, NaiveDate};
-use serde_json::{Number, Value};
-
 use super::number::{count_digits, number_unscaled, parse_decimal, DecimalError, Rounding, MAX_PRECISION};
-use super::{mismatch, Brief, Cell, CoerceError};
+use super::{mismatch, Brief, Cell, CoerceError, ValueRef};
 use crate::ingest::reject::RejectCode;
 use crate::schema::ColumnType;
+use chrono::{Datelike, NaiveDate};
 
 const MICROS_PER_DAY: i128 = 86_400_000_000;
 const NANOS_PER_SECOND: i128 = 1_000_000_000;
@@ -26,7 +24,7 @@ enum TimeError {
     OutOfRange,
 }
 
-fn time_error(value: &Value, ty: ColumnType, error: TimeError) -> CoerceError {
+fn time_error(value: ValueRef<'_>, ty: ColumnType, error: TimeError) -> CoerceError {
     let brief = Brief(value);
     match error {
         TimeError::Invalid => CoerceError::new(RejectCode::InvalidDate, format!("{brief} is not a valid {ty}")),
@@ -41,9 +39,9 @@ fn time_error(value: &Value, ty: ColumnType, error: TimeError) -> CoerceError {
     }
 }
 
-pub(super) fn coerce_date(value: &Value, ty: ColumnType) -> Result<Cell, CoerceError> {
+pub(super) fn coerce_date(value: ValueRef<'_>, ty: ColumnType) -> Result<Cell, CoerceError> {
     let days = match value {
-        Value::String(s) => {
+        ValueRef::String(s) => {
             let text = s.trim();
             match parse_iso(text.as_bytes()) {
                 // A timestamp's date is its wall-clock date; any offset is dropped as for TIMESTAMP_NTZ.
@@ -54,14 +52,14 @@ pub(super) fn coerce_date(value: &Value, ty: ColumnType) -> Result<Cell, CoerceE
                 Err(error) => Err(error),
             }
         }
-        Value::Number(n) => epoch_number_micros(n, false).and_then(micros_to_days),
+        ValueRef::Number(n) => epoch_number_micros(n, false).and_then(micros_to_days),
         _ => return Err(mismatch(value, ty)),
     };
     days.map(Cell::Date).map_err(|e| time_error(value, ty, e))
 }
 
-pub(super) fn coerce_time(value: &Value, ty: ColumnType) -> Result<Cell, CoerceError> {
-    let Value::String(s) = value else {
+pub(super) fn coerce_time(value: ValueRef<'_>, ty: ColumnType) -> Result<Cell, CoerceError> {
+    let ValueRef::String(s) = value else {
         return Err(mismatch(value, ty));
     };
     let mut cursor = Cursor(s.trim().as_bytes());
@@ -71,9 +69,9 @@ pub(super) fn coerce_time(value: &Value, ty: ColumnType) -> Result<Cell, CoerceE
     }
 }
 
-pub(super) fn coerce_timestamp(value: &Value, ty: ColumnType, to_utc: bool) -> Result<Cell, CoerceError> {
+pub(super) fn coerce_timestamp(value: ValueRef<'_>, ty: ColumnType, to_utc: bool) -> Result<Cell, CoerceError> {
     let micros = match value {
-        Value::String(s) => {
+        ValueRef::String(s) => {
             let text = s.trim();
             match parse_iso(text.as_bytes()) {
                 Ok(wall) => wall.micros(to_utc),
@@ -81,7 +79,7 @@ pub(super) fn coerce_timestamp(value: &Value, ty: ColumnType, to_utc: bool) -> R
                 Err(error) => Err(error),
             }
         }
-        Value::Number(n) => epoch_number_micros(n, true),
+        ValueRef::Number(n) => epoch_number_micros(n, true),
         _ => return Err(mismatch(value, ty)),
     };
     micros.map(Cell::Timestamp).map_err(|e| time_error(value, ty, e))
@@ -116,7 +114,7 @@ fn epoch_text_micros(text: &str, allow_fraction: bool) -> Result<i64, TimeError>
     epoch_micros(nanos, allow_fraction)
 }
 
-fn epoch_number_micros(n: &Number, allow_fraction: bool) -> Result<i64, TimeError> {
+fn epoch_number_micros(n: &str, allow_fraction: bool) -> Result<i64, TimeError> {
     epoch_micros(number_unscaled(n, MAX_PRECISION, 9, Rounding::Floor), allow_fraction)
 }
 
