@@ -88,6 +88,10 @@ pub struct Validator<'s> {
     column_cap: Option<usize>,
     /// Scratch: which key filled each column in the current record.
     seen: Vec<Option<usize>>,
+    /// For [`Validator::accept_text`]: the key at each position of the last records and the
+    /// column it names. A batch's records mostly list their keys in one order, so most keys
+    /// are found with one comparison, without hashing.
+    recent: Vec<(String, Option<usize>)>,
     /// Fields dropped from accepted records (`discard_value`).
     pub discarded_values: u64,
     /// Fields and values kept in the rescue column of accepted records (`rescue`).
@@ -102,6 +106,7 @@ impl<'s> Validator<'s> {
             unknown: Unknown::Reject,
             column_cap: None,
             seen: vec![None; schema.columns.len()],
+            recent: Vec::new(),
             discarded_values: 0,
             rescued_values: 0,
         }
@@ -257,6 +262,28 @@ impl<'s> Validator<'s> {
         complete.then_some(cells)
     }
 
+    /// The column the key at `position` of a record names (`None`: no column), by the key seen
+    /// there before when it is the same.
+    fn column_at(&mut self, position: usize, key: &str) -> Option<usize> {
+        if let Some((seen, column)) = self.recent.get(position) {
+            if seen == key {
+                return *column;
+            }
+        }
+        let column = match self.keys.resolve(key) {
+            KeyTarget::Column(i) => Some(*i),
+            KeyTarget::Unknown(_) => None,
+        };
+        if let Some((seen, remembered)) = self.recent.get_mut(position) {
+            seen.clear();
+            seen.push_str(key);
+            *remembered = column;
+        } else if position == self.recent.len() {
+            self.recent.push((key.to_owned(), column));
+        }
+        column
+    }
+
     /// The key resolver, for drift planning over the same batch.
     pub fn keys(&mut self) -> &mut KeyResolver<'s> {
         &mut self.keys
@@ -287,14 +314,14 @@ impl<'de> Visitor<'de> for FlatRecord<'_, '_> {
             }
             let raw: &'de RawValue = map.next_value()?;
             let value = scalar(raw.get()).ok_or_else(not_flat)?;
-            let column = match self.validator.keys.resolve(&key) {
-                KeyTarget::Column(i) => *i,
+            let column = match self.validator.column_at(position, &key) {
+                Some(i) => i,
                 // A key naming no column is ignored when it holds null, as `validate` does.
-                KeyTarget::Unknown(_) if value == ValueRef::Null => {
+                None if value == ValueRef::Null => {
                     position += 1;
                     continue;
                 }
-                KeyTarget::Unknown(_) => return Err(not_flat()),
+                None => return Err(not_flat()),
             };
             if self.validator.seen[column].replace(position).is_some() {
                 return Err(not_flat());
@@ -537,6 +564,10 @@ mod tests {
         let rescue = schema.position(RESCUED_DATA).unwrap();
         let (mut accepted, mut refused) = (0, 0);
         let mut rng = Lcg(7);
+        // One validator per policy for the whole run, as for a batch: what it remembers of
+        // earlier records (keys by position) must never change what it says about the next.
+        let mut validators = [Unknown::Reject, Unknown::Drop, Unknown::Rescue(rescue)]
+            .map(|unknown| Validator::new(&schema, 8).unknown_fields(unknown));
         for n in 0..20_000 {
             let fields = rng.below(8);
             let mut text = String::from("{");
@@ -555,8 +586,8 @@ mod tests {
                 assert_eq!(Validator::new(&schema, 8).accept_text(&text), None, "{text}");
                 continue;
             };
-            for unknown in [Unknown::Reject, Unknown::Drop, Unknown::Rescue(rescue)] {
-                let mut validator = Validator::new(&schema, 8).unknown_fields(unknown);
+            for validator in &mut validators {
+                let unknown = validator.unknown;
                 let fast = validator.accept_text(&text);
                 let slow = validator.validate(&value);
                 match fast {
