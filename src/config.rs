@@ -48,6 +48,10 @@ pub struct LogConfig {
     /// way every line of a request carries its span: `request_id`, and `batch_id`, `table` and
     /// `partner` once known. The level comes from `RUST_LOG` (default `info`).
     pub format: LogFormat,
+    /// Where the request and load spans also go, as OTLP over HTTP (protobuf), for example
+    /// `http://otel-collector:4318` (`/v1/traces` is added unless the URL ends with it). Off
+    /// when unset; spans are batched and sent in the background, and flushed at shutdown.
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -510,6 +514,11 @@ impl Config {
             check(t.max_bytes_per_file >= 1024, &format!("{key}.max_bytes_per_file"), "must be at least 1024")?;
             check(t.flush_at_bytes >= 1024, &format!("{key}.flush_at_bytes"), "must be at least 1024")?;
         }
+        if let Some(endpoint) = &self.log.otlp_endpoint {
+            let url = url::Url::parse(endpoint).ok();
+            let http = url.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+            check(http, "log.otlp_endpoint", "must be an http:// or https:// URL")?;
+        }
         let l = &self.limits;
         check(l.max_body_bytes >= 1024, "limits.max_body_bytes", "must be at least 1024")?;
         check(
@@ -830,6 +839,20 @@ mod tests {
         config.warehouse.kind = WarehouseKind::Snowflake;
         let err = config.validate().unwrap_err().to_string();
         assert!(err.starts_with("warehouse.snowflake.statement_timeout_secs"), "{err}");
+    }
+
+    #[test]
+    fn an_otlp_endpoint_must_be_http() {
+        let mut config = Config::default();
+        for good in ["http://otel-collector:4318", "https://traces.example.com/v1/traces"] {
+            config.log.otlp_endpoint = Some(good.into());
+            config.validate().unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in ["otel-collector:4318", "ftp://collector", "http://", ""] {
+            config.log.otlp_endpoint = Some(bad.into());
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.starts_with("log.otlp_endpoint"), "{bad}: {err}");
+        }
     }
 
     #[test]

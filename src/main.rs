@@ -5,7 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 use snowgate::Config;
 
@@ -136,8 +142,13 @@ fn main() -> anyhow::Result<()> {
             if let Some(listen) = listen {
                 loaded.server.listen = listen;
             }
-            init_tracing(loaded.log.format);
-            tokio::runtime::Runtime::new()?.block_on(serve(loaded))?;
+            let traces = init_tracing(&loaded.log)?;
+            let served = tokio::runtime::Runtime::new()?.block_on(serve(loaded));
+            // Spans still batched go out before the process ends.
+            if let Some(Err(e)) = traces.map(|provider| provider.shutdown()) {
+                tracing::warn!(error = %e, "could not send the last spans to log.otlp_endpoint");
+            }
+            served?;
         }
     }
     Ok(())
@@ -184,14 +195,43 @@ fn config_text(config: &Config) -> anyhow::Result<String> {
     Ok(serde_json::to_string_pretty(&value)?)
 }
 
-fn init_tracing(format: snowgate::config::LogFormat) {
+/// Logs to stderr as `log.format` says, and the spans to `log.otlp_endpoint` when one is set
+/// (the provider returned is shut down at exit, to send what it still holds).
+fn init_tracing(log: &snowgate::config::LogConfig) -> anyhow::Result<Option<SdkTracerProvider>> {
+    // `RUST_LOG` picks what is logged; the exported spans are the info-level ones whatever it says.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        snowgate::config::LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    let provider = log.otlp_endpoint.as_deref().map(otlp_provider).transpose()?;
+    let spans = provider.as_ref().map(|p| {
+        let spans = tracing_opentelemetry::layer().with_tracer(p.tracer("snowgate"));
+        spans.with_filter(Targets::new().with_target("snowgate", Level::INFO))
+    });
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(spans);
+    match log.format {
+        snowgate::config::LogFormat::Text => {
+            registry.with(logs.with_ansi(std::io::stderr().is_terminal()).with_filter(filter)).init()
+        }
         // The event's fields at the top level, and every span it is in (the request's) under `spans`.
-        snowgate::config::LogFormat::Json => logs.json().flatten_event(true).with_span_list(true).init(),
+        snowgate::config::LogFormat::Json => {
+            registry.with(logs.json().flatten_event(true).with_span_list(true).with_filter(filter)).init()
+        }
     }
+    Ok(provider)
+}
+
+/// Spans exported in batches, from a thread of their own, over OTLP/HTTP with protobuf.
+fn otlp_provider(endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
+    use opentelemetry_otlp::WithExportConfig;
+    let base = endpoint.trim_end_matches('/');
+    let url = if base.ends_with("/v1/traces") { base.to_string() } else { format!("{base}/v1/traces") };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(url)
+        .build()
+        .context("log.otlp_endpoint: cannot make the span exporter")?;
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name("snowgate").build();
+    Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

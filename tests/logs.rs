@@ -68,3 +68,57 @@ async fn request_ids_reach_the_answer_and_every_log_line_of_the_request() {
     assert_eq!(request["partner"], "anonymous", "{staged}");
     assert_eq!(staged["batch_id"], batch_id.as_str());
 }
+
+/// With `log.otlp_endpoint` set, the spans go to an OTLP collector over HTTP as protobuf: the
+/// request span with the batch it stored, under the service name `snowgate`; a graceful stop
+/// sends what is still batched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_collector() {
+    use std::sync::{Arc, Mutex};
+
+    type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let received: Received = Arc::default();
+    let store = received.clone();
+    let collector = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: bytes::Bytes| async move {
+            let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            store.lock().unwrap().push((content_type, body.to_vec()));
+            axum::http::StatusCode::OK
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut command, base) = common::gateway_command(&dir.path().join("data"));
+    command.env("SNOWGATE_LOG__OTLP_ENDPOINT", format!("http://{address}/"));
+    let gateway = common::Process::start(command, base.clone()).await;
+    common::declare_ids(&base, "loans").await;
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/tables/loans/batches"))
+        .json(&json!([{"id": 1}, {"id": 2}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let batch_id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    // The exporter sends every few seconds; the stop sends the rest (waited for off the
+    // runtime, which serves the collector meanwhile).
+    tokio::task::spawn_blocking(move || gateway.terminate()).await.unwrap();
+
+    let received = received.lock().unwrap();
+    assert!(!received.is_empty(), "no spans reached the collector");
+    assert!(
+        received.iter().all(|(content_type, _)| content_type == "application/x-protobuf"),
+        "{:?}",
+        received.iter().map(|(c, _)| c).collect::<Vec<_>>()
+    );
+    // Strings travel as they are inside protobuf: the names and values can be found in the bytes.
+    let bytes: Vec<u8> = received.iter().flat_map(|(_, body)| body.iter().copied()).collect();
+    let holds = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    for needle in ["snowgate", "request", "batch_id", batch_id.as_str(), "/v1/tables/loans/batches"] {
+        assert!(holds(needle), "{needle:?} is not in what the collector received");
+    }
+}
