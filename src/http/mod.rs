@@ -307,10 +307,13 @@ fn request_span(request: &Request) -> tracing::Span {
     )
 }
 
-/// Names the batch a request is making in the request's span, and so in its every later log line.
-pub(crate) fn record_batch(batch_id: uuid::Uuid, table: &str, partner: &str) {
+/// Names the batch a request is making (none for a dry run, which stores nothing) in the
+/// request's span, and so in its every later log line.
+pub(crate) fn record_batch(batch_id: Option<uuid::Uuid>, table: &str, partner: &str) {
     let span = tracing::Span::current();
-    span.record("batch_id", tracing::field::display(batch_id));
+    if let Some(id) = batch_id {
+        span.record("batch_id", tracing::field::display(id));
+    }
     span.record("table", table);
     span.record("partner", partner);
 }
