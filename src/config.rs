@@ -271,7 +271,8 @@ pub struct TableSettings {
     pub max_rows_per_file: usize,
     pub max_bytes_per_file: usize,
     /// A segment holding this many bytes of rows is written at once, without waiting for its
-    /// linger: a request that brings a file's worth of rows is not held back for others.
+    /// linger: a request that brings that much is not held back for others (no effect above
+    /// `max_bytes_per_file`).
     pub flush_at_bytes: usize,
 }
 
@@ -515,9 +516,12 @@ impl Config {
             check(t.flush_at_bytes >= 1024, &format!("{key}.flush_at_bytes"), "must be at least 1024")?;
         }
         if let Some(endpoint) = &self.log.otlp_endpoint {
-            let url = url::Url::parse(endpoint).ok();
-            let http = url.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
-            check(http, "log.otlp_endpoint", "must be an http:// or https:// URL")?;
+            check(
+                otlp_traces_url(endpoint).is_some(),
+                "log.otlp_endpoint",
+                "must be an http:// or https:// URL without credentials, query or fragment (a collector's \
+                 credentials go in OTEL_EXPORTER_OTLP_HEADERS)",
+            )?;
         }
         let l = &self.limits;
         check(l.max_body_bytes >= 1024, "limits.max_body_bytes", "must be at least 1024")?;
@@ -690,6 +694,24 @@ impl Config {
     }
 }
 
+/// Where OTLP/HTTP trace export posts for `log.otlp_endpoint`: the URL with `/v1/traces` added
+/// unless it ends with it; `None` unless it is an http(s) URL without credentials, query or
+/// fragment (the config is printed by `check-config`, so no secret may live in it).
+pub fn otlp_traces_url(endpoint: &str) -> Option<String> {
+    let url = url::Url::parse(endpoint.trim()).ok()?;
+    let plain = matches!(url.scheme(), "http" | "https")
+        && url.has_host()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.query().is_none()
+        && url.fragment().is_none();
+    if !plain {
+        return None;
+    }
+    let base = url.as_str().trim_end_matches('/');
+    Some(if base.ends_with("/v1/traces") { base.to_string() } else { format!("{base}/v1/traces") })
+}
+
 /// The ledger the configuration names.
 #[derive(Debug, Clone)]
 pub enum LedgerBackend {
@@ -848,7 +870,9 @@ mod tests {
             config.log.otlp_endpoint = Some(good.into());
             config.validate().unwrap_or_else(|e| panic!("{good}: {e}"));
         }
-        for bad in ["otel-collector:4318", "ftp://collector", "http://", ""] {
+        assert_eq!(otlp_traces_url(" http://c:4318/ ").as_deref(), Some("http://c:4318/v1/traces"));
+        assert_eq!(otlp_traces_url("https://c/v1/traces").as_deref(), Some("https://c/v1/traces"));
+        for bad in ["otel-collector:4318", "ftp://collector", "http://", "", "http://u:p@c:4318", "http://c/?k=v"] {
             config.log.otlp_endpoint = Some(bad.into());
             let err = config.validate().unwrap_err().to_string();
             assert!(err.starts_with("log.otlp_endpoint"), "{bad}: {err}");

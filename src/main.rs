@@ -26,9 +26,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// buffers) come from jemalloc's oversize arena, which returns them at once; smaller ones (rows
 /// and their strings, reused by the next request) after a second. Returning everything at once
 /// made a third of the hot path's time page faults and TLB flushes (scenario 1 of the load
-/// generator: 260K records/s end to end, against 336K this way); keeping everything for a second
-/// took the flood of tests/memory.rs to 552 MiB, against 404 MiB this way (glibc: about 900).
-/// `_RJEM_MALLOC_CONF` overrides it.
+/// generator, BENCHMARKS.md: 265,560 records/s end to end, against 323,660 this way); keeping
+/// everything for a second took the flood of tests/memory.rs to 552 MiB, against 404 MiB this
+/// way (glibc: about 900). `_RJEM_MALLOC_CONF` overrides the options it names.
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8] = b"dirty_decay_ms:1000,muzzy_decay_ms:0,oversize_threshold:262144\0";
@@ -222,8 +222,7 @@ fn init_tracing(log: &snowgate::config::LogConfig) -> anyhow::Result<Option<SdkT
 /// Spans exported in batches, from a thread of their own, over OTLP/HTTP with protobuf.
 fn otlp_provider(endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
     use opentelemetry_otlp::WithExportConfig;
-    let base = endpoint.trim_end_matches('/');
-    let url = if base.ends_with("/v1/traces") { base.to_string() } else { format!("{base}/v1/traces") };
+    let url = snowgate::config::otlp_traces_url(endpoint).context("log.otlp_endpoint: not an http(s) URL")?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)

@@ -69,6 +69,61 @@ async fn request_ids_reach_the_answer_and_every_log_line_of_the_request() {
     assert_eq!(staged["batch_id"], batch_id.as_str());
 }
 
+/// The request span names a batch only once it is the one the request answers with: a dry run
+/// (which stores nothing) names none, and a request repeating an `Idempotency-Key` names the
+/// batch the first one made, not the id it would have had.
+#[tokio::test]
+async fn the_request_span_names_only_the_batch_it_answers_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("gateway.log");
+    let (mut command, base) = common::gateway_command(&dir.path().join("data"));
+    // tower_http logs the end of every request at debug, inside the request span.
+    command
+        .env("SNOWGATE_LOG__FORMAT", "json")
+        .env("RUST_LOG", "info,tower_http=debug")
+        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()));
+    let gateway = common::Process::start(command, base.clone()).await;
+    common::declare_ids(&base, "loans").await;
+    let client = reqwest::Client::new();
+    let url = format!("{base}/v1/tables/loans/batches");
+    let mut ids = Vec::new();
+    for request_id in ["first", "again"] {
+        let response = client
+            .post(&url)
+            .header("x-request-id", request_id)
+            .header("idempotency-key", "order-7")
+            .json(&json!([{"id": 1}]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        ids.push(response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids[0], ids[1], "the repeat answers with the first batch");
+    let dry = client.post(format!("{url}?dry_run=true")).header("x-request-id", "dry").json(&json!([{"id": 2}]));
+    assert_eq!(dry.send().await.unwrap().status(), 200);
+    gateway.terminate();
+
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let spans: Vec<Value> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|line| line["spans"].as_array()?.iter().find(|s| s["name"] == "request").cloned())
+        .collect();
+    let of = |request_id: &str| -> Vec<&Value> { spans.iter().filter(|s| s["request_id"] == request_id).collect() };
+    for request_id in ["first", "again"] {
+        let lines = of(request_id);
+        assert!(!lines.is_empty(), "no line of request {request_id} in:\n{text}");
+        let last = lines.last().unwrap();
+        assert_eq!(last["batch_id"], ids[0].as_str(), "{last}");
+        assert!(lines.iter().all(|s| s["batch_id"].is_null() || s["batch_id"] == ids[0].as_str()), "{lines:?}");
+    }
+    let dry = of("dry");
+    assert!(!dry.is_empty(), "no line of the dry run in:\n{text}");
+    assert!(dry.iter().all(|s| s["batch_id"].is_null()), "{dry:?}");
+    assert_eq!(dry.last().unwrap()["table"], "LOANS", "the table is named all the same: {dry:?}");
+}
+
 /// With `log.otlp_endpoint` set, the spans go to an OTLP collector over HTTP as protobuf: the
 /// request span with the batch it stored, under the service name `snowgate`; a graceful stop
 /// sends what is still batched.

@@ -179,7 +179,11 @@ async fn store(
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let dry_run = params.dry_run.unwrap_or(false);
     let batch_id = Uuid::now_v7();
-    super::record_batch((!dry_run).then_some(batch_id), table.as_str(), partner.as_str());
+    // The span names the batch once it is known to be this one: at once for a plain request,
+    // at the end for one with an Idempotency-Key (which may answer with the key's first batch);
+    // a dry run stores none.
+    let known = !dry_run && idempotency_key.is_none();
+    super::record_batch(known.then_some(batch_id), table.as_str(), partner.as_str());
     let request = IngestRequest {
         batch_id,
         table,
@@ -204,12 +208,11 @@ async fn store(
             app.metrics.batch_stored(&batch, started.elapsed());
             (batch, false)
         }
-        Stored::Replayed(batch) => {
-            // The batch the key made first is the one this request answers with, and names.
-            tracing::Span::current().record("batch_id", tracing::field::display(batch.id));
-            (batch, true)
-        }
+        Stored::Replayed(batch) => (batch, true),
     };
+    if !known {
+        tracing::Span::current().record("batch_id", tracing::field::display(batch.id));
+    }
     // A replay answers as the first request did: 200 when no record was accepted, else 202,
     // unless this request waits for the load and it is done.
     let replayed_code = if batch.counts.accepted == 0 { StatusCode::OK } else { StatusCode::ACCEPTED };
