@@ -8,6 +8,15 @@
 //!
 //! Every scenario checks exactly-once: the rows loaded in DuckDB equal the records accepted, and
 //! `(_BATCH_ID, _RECORD_INDEX)` is unique; a mismatch ends the run with an error.
+//!
+//! `--backends embedded,postgres-s3` runs each scenario twice: on the embedded backends, then
+//! with the production ledger and stage (a fresh schema in Postgres, an s3s-fs server of its
+//! own). The warehouse stays DuckDB: the Snowflake emulator loads through Python, so its figures
+//! would measure the emulator.
+
+#[path = "../tests/common/peers.rs"]
+#[allow(dead_code)]
+mod peers;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -48,6 +57,10 @@ struct Args {
     /// Which scenarios to run (the library limit and baselines always run).
     #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3])]
     scenarios: Vec<u8>,
+    /// Ledger and stage of the gateway, each run in turn: `embedded` (SQLite, local folder) and
+    /// `postgres-s3` (Postgres at `SGTEST_PG_URL` or 127.0.0.1:5432/test, and s3s-fs).
+    #[arg(long, value_delimiter = ',', default_values_t = [Backends::Embedded])]
+    backends: Vec<Backends>,
     /// Write the figures as JSON here (scripts/bench.sh turns them into BENCHMARKS.md).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -94,18 +107,21 @@ fn main() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Runtime::new()?;
     let binary = args.gateway.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_snowgate")));
-    let run = |name: &str, lines: &[String], batch, clients, bad| {
-        runtime.block_on(scenario(&binary, work.path(), name, lines, batch, clients, bad))
-    };
-    for n in &args.scenarios {
-        let figures = match n {
-            1 => run("1", &lines, args.batch, args.concurrency, None)?,
-            2 => run("2", &records(args.partner_records, 0.0), 100, args.partners, None)?,
-            3 => run("3", &records(args.records, 0.01), args.batch, args.concurrency, Some(0.01))?,
-            other => bail!("no scenario {other}"),
+    for backends in &args.backends {
+        let run = |name: &str, lines: &[String], batch, clients, bad| {
+            let name = format!("{name}{}", backends.suffix());
+            runtime.block_on(scenario(&binary, work.path(), *backends, &name, lines, batch, clients, bad))
         };
-        println!("scenario {n}: {figures}");
-        results.insert(format!("scenario_{n}"), figures);
+        for n in &args.scenarios {
+            let figures = match n {
+                1 => run("1", &lines, args.batch, args.concurrency, None)?,
+                2 => run("2", &records(args.partner_records, 0.0), 100, args.partners, None)?,
+                3 => run("3", &records(args.records, 0.01), args.batch, args.concurrency, Some(0.01))?,
+                other => bail!("no scenario {other}"),
+            };
+            println!("scenario {n}{}: {figures}", backends.suffix());
+            results.insert(format!("scenario_{n}{}", backends.suffix()), figures);
+        }
     }
 
     let results = Value::Object(results);
@@ -233,6 +249,82 @@ fn library_limit(ndjson: &[u8]) -> anyhow::Result<f64> {
 }
 
 /// A `snowgate serve` process on its embedded backends in its own folder; killed on drop.
+/// The gateway's ledger and stage in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Backends {
+    Embedded,
+    PostgresS3,
+}
+
+impl std::fmt::Display for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backends::Embedded => "embedded",
+            Backends::PostgresS3 => "postgres-s3",
+        })
+    }
+}
+
+impl Backends {
+    /// What the figures of a scenario on these backends are named after (`scenario_1_postgres_s3`).
+    fn suffix(self) -> &'static str {
+        match self {
+            Backends::Embedded => "",
+            Backends::PostgresS3 => "_postgres_s3",
+        }
+    }
+}
+
+/// The production ledger and stage of one scenario: a fresh Postgres schema (dropped at the
+/// end) and an s3s-fs server of its own (stopped at the end).
+struct ProductionPeers {
+    s3: peers::S3Server,
+    base: String,
+    schema: String,
+}
+
+impl ProductionPeers {
+    async fn start() -> anyhow::Result<ProductionPeers> {
+        use sqlx::Connection;
+        let base =
+            std::env::var("SGTEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+        let schema = format!("sg_bench_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = sqlx::PgConnection::connect(&base).await.context("Postgres at SGTEST_PG_URL")?;
+        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut conn).await?;
+        Ok(ProductionPeers { s3: peers::S3Server::start(), base, schema })
+    }
+
+    /// The gateway's environment for these peers.
+    fn env(&self) -> Vec<(String, String)> {
+        let separator = if self.base.contains('?') { '&' } else { '?' };
+        let url = format!("{}{separator}options=-c%20search_path%3D{}", self.base, self.schema);
+        let stage = self.s3.stage_config();
+        let mut env = vec![
+            ("SNOWGATE_LEDGER__URL".to_string(), url),
+            ("SNOWGATE_STAGE__URL".to_string(), stage.url.unwrap_or_default()),
+            ("SNOWGATE_STAGE__ENDPOINT".to_string(), stage.endpoint.unwrap_or_default()),
+            ("SNOWGATE_STAGE__REGION".to_string(), "us-east-1".to_string()),
+            ("SNOWGATE_STAGE__ALLOW_HTTP".to_string(), "true".to_string()),
+            ("SNOWGATE_STAGE__PATH_STYLE".to_string(), "true".to_string()),
+        ];
+        env.extend(self.s3.credentials_env().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
+    }
+
+    /// Checks that the run used these peers (the batches are in Postgres, the files in s3s-fs),
+    /// then drops the schema; the server stops when dropped.
+    async fn stop(self, posts: usize) -> anyhow::Result<()> {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.base).await?;
+        let ledger: i64 =
+            sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {}.batches", self.schema)).fetch_one(&mut conn).await?;
+        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.schema)).execute(&mut conn).await?;
+        ensure!(ledger as usize == posts, "{ledger} batches in Postgres for {posts} POSTs");
+        ensure!(self.s3.object_path("LOANS").is_dir(), "no files of LOANS in s3s-fs");
+        Ok(())
+    }
+}
+
 struct Gateway {
     child: Child,
     base: String,
@@ -240,13 +332,14 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn start(binary: &Path, dir: &Path) -> anyhow::Result<Gateway> {
+    async fn start(binary: &Path, dir: &Path, env: &[(String, String)]) -> anyhow::Result<Gateway> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let base = format!("http://127.0.0.1:{port}");
         let child = Command::new(binary)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(dir)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?;
@@ -290,9 +383,11 @@ impl Drop for Gateway {
 
 /// Posts `lines` in batches of `batch` with `concurrency` clients to a fresh gateway; returns
 /// the figures. With `bad`, that share of records must come back rejected.
+#[allow(clippy::too_many_arguments)]
 async fn scenario(
     binary: &Path,
     work: &Path,
+    backends: Backends,
     name: &str,
     lines: &[String],
     batch: usize,
@@ -300,7 +395,12 @@ async fn scenario(
     bad: Option<f64>,
 ) -> anyhow::Result<Value> {
     let dir = work.join(format!("scenario-{name}"));
-    let gateway = Gateway::start(binary, &dir).await?;
+    let peers = match backends {
+        Backends::Embedded => None,
+        Backends::PostgresS3 => Some(ProductionPeers::start().await?),
+    };
+    let env = peers.as_ref().map(ProductionPeers::env).unwrap_or_default();
+    let gateway = Gateway::start(binary, &dir, &env).await?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
     let declared = client.put(format!("{}/v1/tables/loans", gateway.base)).json(&table()).send().await?;
     ensure!(declared.status() == 201, "declaring the table: {}", declared.text().await?);
@@ -365,6 +465,9 @@ async fn scenario(
     let loaded = started.elapsed();
     let peak = gateway.peak_rss_mib()?;
     gateway_stop_and_check(gateway, accepted)?;
+    if let Some(peers) = peers {
+        peers.stop(ids.len()).await?;
+    }
 
     let n = lines.len() as u64;
     if let Some(share) = bad {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Benchmarks: the load generator (benches/loadgen.rs) against a release build on the embedded
-# backends, beside the library limit and the seed's Python baselines on the same bytes; writes
-# the results section of BENCHMARKS.md and benchmarks.png.
+# Benchmarks: the load generator (benches/loadgen.rs) against a release build, on the embedded
+# backends and then on Postgres and s3s-fs, beside the library limit and the seed's Python
+# baselines on the same bytes; writes the results section of BENCHMARKS.md and benchmarks.png.
 # Usage: scripts/bench.sh [loadgen args, e.g. --records 200000]
 #        scripts/bench.sh --quick    (the smoke test: debug build, no baselines, nothing written)
 set -euo pipefail
@@ -10,7 +10,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/snowgate/target}"
 
 if [[ "${1:-}" == "--quick" ]]; then
     # The debug build the test suite made (same features), so nothing is built twice.
-    exec cargo bench --locked --profile dev --features fault-injection --bench loadgen -- --quick
+    exec cargo bench --locked --profile dev --features fault-injection --bench loadgen -- --quick \
+        --backends embedded,postgres-s3
 fi
 
 venv="$HOME/.cache/snowgate/bench-venv"
@@ -21,7 +22,10 @@ if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import pandas, pyar
         'pandas==2.3.3' 'pyarrow==22.0.0' 'duckdb==1.4.2' 'matplotlib==3.10.7'
 fi
 
+# s3s-fs for the runs on the production ledger and stage (Postgres must be reachable).
+scripts/peers.sh install >/dev/null
 results="$(mktemp)"
-cargo bench --locked --bench loadgen -- --python "$venv/bin/python" --json "$results" "$@"
+cargo bench --locked --bench loadgen -- --python "$venv/bin/python" --json "$results" \
+    --backends embedded,postgres-s3 "$@"
 "$venv/bin/python" scripts/bench/report.py "$results" BENCHMARKS.md benchmarks.png "scripts/bench.sh${*:+ $*}"
 echo "bench: wrote BENCHMARKS.md and benchmarks.png"

@@ -19,7 +19,8 @@ scripts/peers.sh install
 eval "$(scripts/peers.sh env)"
 
 # The load generator's smoke test (benches/loadgen.rs --quick, on the debug build nextest uses):
-# three small scenarios against a real gateway process, each checked exactly-once in DuckDB.
+# three small scenarios against a real gateway process on the embedded backends, then on Postgres
+# and s3s-fs, each checked exactly-once in DuckDB.
 # Full figures come from scripts/bench.sh (release) and live in BENCHMARKS.md. Skipped when
 # nextest arguments (a filter) are given.
 if [[ $# -eq 0 ]]; then

@@ -36,8 +36,10 @@ def table(r):
 def scenarios(r):
     out = ["| scenario | records | POSTs x batch, clients | ack records/s (MB/s) | first POST -> all loaded | ack p50 / p99 / max | rejected | peak RSS |",
            "|---|---:|---|---:|---:|---|---:|---:|"]
-    names = {"scenario_1": "1: one partner, large batches", "scenario_2": "2: 100 clients, batches of 100",
-             "scenario_3": "3: 1% bad records and a new field"}
+    base = {"scenario_1": "1: one partner, large batches", "scenario_2": "2: 100 clients, batches of 100",
+            "scenario_3": "3: 1% bad records and a new field"}
+    names = dict(base)
+    names.update({f"{key}_postgres_s3": f"{name} (Postgres ledger, s3s-fs stage)" for key, name in base.items()})
     for key, name in names.items():
         if key not in r:
             continue
