@@ -94,6 +94,9 @@ impl DuckDbWarehouse {
     }
 }
 
+/// Stage reads a COPY has in flight: one at a time, an S3 stage's round trips added up.
+const STAGE_READS: usize = 8;
+
 /// How long a DDL statement is retried while it conflicts with a load's transaction.
 const DDL_CONFLICT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -306,12 +309,18 @@ impl Warehouse for DuckDbWarehouse {
     }
 
     async fn copy_files(&self, table: &str, staged: &[StagedFile]) -> Result<Vec<CopyResult>, WarehouseError> {
-        // Inserted by name: a file written before a column existed loads NULL there.
-        let mut files = Vec::with_capacity(staged.len());
-        for path in staged.iter().map(|f| &f.path) {
-            let data = self.stage.get(path).await.map_err(|e| WarehouseError::from_stage(e, path))?;
-            files.push((path.clone(), data));
-        }
+        // Inserted by name: a file written before a column existed loads NULL there. The files
+        // are read from the stage [`STAGE_READS`] at a time, kept in their order.
+        use futures::{StreamExt as _, TryStreamExt as _};
+        let paths: Vec<String> = staged.iter().map(|file| file.path.clone()).collect();
+        let reads = paths.into_iter().map(|path| {
+            let stage = self.stage.clone();
+            async move {
+                let data = stage.get(&path).await.map_err(|e| WarehouseError::from_stage(e, &path))?;
+                Ok::<_, WarehouseError>((path, data))
+            }
+        });
+        let files: Vec<(String, Bytes)> = futures::stream::iter(reads).buffered(STAGE_READS).try_collect().await?;
         let table = table.to_string();
         run(&self.loads, move |conn| {
             let query_id = format!("duckdb-{}", Uuid::now_v7());
