@@ -1,5 +1,5 @@
 //! Load generator and benchmark: realistic partner loan records posted to a real `snowgate serve`
-//! process on its embedded backends, beside the library limit (arrow-json decode with the table
+//! process (on its embedded backends, and with `--backends` also on Postgres and s3s-fs), beside the library limit (arrow-json decode with the table
 //! schema plus a Parquet write, in-process, one thread, on the same bytes) and, when a Python
 //! with pandas and duckdb is given, the seed's pandas pipeline and row-by-row inserts.
 //!
@@ -17,6 +17,9 @@
 #[path = "../tests/common/peers.rs"]
 #[allow(dead_code)]
 mod peers;
+#[path = "../tests/common/postgres.rs"]
+#[allow(dead_code)]
+mod postgres;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -248,7 +251,6 @@ fn library_limit(ndjson: &[u8]) -> anyhow::Result<f64> {
     Ok(rows as f64 / secs)
 }
 
-/// A `snowgate serve` process on its embedded backends in its own folder; killed on drop.
 /// The gateway's ledger and stage in a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Backends {
@@ -275,32 +277,23 @@ impl Backends {
     }
 }
 
-/// The production ledger and stage of one scenario: a fresh Postgres schema (dropped at the
-/// end) and an s3s-fs server of its own (stopped at the end).
+/// The production ledger and stage of one scenario: a fresh Postgres schema and an s3s-fs
+/// server of its own, both removed when dropped (also when the scenario fails).
 struct ProductionPeers {
     s3: peers::S3Server,
-    base: String,
-    schema: String,
+    pg: postgres::PgSchema,
 }
 
 impl ProductionPeers {
-    async fn start() -> anyhow::Result<ProductionPeers> {
-        use sqlx::Connection;
-        let base =
-            std::env::var("SGTEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
-        let schema = format!("sg_bench_{}", uuid::Uuid::now_v7().simple());
-        let mut conn = sqlx::PgConnection::connect(&base).await.context("Postgres at SGTEST_PG_URL")?;
-        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut conn).await?;
-        Ok(ProductionPeers { s3: peers::S3Server::start(), base, schema })
+    async fn start() -> ProductionPeers {
+        ProductionPeers { s3: peers::S3Server::start(), pg: postgres::PgSchema::create().await }
     }
 
     /// The gateway's environment for these peers.
     fn env(&self) -> Vec<(String, String)> {
-        let separator = if self.base.contains('?') { '&' } else { '?' };
-        let url = format!("{}{separator}options=-c%20search_path%3D{}", self.base, self.schema);
         let stage = self.s3.stage_config();
         let mut env = vec![
-            ("SNOWGATE_LEDGER__URL".to_string(), url),
+            ("SNOWGATE_LEDGER__URL".to_string(), self.pg.url.clone()),
             ("SNOWGATE_STAGE__URL".to_string(), stage.url.unwrap_or_default()),
             ("SNOWGATE_STAGE__ENDPOINT".to_string(), stage.endpoint.unwrap_or_default()),
             ("SNOWGATE_STAGE__REGION".to_string(), "us-east-1".to_string()),
@@ -311,20 +304,19 @@ impl ProductionPeers {
         env
     }
 
-    /// Checks that the run used these peers (the batches are in Postgres, the files in s3s-fs),
-    /// then drops the schema; the server stops when dropped.
-    async fn stop(self, posts: usize) -> anyhow::Result<()> {
+    /// Checks that the run used these peers: the batches are in Postgres, the files in s3s-fs.
+    async fn check(&self, posts: usize) -> anyhow::Result<()> {
         use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&self.base).await?;
+        let mut conn = sqlx::PgConnection::connect(&self.pg.base).await?;
         let ledger: i64 =
-            sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {}.batches", self.schema)).fetch_one(&mut conn).await?;
-        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.schema)).execute(&mut conn).await?;
+            sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {}.batches", self.pg.name)).fetch_one(&mut conn).await?;
         ensure!(ledger as usize == posts, "{ledger} batches in Postgres for {posts} POSTs");
         ensure!(self.s3.object_path("LOANS").is_dir(), "no files of LOANS in s3s-fs");
         Ok(())
     }
 }
 
+/// A `snowgate serve` process in its own folder; killed on drop.
 struct Gateway {
     child: Child,
     base: String,
@@ -397,7 +389,7 @@ async fn scenario(
     let dir = work.join(format!("scenario-{name}"));
     let peers = match backends {
         Backends::Embedded => None,
-        Backends::PostgresS3 => Some(ProductionPeers::start().await?),
+        Backends::PostgresS3 => Some(ProductionPeers::start().await),
     };
     let env = peers.as_ref().map(ProductionPeers::env).unwrap_or_default();
     let gateway = Gateway::start(binary, &dir, &env).await?;
@@ -465,8 +457,8 @@ async fn scenario(
     let loaded = started.elapsed();
     let peak = gateway.peak_rss_mib()?;
     gateway_stop_and_check(gateway, accepted)?;
-    if let Some(peers) = peers {
-        peers.stop(ids.len()).await?;
+    if let Some(peers) = &peers {
+        peers.check(ids.len()).await?;
     }
 
     let n = lines.len() as u64;
