@@ -27,12 +27,16 @@ pub struct KeyResolver<'s> {
     /// Renamed fields: normalised field name to the position of the column they load into.
     aliases: HashMap<String, usize>,
     cache: HashMap<String, KeyTarget>,
+    /// The key at each position of the records resolved last, and its target: a batch's
+    /// records mostly list their keys in one order, so most keys are found with one comparison,
+    /// without hashing (see [`KeyResolver::resolve_at`]).
+    recent: Vec<(String, KeyTarget)>,
 }
 
 impl<'s> KeyResolver<'s> {
     pub fn new(schema: &'s TableSchema) -> Self {
         let by_name = schema.columns.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
-        KeyResolver { schema, by_name, aliases: HashMap::new(), cache: HashMap::new() }
+        KeyResolver { schema, by_name, aliases: HashMap::new(), cache: HashMap::new(), recent: Vec::new() }
     }
 
     /// Also resolves renamed fields: `aliases` maps a normalised field name to its column's.
@@ -42,6 +46,9 @@ impl<'s> KeyResolver<'s> {
                 self.aliases.insert(field.clone(), i);
             }
         }
+        // Keys resolved before may resolve otherwise now.
+        self.cache.clear();
+        self.recent.clear();
         self
     }
 
@@ -62,6 +69,28 @@ impl<'s> KeyResolver<'s> {
             self.cache.insert(key.to_string(), target);
         }
         &self.cache[key]
+    }
+
+    /// [`KeyResolver::resolve`] for the key at `position` of a record, by the key seen there
+    /// in the records before when it is the same.
+    pub fn resolve_at(&mut self, position: usize, key: &str) -> &KeyTarget {
+        if position > self.recent.len() {
+            return self.resolve(key);
+        }
+        let known = self.recent.get(position).is_some_and(|(seen, _)| seen == key);
+        if !known {
+            let target = self.resolve(key).clone();
+            match self.recent.get_mut(position) {
+                Some((seen, remembered)) => {
+                    seen.clear();
+                    seen.push_str(key);
+                    *remembered = target;
+                }
+                None => self.recent.push((key.to_owned(), target)),
+            }
+        }
+        // Filled just above when it was not there: `position` is at most its length.
+        &self.recent[position].1
     }
 }
 
@@ -88,10 +117,6 @@ pub struct Validator<'s> {
     column_cap: Option<usize>,
     /// Scratch: which key filled each column in the current record.
     seen: Vec<Option<usize>>,
-    /// For [`Validator::accept_text`]: the key at each position of the last records and the
-    /// column it names. A batch's records mostly list their keys in one order, so most keys
-    /// are found with one comparison, without hashing.
-    recent: Vec<(String, Option<usize>)>,
     /// Fields dropped from accepted records (`discard_value`).
     pub discarded_values: u64,
     /// Fields and values kept in the rescue column of accepted records (`rescue`).
@@ -106,7 +131,6 @@ impl<'s> Validator<'s> {
             unknown: Unknown::Reject,
             column_cap: None,
             seen: vec![None; schema.columns.len()],
-            recent: Vec::new(),
             discarded_values: 0,
             rescued_values: 0,
         }
@@ -150,7 +174,7 @@ impl<'s> Validator<'s> {
         let mut discarded = 0;
         self.seen.iter_mut().for_each(|s| *s = None);
         for (position, (key, value)) in object.iter().enumerate() {
-            match self.keys.resolve(key).clone() {
+            match self.keys.resolve_at(position, key).clone() {
                 KeyTarget::Column(i) if matches!(self.unknown, Unknown::Rescue(_)) && self.seen[i].is_some() => {
                     // A second key for one column: kept as sent rather than lost.
                     rescued.insert(key.clone(), value.clone());
@@ -262,28 +286,6 @@ impl<'s> Validator<'s> {
         complete.then_some(cells)
     }
 
-    /// The column the key at `position` of a record names (`None`: no column), by the key seen
-    /// there before when it is the same.
-    fn column_at(&mut self, position: usize, key: &str) -> Option<usize> {
-        if let Some((seen, column)) = self.recent.get(position) {
-            if seen == key {
-                return *column;
-            }
-        }
-        let column = match self.keys.resolve(key) {
-            KeyTarget::Column(i) => Some(*i),
-            KeyTarget::Unknown(_) => None,
-        };
-        if let Some((seen, remembered)) = self.recent.get_mut(position) {
-            seen.clear();
-            seen.push_str(key);
-            *remembered = column;
-        } else if position == self.recent.len() {
-            self.recent.push((key.to_owned(), column));
-        }
-        column
-    }
-
     /// The key resolver, for drift planning over the same batch.
     pub fn keys(&mut self) -> &mut KeyResolver<'s> {
         &mut self.keys
@@ -314,14 +316,14 @@ impl<'de> Visitor<'de> for FlatRecord<'_, '_> {
             }
             let raw: &'de RawValue = map.next_value()?;
             let value = scalar(raw.get()).ok_or_else(not_flat)?;
-            let column = match self.validator.column_at(position, &key) {
-                Some(i) => i,
+            let column = match self.validator.keys.resolve_at(position, &key) {
+                KeyTarget::Column(i) => *i,
                 // A key naming no column is ignored when it holds null, as `validate` does.
-                None if value == ValueRef::Null => {
+                KeyTarget::Unknown(_) if value == ValueRef::Null => {
                     position += 1;
                     continue;
                 }
-                None => return Err(not_flat()),
+                KeyTarget::Unknown(_) => return Err(not_flat()),
             };
             if self.validator.seen[column].replace(position).is_some() {
                 return Err(not_flat());
