@@ -290,17 +290,9 @@ impl ProductionPeers {
     }
 
     /// The gateway's environment for these peers.
-    fn env(&self) -> Vec<(String, String)> {
-        let stage = self.s3.stage_config();
-        let mut env = vec![
-            ("SNOWGATE_LEDGER__URL".to_string(), self.pg.url.clone()),
-            ("SNOWGATE_STAGE__URL".to_string(), stage.url.unwrap_or_default()),
-            ("SNOWGATE_STAGE__ENDPOINT".to_string(), stage.endpoint.unwrap_or_default()),
-            ("SNOWGATE_STAGE__REGION".to_string(), "us-east-1".to_string()),
-            ("SNOWGATE_STAGE__ALLOW_HTTP".to_string(), "true".to_string()),
-            ("SNOWGATE_STAGE__PATH_STYLE".to_string(), "true".to_string()),
-        ];
-        env.extend(self.s3.credentials_env().map(|(k, v)| (k.to_string(), v.to_string())));
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env = self.s3.gateway_env();
+        env.push(("SNOWGATE_LEDGER__URL", self.pg.url.clone()));
         env
     }
 
@@ -324,14 +316,14 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn start(binary: &Path, dir: &Path, env: &[(String, String)]) -> anyhow::Result<Gateway> {
+    async fn start(binary: &Path, dir: &Path, env: &[(&str, String)]) -> anyhow::Result<Gateway> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let base = format!("http://127.0.0.1:{port}");
         let child = Command::new(binary)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(dir)
             .env("RUST_LOG", "warn")
-            .envs(env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().map(|(key, value)| (key, value)))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?;

@@ -98,6 +98,21 @@ impl S3Server {
         }
     }
 
+    /// What points a gateway process at this server: the `[stage]` keys and the AWS_*
+    /// credentials, as environment variables.
+    pub fn gateway_env(&self) -> Vec<(&'static str, String)> {
+        let stage = self.stage_config();
+        let mut env = vec![
+            ("SNOWGATE_STAGE__URL", stage.url.unwrap_or_default()),
+            ("SNOWGATE_STAGE__ENDPOINT", stage.endpoint.unwrap_or_default()),
+            ("SNOWGATE_STAGE__REGION", "us-east-1".to_string()),
+            ("SNOWGATE_STAGE__ALLOW_HTTP", "true".to_string()),
+            ("SNOWGATE_STAGE__PATH_STYLE", "true".to_string()),
+        ];
+        env.extend(self.credentials_env().map(|(key, value)| (key, value.to_string())));
+        env
+    }
+
     /// Credentials as environment variables, for gateway processes that a test spawns.
     pub fn credentials_env(&self) -> [(&'static str, &'static str); 2] {
         [("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY), ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)]

@@ -54,16 +54,7 @@ impl Peers {
 
     /// Points a gateway process at the S3 stage: `[stage]` and the AWS_* credentials, by env.
     pub fn s3_env(&self, command: &mut Command) {
-        let s3 = self.s3.stage_config();
-        command
-            .env("SNOWGATE_STAGE__URL", s3.url.unwrap())
-            .env("SNOWGATE_STAGE__ENDPOINT", s3.endpoint.unwrap())
-            .env("SNOWGATE_STAGE__REGION", "us-east-1")
-            .env("SNOWGATE_STAGE__ALLOW_HTTP", "true")
-            .env("SNOWGATE_STAGE__PATH_STYLE", "true");
-        for (key, value) in self.s3.credentials_env() {
-            command.env(key, value);
-        }
+        command.envs(self.s3.gateway_env());
     }
 
     /// Points a gateway process at every peer, through the environment only.
