@@ -8,17 +8,33 @@ use std::process::Stdio;
 
 use serde_json::{json, Value};
 
-#[tokio::test]
-async fn request_ids_reach_the_answer_and_every_log_line_of_the_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let log_path = dir.path().join("gateway.log");
-    let (mut command, base) = common::gateway_command(&dir.path().join("data"));
+/// A gateway logging JSON at `rust_log` to a file in `dir`, with table `loans` declared.
+async fn json_logging_gateway(dir: &std::path::Path, rust_log: &str) -> (common::Process, String, std::path::PathBuf) {
+    let log_path = dir.join("gateway.log");
+    let (mut command, base) = common::gateway_command(&dir.join("data"));
     command
         .env("SNOWGATE_LOG__FORMAT", "json")
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", rust_log)
         .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()));
     let gateway = common::Process::start(command, base.clone()).await;
     common::declare_ids(&base, "loans").await;
+    (gateway, base, log_path)
+}
+
+/// Every line of a JSON log, each parsed (a line that is not JSON fails the test), and the text.
+fn json_lines(log_path: &std::path::Path) -> (Vec<Value>, String) {
+    let text = std::fs::read_to_string(log_path).unwrap();
+    let lines = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}")))
+        .collect();
+    (lines, text)
+}
+
+#[tokio::test]
+async fn request_ids_reach_the_answer_and_every_log_line_of_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, base, log_path) = json_logging_gateway(dir.path(), "info").await;
     let client = reqwest::Client::new();
 
     let sent = "partner-run-42:batch/7";
@@ -50,11 +66,7 @@ async fn request_ids_reach_the_answer_and_every_log_line_of_the_request() {
     assert!(missing.headers().contains_key("x-request-id"));
     gateway.terminate();
 
-    let text = std::fs::read_to_string(&log_path).unwrap();
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}")))
-        .collect();
+    let (lines, text) = json_lines(&log_path);
     assert!(!lines.is_empty());
     // The line that says the batch was staged is in the request's span, with everything known.
     let staged = lines
@@ -75,15 +87,8 @@ async fn request_ids_reach_the_answer_and_every_log_line_of_the_request() {
 #[tokio::test]
 async fn the_request_span_names_only_the_batch_it_answers_with() {
     let dir = tempfile::tempdir().unwrap();
-    let log_path = dir.path().join("gateway.log");
-    let (mut command, base) = common::gateway_command(&dir.path().join("data"));
-    // tower_http logs the end of every request at debug, inside the request span.
-    command
-        .env("SNOWGATE_LOG__FORMAT", "json")
-        .env("RUST_LOG", "info,tower_http=debug")
-        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()));
-    let gateway = common::Process::start(command, base.clone()).await;
-    common::declare_ids(&base, "loans").await;
+    // tower_http logs the start and end of every request at debug, inside the request span.
+    let (gateway, base, log_path) = json_logging_gateway(dir.path(), "info,tower_http=debug").await;
     let client = reqwest::Client::new();
     let url = format!("{base}/v1/tables/loans/batches");
     let mut ids = Vec::new();
@@ -104,10 +109,9 @@ async fn the_request_span_names_only_the_batch_it_answers_with() {
     assert_eq!(dry.send().await.unwrap().status(), 200);
     gateway.terminate();
 
-    let text = std::fs::read_to_string(&log_path).unwrap();
-    let spans: Vec<Value> = text
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+    let (lines, text) = json_lines(&log_path);
+    let spans: Vec<Value> = lines
+        .iter()
         .filter_map(|line| line["spans"].as_array()?.iter().find(|s| s["name"] == "request").cloned())
         .collect();
     let of = |request_id: &str| -> Vec<&Value> { spans.iter().filter(|s| s["request_id"] == request_id).collect() };
