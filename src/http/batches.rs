@@ -213,9 +213,6 @@ async fn store(
     if !known {
         tracing::Span::current().record("batch_id", tracing::field::display(batch.id));
     }
-    // A replay answers as the first request did: 200 when no record was accepted, else 202,
-    // unless this request waits for the load and it is done.
-    let replayed_code = if batch.counts.accepted == 0 { StatusCode::OK } else { StatusCode::ACCEPTED };
     let waits = params.wait.unwrap_or_default() == WaitFor::Loaded;
     let batch = if waits && !batch.status.is_final() {
         let timeout = Duration::from_secs(params.timeout.unwrap_or(30)).min(app.config.limits.max_wait);
@@ -223,10 +220,13 @@ async fn store(
     } else {
         batch
     };
-    let code = match (replayed, waits && batch.status.is_final()) {
-        (true, false) => replayed_code,
-        _ if batch.status.is_final() => StatusCode::OK,
-        _ => StatusCode::ACCEPTED,
+    // As documented: 200 for a batch that accepted no record (final at once), or one this
+    // request waited for until it was final; else 202, even when the loader was quicker than
+    // the answer (the body says so). A replay of an Idempotency-Key answers by the same rule.
+    let code = if batch.counts.accepted == 0 || (waits && batch.status.is_final()) {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
     };
     let mut response = if code == StatusCode::OK {
         (code, Json(IngestResult::Batch(*batch))).into_response()
