@@ -380,6 +380,9 @@ async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<(B
         if received.is_empty() {
             // Once per request, however its body is cut into chunks.
             crate::fault::crash_point(crate::fault::CrashPoint::Receiving);
+            // The body is arriving: room for all it declared, so it is not copied as it grows.
+            // Only address space: pages are taken as bytes arrive, and the grant follows them.
+            received.reserve(declared.unwrap_or(0));
         }
         received.extend_from_slice(&chunk);
     }

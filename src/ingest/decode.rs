@@ -264,9 +264,13 @@ fn parse_json(body: &[u8], limits: &DecodeLimits, accept: Accept<'_>) -> Result<
 }
 
 fn parse_ndjson(body: &[u8], limits: &DecodeLimits, accept: Accept<'_>) -> Result<Vec<Decoded>, DecodeError> {
-    let mut out = Vec::new();
-    for line in body.split(|b| *b == b'\n') {
-        let line = line.trim_ascii();
+    // One record a line at most: sized once rather than grown (and copied) as lines are read.
+    let lines = memchr::memchr_iter(b'\n', body).count() + 1;
+    let mut out = Vec::with_capacity(lines.min(limits.max_records.saturating_add(1)));
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', body).chain([body.len()]) {
+        let line = body[start..end].trim_ascii();
+        start = end + 1;
         if line.is_empty() {
             continue;
         }

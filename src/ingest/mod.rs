@@ -3,6 +3,7 @@
 pub mod coerce;
 pub mod decode;
 pub mod drift;
+pub mod flat;
 pub mod reject;
 pub mod replay;
 pub mod validate;

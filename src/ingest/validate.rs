@@ -1,11 +1,7 @@
 //! Checks one record against a table schema and turns it into typed cells.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, Visitor};
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::coerce::{coerce, coerce_scalar, Cell, ValueRef};
@@ -279,9 +275,34 @@ impl<'s> Validator<'s> {
         let schema = self.keys.schema();
         let mut cells = vec![Cell::Null; schema.columns.len()];
         self.seen.iter_mut().for_each(|s| *s = None);
-        let mut parser = serde_json::Deserializer::from_str(text);
-        parser.deserialize_map(FlatRecord { validator: self, cells: &mut cells }).ok()?;
-        parser.end().ok()?;
+        let mut position = 0;
+        super::flat::scan(text, |key, value| {
+            // Keys the JSON parser gives a meaning of its own (its number and raw value markers).
+            if key.starts_with("$serde_json::private::") {
+                return None;
+            }
+            let column = match self.keys.resolve_at(position, key) {
+                KeyTarget::Column(i) => *i,
+                // A key naming no column is ignored when it holds null, as `validate` does.
+                KeyTarget::Unknown(_) if value == ValueRef::Null => {
+                    position += 1;
+                    return Some(());
+                }
+                KeyTarget::Unknown(_) => return None,
+            };
+            if self.seen[column].replace(position).is_some() {
+                return None;
+            }
+            let definition = &schema.columns[column];
+            match value {
+                ValueRef::Null if definition.nullable => {}
+                ValueRef::Null => return None,
+                _ if definition.ty.is_semi_structured() => return None,
+                _ => cells[column] = coerce_scalar(value, definition.ty).ok()?,
+            }
+            position += 1;
+            Some(())
+        })?;
         let complete = schema.columns.iter().zip(&self.seen).all(|(column, seen)| column.nullable || seen.is_some());
         complete.then_some(cells)
     }
@@ -289,100 +310,6 @@ impl<'s> Validator<'s> {
     /// The key resolver, for drift planning over the same batch.
     pub fn keys(&mut self) -> &mut KeyResolver<'s> {
         &mut self.keys
-    }
-}
-
-/// Reads one record for [`Validator::accept_text`]; any error means "not as it is".
-struct FlatRecord<'v, 's> {
-    validator: &'v mut Validator<'s>,
-    cells: &'v mut [Cell],
-}
-
-impl<'de> Visitor<'de> for FlatRecord<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a record of known columns with scalar values")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let not_flat = || de::Error::custom("the record needs a closer look");
-        let schema = self.validator.keys.schema();
-        let mut position = 0;
-        while let Some(key) = map.next_key_seed(Key)? {
-            // Keys the JSON parser gives a meaning of its own (its number and raw value markers).
-            if key.starts_with("$serde_json::private::") {
-                return Err(not_flat());
-            }
-            let raw: &'de RawValue = map.next_value()?;
-            let value = scalar(raw.get()).ok_or_else(not_flat)?;
-            let column = match self.validator.keys.resolve_at(position, &key) {
-                KeyTarget::Column(i) => *i,
-                // A key naming no column is ignored when it holds null, as `validate` does.
-                KeyTarget::Unknown(_) if value == ValueRef::Null => {
-                    position += 1;
-                    continue;
-                }
-                KeyTarget::Unknown(_) => return Err(not_flat()),
-            };
-            if self.validator.seen[column].replace(position).is_some() {
-                return Err(not_flat());
-            }
-            let definition = &schema.columns[column];
-            match value {
-                ValueRef::Null if definition.nullable => {}
-                ValueRef::Null => return Err(not_flat()),
-                _ if definition.ty.is_semi_structured() => return Err(not_flat()),
-                _ => self.cells[column] = coerce_scalar(value, definition.ty).map_err(|_| not_flat())?,
-            }
-            position += 1;
-        }
-        Ok(())
-    }
-}
-
-/// A JSON scalar from its text (as a [`RawValue`] gives it), strings borrowed; `None` for an
-/// array, an object, or a string with escapes (rare in partner data: the parser's path takes it).
-fn scalar(text: &str) -> Option<ValueRef<'_>> {
-    match text.as_bytes().first()? {
-        b'n' => Some(ValueRef::Null),
-        b't' => Some(ValueRef::Bool(true)),
-        b'f' => Some(ValueRef::Bool(false)),
-        b'"' => {
-            let inner = text.get(1..text.len() - 1)?;
-            (!inner.contains('\\')).then_some(ValueRef::String(inner))
-        }
-        // A number with an exponent is not kept as sent by the parser (`1E5` becomes `1e+5`),
-        // which a VARCHAR column would see: rare, so the parser's path takes it.
-        b'-' | b'0'..=b'9' if !text.contains(['e', 'E']) => Some(ValueRef::Number(text)),
-        _ => None,
-    }
-}
-
-/// A map key, borrowed from the text unless it has escapes.
-struct Key;
-
-impl<'de> DeserializeSeed<'de> for Key {
-    type Value = Cow<'de, str>;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Key {
-    type Value = Cow<'de, str>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a key")
-    }
-
-    fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<Self::Value, E> {
-        Ok(Cow::Borrowed(key))
-    }
-
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(key.to_owned()))
     }
 }
 
