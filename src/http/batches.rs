@@ -380,9 +380,12 @@ async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<(B
         if received.is_empty() {
             // Once per request, however its body is cut into chunks.
             crate::fault::crash_point(crate::fault::CrashPoint::Receiving);
-            // The body is arriving: room for all it declared, so it is not copied as it grows.
-            // Only address space: pages are taken as bytes arrive, and the grant follows them.
-            received.reserve(declared.unwrap_or(0));
+        }
+        if received.capacity() < total {
+            // Grown to the declared length once half of it is here (as doubling would), so a
+            // body is copied fewer times, and never ahead of what the grant holds by more.
+            let want = declared.filter(|&d| d >= total && d <= total.saturating_mul(2)).unwrap_or(total);
+            received.reserve(want - received.len());
         }
         received.extend_from_slice(&chunk);
     }

@@ -264,9 +264,10 @@ fn parse_json(body: &[u8], limits: &DecodeLimits, accept: Accept<'_>) -> Result<
 }
 
 fn parse_ndjson(body: &[u8], limits: &DecodeLimits, accept: Accept<'_>) -> Result<Vec<Decoded>, DecodeError> {
-    // One record a line at most: sized once rather than grown (and copied) as lines are read.
+    // One record a line at most: sized once rather than grown (and copied) as lines are read. A
+    // record takes two bytes at least with its newline, so blank lines cannot size it past that.
     let lines = memchr::memchr_iter(b'\n', body).count() + 1;
-    let mut out = Vec::with_capacity(lines.min(limits.max_records.saturating_add(1)));
+    let mut out = Vec::with_capacity(lines.min(body.len() / 2 + 1).min(limits.max_records));
     let mut start = 0;
     for end in memchr::memchr_iter(b'\n', body).chain([body.len()]) {
         let line = body[start..end].trim_ascii();
