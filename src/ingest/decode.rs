@@ -450,6 +450,16 @@ mod tests {
             parse_records(many.as_bytes(), BodyFormat::Json, &LIMITS),
             Err(DecodeError::TooManyRecords(10))
         ));
+        // Blank lines are not records: ten records among them are within the limit, eleven not.
+        let ten = "\n \r\n{\"a\":1}\n".repeat(10);
+        assert_eq!(parse_records(ten.as_bytes(), BodyFormat::Ndjson, &LIMITS).unwrap().len(), 10);
+        let eleven = format!("{ten}{{\"a\":1}}");
+        assert!(matches!(
+            parse_records(eleven.as_bytes(), BodyFormat::Ndjson, &LIMITS),
+            Err(DecodeError::TooManyRecords(10))
+        ));
+        let blank = "\n".repeat(1000);
+        assert!(matches!(parse_records(blank.as_bytes(), BodyFormat::Ndjson, &LIMITS), Err(DecodeError::Empty)));
     }
 
     #[test]

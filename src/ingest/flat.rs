@@ -10,18 +10,18 @@ use super::coerce::ValueRef;
 /// `Some(())` when the whole text was such an object; `None` as soon as it is not, or when
 /// `member` answers `None`.
 pub fn scan<'t>(text: &'t str, mut member: impl FnMut(&'t str, ValueRef<'t>) -> Option<()>) -> Option<()> {
-    let mut scanner = Scanner { text: text.as_bytes(), at: 0 };
+    let mut scanner = Scanner { text, at: 0 };
     scanner.skip_space();
     scanner.eat(b'{')?;
     scanner.skip_space();
     if scanner.eat(b'}').is_none() {
         loop {
             scanner.skip_space();
-            let key = scanner.string(text)?;
+            let key = scanner.string()?;
             scanner.skip_space();
             scanner.eat(b':')?;
             scanner.skip_space();
-            let value = scanner.value(text)?;
+            let value = scanner.value()?;
             member(key, value)?;
             scanner.skip_space();
             match scanner.next()? {
@@ -36,13 +36,13 @@ pub fn scan<'t>(text: &'t str, mut member: impl FnMut(&'t str, ValueRef<'t>) -> 
 }
 
 struct Scanner<'t> {
-    text: &'t [u8],
+    text: &'t str,
     at: usize,
 }
 
 impl<'t> Scanner<'t> {
     fn peek(&self) -> Option<u8> {
-        self.text.get(self.at).copied()
+        self.text.as_bytes().get(self.at).copied()
     }
 
     fn next(&mut self) -> Option<u8> {
@@ -62,14 +62,14 @@ impl<'t> Scanner<'t> {
         }
     }
 
-    /// A string without escapes, its text borrowed. `text` is `self.text` as a `str`: the quotes
-    /// are ASCII, so the slice between them lies on character boundaries.
-    fn string(&mut self, text: &'t str) -> Option<&'t str> {
+    /// A string without escapes, its text borrowed. The quotes are ASCII, so the slice between
+    /// them lies on character boundaries.
+    fn string(&mut self) -> Option<&'t str> {
         self.eat(b'"')?;
         let start = self.at;
         loop {
             match self.next()? {
-                b'"' => return text.get(start..self.at - 1),
+                b'"' => return self.text.get(start..self.at - 1),
                 // An escape needs decoding; a control character is not allowed in a JSON string.
                 b'\\' | 0..=0x1f => return None,
                 _ => {}
@@ -77,20 +77,20 @@ impl<'t> Scanner<'t> {
         }
     }
 
-    fn value(&mut self, text: &'t str) -> Option<ValueRef<'t>> {
+    fn value(&mut self) -> Option<ValueRef<'t>> {
         match self.peek()? {
-            b'"' => self.string(text).map(ValueRef::String),
+            b'"' => self.string().map(ValueRef::String),
             b'n' => self.word(b"null", ValueRef::Null),
             b't' => self.word(b"true", ValueRef::Bool(true)),
             b'f' => self.word(b"false", ValueRef::Bool(false)),
-            b'-' | b'0'..=b'9' => self.number(text).map(ValueRef::Number),
+            b'-' | b'0'..=b'9' => self.number().map(ValueRef::Number),
             _ => None,
         }
     }
 
     fn word(&mut self, word: &[u8], value: ValueRef<'t>) -> Option<ValueRef<'t>> {
         let end = self.at + word.len();
-        (self.text.get(self.at..end)? == word).then(|| {
+        (self.text.as_bytes().get(self.at..end)? == word).then(|| {
             self.at = end;
             value
         })
@@ -98,7 +98,7 @@ impl<'t> Scanner<'t> {
 
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?`, its text as sent. A number with an exponent is left to the
     /// parser, which does not keep its text as sent (`1E5` becomes `1e+5`).
-    fn number(&mut self, text: &'t str) -> Option<&'t str> {
+    fn number(&mut self) -> Option<&'t str> {
         let start = self.at;
         if self.peek() == Some(b'-') {
             self.at += 1;
@@ -119,7 +119,7 @@ impl<'t> Scanner<'t> {
         if matches!(self.peek(), Some(b'e' | b'E' | b'0'..=b'9')) {
             return None;
         }
-        text.get(start..self.at)
+        self.text.get(start..self.at)
     }
 
     fn digits(&mut self) {
@@ -211,13 +211,17 @@ mod tests {
         for _ in 0..200_000 {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let mut bits = state;
-            let mut text = String::from("{\"k\":");
+            let around = [" ", "\t", "\r\n", "", "", "x"];
+            let mut text = String::from(around[(bits % 6) as usize]);
+            bits /= 6;
+            text.push_str("{\"k\":");
             for _ in 0..(bits % 9) {
                 bits /= 9;
                 text.push_str(pieces[(bits % pieces.len() as u64) as usize]);
                 bits /= pieces.len() as u64;
             }
             text.push('}');
+            text.push_str(around[(bits % 6) as usize]);
             tried += 1;
             let Some(got) = members(&text) else { continue };
             accepted += 1;

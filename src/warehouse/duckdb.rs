@@ -310,24 +310,37 @@ impl Warehouse for DuckDbWarehouse {
 
     async fn copy_files(&self, table: &str, staged: &[StagedFile]) -> Result<Vec<CopyResult>, WarehouseError> {
         // Inserted by name: a file written before a column existed loads NULL there. The files
-        // are read from the stage [`STAGE_READS`] at a time, kept in their order.
-        use futures::{StreamExt as _, TryStreamExt as _};
-        let paths: Vec<String> = staged.iter().map(|file| file.path.clone()).collect();
-        let reads = paths.into_iter().map(|path| {
-            let stage = self.stage.clone();
+        // are read from the stage [`STAGE_READS`] at a time, kept in their order, and handed to
+        // the insert as they arrive: a round holds a few files at once, never all of them.
+        use futures::StreamExt as _;
+        let (files_tx, mut files) = tokio::sync::mpsc::channel(1);
+        let count = staged.len();
+        let reads = staged.iter().map(|file| {
+            let (stage, path) = (self.stage.clone(), file.path.clone());
             async move {
                 let data = stage.get(&path).await.map_err(|e| WarehouseError::from_stage(e, &path))?;
                 Ok::<_, WarehouseError>((path, data))
             }
         });
-        let files: Vec<(String, Bytes)> = futures::stream::iter(reads).buffered(STAGE_READS).try_collect().await?;
+        let mut reads = futures::stream::iter(reads.collect::<Vec<_>>()).buffered(STAGE_READS);
+        // Ends at the first failed read (sent on, so the insert stops there), or when the insert
+        // stopped taking files.
+        let reader = tokio::spawn(async move {
+            while let Some(read) = reads.next().await {
+                let failed = read.is_err();
+                if files_tx.send(read).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
         let table = table.to_string();
-        run(&self.loads, move |conn| {
+        let copied = run(&self.loads, move |conn| {
             let query_id = format!("duckdb-{}", Uuid::now_v7());
             let insert = format!("INSERT INTO {} BY NAME SELECT * FROM arrow(?)", quote_ident(&table));
             let tx = conn.transaction().map_err(unavailable)?;
-            let mut results = Vec::with_capacity(files.len());
-            for (path, data) in files {
+            let mut results = Vec::with_capacity(count);
+            while let Some(file) = files.blocking_recv() {
+                let (path, data) = file?;
                 let loaded_before: i64 = tx
                     .query_row(
                         &format!("SELECT COUNT(*) FROM {HISTORY} WHERE table_name = ? AND file = ?"),
@@ -364,11 +377,17 @@ impl Warehouse for DuckDbWarehouse {
                     query_id: Some(query_id.clone()),
                 });
             }
+            if results.len() != count {
+                // The reader ended without an error (it panicked): nothing of this round commits.
+                return Err(WarehouseError::transient("a stage read ended early").with_query_id(Some(query_id)));
+            }
             crate::fault::crash_point(crate::fault::CrashPoint::DuringCopy);
             tx.commit().map_err(unavailable)?;
             Ok(results)
         })
-        .await
+        .await;
+        reader.abort();
+        copied
     }
 }
 
