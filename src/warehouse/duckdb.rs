@@ -315,31 +315,41 @@ impl Warehouse for DuckDbWarehouse {
         use futures::StreamExt as _;
         let (files_tx, mut files) = tokio::sync::mpsc::channel(1);
         let count = staged.len();
-        let reads = staged.iter().map(|file| {
-            let (stage, path) = (self.stage.clone(), file.path.clone());
-            async move {
-                let data = stage.get(&path).await.map_err(|e| WarehouseError::from_stage(e, &path))?;
-                Ok::<_, WarehouseError>((path, data))
-            }
-        });
-        let mut reads = futures::stream::iter(reads.collect::<Vec<_>>()).buffered(STAGE_READS);
+        // Each read is a task of its own, so the reads ahead keep going (and stay within the
+        // stage's timeout) while the insert is busy and the reader waits to hand a file over.
+        let reads: Vec<(Arc<Stage>, String)> =
+            staged.iter().map(|file| (self.stage.clone(), file.path.clone())).collect();
+        let mut reads = futures::stream::iter(reads)
+            .map(|(stage, path)| {
+                tokio::spawn(async move {
+                    let data = stage.get(&path).await.map_err(|e| WarehouseError::from_stage(e, &path))?;
+                    Ok::<_, WarehouseError>((path, data))
+                })
+            })
+            .buffered(STAGE_READS);
         // Ends at the first failed read (sent on, so the insert stops there), or when the insert
-        // stopped taking files.
-        let reader = tokio::spawn(async move {
+        // stopped taking files. Aborted when this COPY ends or is dropped.
+        let _reader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             while let Some(read) = reads.next().await {
+                // A read that panicked fails its file as a statement would, never retried forever.
+                let read = read
+                    .map_err(|e| WarehouseError::statement(format!("stage read task: {e}")).with_source(e))
+                    .and_then(|read| read);
                 let failed = read.is_err();
                 if files_tx.send(read).await.is_err() || failed {
                     break;
                 }
             }
-        });
+        }));
         let table = table.to_string();
-        let copied = run(&self.loads, move |conn| {
+        run(&self.loads, move |conn| {
             let query_id = format!("duckdb-{}", Uuid::now_v7());
             let insert = format!("INSERT INTO {} BY NAME SELECT * FROM arrow(?)", quote_ident(&table));
+            // The transaction opens once the first file is here, not while it is being read.
+            let mut first = files.blocking_recv();
             let tx = conn.transaction().map_err(unavailable)?;
             let mut results = Vec::with_capacity(count);
-            while let Some(file) = files.blocking_recv() {
+            while let Some(file) = first.take().or_else(|| files.blocking_recv()) {
                 let (path, data) = file?;
                 let loaded_before: i64 = tx
                     .query_row(
@@ -378,16 +388,14 @@ impl Warehouse for DuckDbWarehouse {
                 });
             }
             if results.len() != count {
-                // The reader ended without an error (it panicked): nothing of this round commits.
+                // The reader stopped without an error (it was aborted): nothing of this round commits.
                 return Err(WarehouseError::transient("a stage read ended early").with_query_id(Some(query_id)));
             }
             crate::fault::crash_point(crate::fault::CrashPoint::DuringCopy);
             tx.commit().map_err(unavailable)?;
             Ok(results)
         })
-        .await;
-        reader.abort();
-        copied
+        .await
     }
 }
 
