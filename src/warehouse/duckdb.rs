@@ -321,14 +321,14 @@ impl Warehouse for DuckDbWarehouse {
             staged.iter().map(|file| (self.stage.clone(), file.path.clone())).collect();
         let mut reads = futures::stream::iter(reads)
             .map(|(stage, path)| {
-                tokio::spawn(async move {
+                tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
                     let data = stage.get(&path).await.map_err(|e| WarehouseError::from_stage(e, &path))?;
                     Ok::<_, WarehouseError>((path, data))
-                })
+                }))
             })
             .buffered(STAGE_READS);
         // Ends at the first failed read (sent on, so the insert stops there), or when the insert
-        // stopped taking files. Aborted when this COPY ends or is dropped.
+        // stopped taking files. Aborted, with the reads it started, when this COPY ends or is dropped.
         let _reader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             while let Some(read) = reads.next().await {
                 // A read that panicked fails its file as a statement would, never retried forever.
@@ -341,16 +341,16 @@ impl Warehouse for DuckDbWarehouse {
                 }
             }
         }));
+        // The connection is taken and the transaction opened once the first file is here.
+        let mut first = files.recv().await;
         let table = table.to_string();
         run(&self.loads, move |conn| {
             let query_id = format!("duckdb-{}", Uuid::now_v7());
             let insert = format!("INSERT INTO {} BY NAME SELECT * FROM arrow(?)", quote_ident(&table));
-            // The transaction opens once the first file is here, not while it is being read.
-            let mut first = files.blocking_recv();
             let tx = conn.transaction().map_err(unavailable)?;
             let mut results = Vec::with_capacity(count);
             while let Some(file) = first.take().or_else(|| files.blocking_recv()) {
-                let (path, data) = file?;
+                let (path, data) = file.map_err(|e| e.with_query_id(Some(query_id.clone())))?;
                 let loaded_before: i64 = tx
                     .query_row(
                         &format!("SELECT COUNT(*) FROM {HISTORY} WHERE table_name = ? AND file = ?"),
@@ -388,7 +388,7 @@ impl Warehouse for DuckDbWarehouse {
                 });
             }
             if results.len() != count {
-                // The reader stopped without an error (it was aborted): nothing of this round commits.
+                // The reader stopped without an error (aborted or panicked): nothing of this round commits.
                 return Err(WarehouseError::transient("a stage read ended early").with_query_id(Some(query_id)));
             }
             crate::fault::crash_point(crate::fault::CrashPoint::DuringCopy);
