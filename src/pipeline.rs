@@ -19,8 +19,9 @@ use crate::ingest::decode::{self, DecodeError, DecodeLimits, Decoded};
 use crate::ingest::drift::{plan_from_accepted, unknown_keys, DriftPolicy};
 use crate::ingest::reject::Reject;
 use crate::ingest::replay::{split_items, ReplayItemError};
+use crate::ingest::rows::reserved_per_row;
 use crate::ingest::validate::{KeyResolver, Unknown, Validator};
-use crate::ingest::{check_records, Checked, Rules};
+use crate::ingest::{check_records, Checked, Rows, Rules};
 use crate::ledger::{
     BatchRecord, BatchStatus, Counts, DriftCounts, IdempotencyClaim, IdempotencyState, LedgerError, NewBatch, Partner,
     ReplayClaim, ReplayRefusal,
@@ -403,6 +404,16 @@ fn committed_record(batch: &NewBatch) -> BatchRecord {
     }
 }
 
+/// Rows a body is likely to hold, to size the column builders once: one a line for NDJSON, at
+/// most the request's limit and `room` (what the parse estimate already holds on the budget);
+/// a JSON body's builders grow as its records are read.
+fn rows_hint(format: decode::BodyFormat, body: &[u8], max_records: usize, room: usize) -> usize {
+    match format {
+        decode::BodyFormat::Ndjson => (memchr::memchr_iter(b'\n', body).count() + 1).min(max_records).min(room),
+        decode::BodyFormat::Json => 0,
+    }
+}
+
 /// A request ready to buffer, or a dry run's answer.
 enum Prepared {
     DryRun(DryRunReport),
@@ -427,10 +438,10 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
     let budget = app.budget.max();
     let partner = request.partner.clone();
     // Records that pass as they are against the table as it is now are read straight into
-    // cells; the rest are parsed for a closer look. A replay's items are not records.
+    // column builders; the rest are parsed for a closer look. A replay's items are not records.
     let read_as = (table.schema(), table.aliases());
     let fast = request.replay_of.is_none().then(|| read_as.clone());
-    let (mut records, grant, plain): (Vec<Decoded>, Grant, Bytes) = blocking(move || {
+    let (mut records, fast_rows, grant, plain): (Vec<Decoded>, Option<Rows>, Grant, Bytes) = blocking(move || {
         let held = body.len();
         let plain = decode::decompress(body, encoding.as_deref(), limits.max_decompressed_bytes, &mut |n| {
             grant.grow_to(held + n).is_ok()
@@ -438,44 +449,55 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
         // The compressed body is gone; the text stays while parsing, and the parsed records are
         // estimated from its structure: reserved before parsing. A body that would need more than
         // the whole budget can never be parsed here: 413, not 503.
-        let needed = plain.len().saturating_add(decode::parsed_footprint(&plain));
+        let parsed = decode::parsed_footprint(&plain);
+        let needed = plain.len().saturating_add(parsed);
         if needed > budget {
             return Err(DecodeError::TooLargeToParse { needed, budget });
         }
         if grant.resize(needed).is_err() {
             return Err(DecodeError::OverBudget);
         }
-        let records = match &fast {
+        let (records, rows) = match &fast {
             Some((schema, aliases)) => {
                 let mut validator = Validator::new(schema, limits.max_depth).aliases(aliases);
+                let hint =
+                    rows_hint(format, &plain, limits.max_records, parsed / reserved_per_row(schema.columns.len()));
+                let mut rows = Rows::new(schema.clone(), hint);
                 // A batch whose records mostly need the closer look (a new field on each, say)
                 // stops trying after a few, rather than reading each of them twice.
                 let (mut read, mut missed) = (0usize, 0usize);
-                decode::parse_records_with(&plain, format, &limits, &mut |text| {
+                let records = decode::parse_records_with(&plain, format, &limits, &mut |index, text| {
                     if missed > FAST_READ_TRIES && missed > read {
-                        return None;
+                        return false;
                     }
-                    let cells = validator.accept_text(text);
-                    *if cells.is_some() { &mut read } else { &mut missed } += 1;
-                    cells
-                })?
+                    // A row its columns refuse (never expected) is left to the closer look.
+                    let taken =
+                        validator.accept_text(text).is_some_and(|cells| rows.push(index as u64, &cells).is_ok());
+                    *if taken { &mut read } else { &mut missed } += 1;
+                    taken
+                })?;
+                (records, Some(rows))
             }
-            None => decode::parse_records(&plain, format, &limits)?,
+            None => (decode::parse_records(&plain, format, &limits)?, None),
         };
-        Ok((records, grant, plain))
+        Ok((records, rows, grant, plain))
     })
     .await??;
     app.metrics.bytes_received.get_or_create(&BytesLabels { form: "decompressed".into() }).inc_by(plain.len() as u64);
-    // Rows read straight into cells hold to the schema and aliases they were read with; under
-    // any other (a batch that evolved the table, or a table changed meanwhile) they are parsed
-    // and checked again: rare, as a table changes only so often, and always exact.
-    let recheck = move |schema: &TableSchema, aliases: &BTreeMap<String, String>, records: Vec<Decoded>| {
-        if *read_as.0 == *schema && *read_as.1 == *aliases {
-            records
-        } else {
-            decode::reparse(&plain, records, &limits)
-        }
-    };
+    // Rows read straight into columns hold to the schema and aliases they were read with; under
+    // any other (a batch that evolved the table, or a table changed meanwhile) they are dropped,
+    // and their records parsed and checked again: rare, as a table changes only so often, and
+    // always exact.
+    let recheck =
+        move |schema: &Arc<TableSchema>, aliases: &BTreeMap<String, String>, records: Vec<Decoded>| match fast_rows {
+            Some(rows) if **rows.schema() == **schema && *read_as.1 == *aliases => (records, rows),
+            stale => {
+                drop(stale);
+                let records = decode::reparse(&plain, records, &limits);
+                let rows = Rows::new(schema.clone(), records.len());
+                (records, rows)
+            }
+        };
     // A replay's items carry the index each record had in the batch it corrects; those indexes
     // are taken (a dry run only checks them) before anything else is done with the records.
     let replay_indexes = match request.replay_of {
@@ -491,7 +513,7 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
     let with_original_indexes = |mut checked: Checked| {
         if let Some(indexes) = &replay_indexes {
             let original = |position: u64| indexes.get(position as usize).copied().unwrap_or(position);
-            checked.rows.iter_mut().for_each(|row| row.index = original(row.index));
+            checked.rows.indexes_mut().iter_mut().for_each(|index| *index = original(*index));
             checked.rejects.iter_mut().for_each(|reject| reject.index = original(reject.index));
         }
         checked
@@ -547,10 +569,11 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
     if request.dry_run {
         let mut preview = (*schema).clone();
         preview.columns.extend(planned.iter().cloned());
+        let preview = Arc::new(preview);
         let rules = rules(&preview, aliases.clone());
         let checked = blocking(move || {
-            let records = recheck(&preview, &rules.aliases, records);
-            check_records(&preview, records, rules)
+            let (records, rows) = recheck(&preview, &rules.aliases, records);
+            check_records(&preview, records, rules, rows)
         });
         let checked = with_original_indexes(checked.await?);
         return Ok(Prepared::DryRun(dry_run_report(&table.name, checked, planned)));
@@ -563,8 +586,8 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
     // The aliases as of the evolve (which re-reads the table under its DDL lock).
     let rules = rules(&validate_schema, table.aliases());
     let checked = blocking(move || {
-        let records = recheck(&validate_schema, &rules.aliases, records);
-        check_records(&validate_schema, records, rules)
+        let (records, rows) = recheck(&validate_schema, &rules.aliases, records);
+        check_records(&validate_schema, records, rules, rows)
     });
     let mut checked = with_original_indexes(checked.await?);
     let counts = Counts {
@@ -582,20 +605,22 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
         .map_err(|e| IngestError::Buffer(e.into()))?;
     // The text, the parsed records and the rejects are gone: from here on the request holds
     // its rows.
+    let drift = drift_counts(&checked);
+    let rows = checked.rows.finish().map_err(|e| IngestError::Task(format!("accepted rows: {e}")))?;
     let mut grant = grant;
-    grant.shrink_to(checked.bytes);
+    grant.shrink_to(rows.memory_bytes());
     let batch = NewBatch {
         id: batch_id,
         table: table.name.to_string(),
         partner: request.partner,
         counts,
         rejects_by_code,
-        drift: drift_counts(&checked),
+        drift,
         received_at,
         rejects,
         replay_of: request.replay_of,
     };
-    let submission = Submission { batch, schema, rows: checked.rows, bytes: checked.bytes, grant: Some(grant) };
+    let submission = Submission { batch, rows, grant: Some(grant) };
     Ok(Prepared::Store(submission, FlushPolicy::from_settings(&app.config.table_settings(&table.name))))
 }
 

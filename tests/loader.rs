@@ -9,7 +9,7 @@ use snowgate::budget::MemoryBudget;
 use snowgate::buffer::{Buffers, FlushPolicy, Submission};
 use snowgate::config::{LoaderConfig, StageConfig};
 use snowgate::ingest::coerce::Cell;
-use snowgate::ingest::Row;
+use snowgate::ingest::{Accepted, Row, Rows};
 use snowgate::ledger::sqlite::SqliteLedger;
 use snowgate::ledger::{BatchStatus, Counts, Ledger, NewBatch, NewRejects};
 use snowgate::loader::Loader;
@@ -80,7 +80,7 @@ async fn copy_committed_but_not_recorded_is_skipped_on_retry() {
     let schema = Arc::new(TableSchema { name: "T".into(), columns });
     let policy =
         FlushPolicy { max_rows: 1000, max_bytes: 1 << 20, linger: Duration::from_millis(10), flush_at_bytes: 1 << 20 };
-    buffers.submit(Submission { batch, schema, rows, bytes: 5000, grant: None }, policy).await.unwrap();
+    buffers.submit(Submission { batch, rows: accepted(&schema, rows), grant: None }, policy).await.unwrap();
 
     // A loader claims the file, COPYs it, and dies before telling the ledger.
     let claimed = ledger.claim_files("crashed", Duration::from_millis(200), 10).await.unwrap();
@@ -138,7 +138,7 @@ async fn a_file_missing_from_the_stage_holds_back_only_itself() {
             rejects: NewRejects::none(),
             replay_of: None,
         };
-        let submission = Submission { batch, schema: schema.clone(), rows, bytes: 1000, grant: None };
+        let submission = Submission { batch, rows: accepted(&schema, rows), grant: None };
         buffers.submit(submission, policy).await.unwrap();
         ids.push(id);
         if n == 0 {
@@ -167,7 +167,7 @@ async fn a_file_missing_from_the_stage_holds_back_only_itself() {
 /// loader takes the files meanwhile; they still expire within one lease if the loader dies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_long_copy_renews_its_claims() {
-    use snowgate::buffer::encode::{parquet_bytes, record_batch, RowGroup};
+    use snowgate::buffer::encode::{file_bytes, RowGroup};
     use snowgate::ledger::{NewFile, StageCommit};
 
     let dir = tempfile::tempdir().unwrap();
@@ -179,9 +179,8 @@ async fn a_long_copy_renews_its_claims() {
     let batch_id = Uuid::now_v7();
     let rows: Vec<Row> = (0..1_000_000u64).map(|i| Row { index: i, cells: vec![Cell::Decimal(i as i128)] }).collect();
     let id = batch_id.to_string();
-    let bytes =
-        parquet_bytes(&record_batch(&schema, &[RowGroup { batch_id: &id, ingested_at: 0, rows: &rows }]).unwrap())
-            .unwrap();
+    let rows = accepted(&Arc::new(schema.clone()), rows);
+    let bytes = file_bytes(&schema, &[RowGroup { batch_id: &id, ingested_at: 0, rows: &rows }]).unwrap();
     let file = NewFile {
         id: Uuid::now_v7(),
         table: "T".into(),
@@ -264,7 +263,7 @@ async fn requests_with_columns_in_another_order_never_share_a_file() {
             replay_of: None,
         };
         let schema = Arc::new(TableSchema { name: "T".into(), columns });
-        Submission { batch, schema, rows: vec![Row { index: 0, cells }], bytes: 100, grant: None }
+        Submission { batch, rows: accepted(&schema, vec![Row { index: 0, cells }]), grant: None }
     };
     let with_x = submission(vec![id.clone(), x.clone()], vec![Cell::Decimal(1), Cell::Str("x-value".into())]);
     let with_y = submission(vec![id.clone(), y.clone()], vec![Cell::Decimal(2), Cell::Decimal(42)]);
@@ -304,7 +303,7 @@ async fn a_segment_reaching_flush_at_bytes_is_written_without_its_linger() {
     let buffers = buffers(&stage, &ledger);
     let policy =
         FlushPolicy { max_rows: 1000, max_bytes: 1 << 20, linger: Duration::from_secs(600), flush_at_bytes: 4096 };
-    let submission = |rows: u64, bytes: usize| {
+    let submission = |rows: u64| {
         let batch = NewBatch {
             id: Uuid::now_v7(),
             table: "T".into(),
@@ -317,18 +316,19 @@ async fn a_segment_reaching_flush_at_bytes_is_written_without_its_linger() {
             replay_of: None,
         };
         let cells = (0..rows).map(|i| Row { index: i, cells: vec![Cell::Decimal(i as i128)] }).collect();
-        (batch.id, Submission { batch, schema: schema.clone(), rows: cells, bytes, grant: None })
+        (batch.id, Submission { batch, rows: accepted(&schema, cells), grant: None })
     };
-    let (small_id, small) = submission(2, 100);
+    let (small_id, small) = submission(2);
     let waiting = {
         let buffers = buffers.clone();
         tokio::spawn(async move { buffers.submit(small, policy).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "100 bytes of rows wait for the linger");
+    assert!(!waiting.is_finished(), "two rows wait for the linger");
     assert!(ledger.get_batch(small_id).await.unwrap().is_none(), "nothing is committed yet");
 
-    let (large_id, large) = submission(40, 5000);
+    // 400 rows of a NUMBER column take more than 4096 bytes of arrays (16 bytes a value).
+    let (large_id, large) = submission(400);
     tokio::time::timeout(Duration::from_secs(10), buffers.submit(large, policy))
         .await
         .expect("written without waiting ten minutes")
@@ -339,4 +339,42 @@ async fn a_segment_reaching_flush_at_bytes_is_written_without_its_linger() {
     assert_eq!((small.status, large.status), (BatchStatus::Staged, BatchStatus::Staged));
     assert_eq!(small.files.len(), 1);
     assert_eq!(small.files[0].path, large.files[0].path, "one file holds both");
+}
+
+/// A request whose bytes alone call for more files than it has rows is split into one file a
+/// row, never into pieces past its end.
+#[tokio::test]
+async fn a_request_split_by_bytes_gets_at_most_one_file_a_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stage, ledger, _duck) = backends(dir.path()).await;
+    let columns = vec![Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: false }];
+    let schema = Arc::new(TableSchema { name: "T".into(), columns });
+    let buffers = buffers(&stage, &ledger);
+    let policy = FlushPolicy { max_rows: 1000, max_bytes: 1, linger: Duration::from_millis(10), flush_at_bytes: 1 };
+    for rows in 1..=3u64 {
+        let batch = NewBatch {
+            id: Uuid::now_v7(),
+            table: "T".into(),
+            partner: "acme".parse().unwrap(),
+            counts: Counts { received: rows, accepted: rows, rejected: 0, loaded: 0 },
+            rejects_by_code: BTreeMap::new(),
+            drift: Default::default(),
+            received_at: Utc::now(),
+            rejects: NewRejects::none(),
+            replay_of: None,
+        };
+        let id = batch.id;
+        let cells = (0..rows).map(|i| Row { index: i, cells: vec![Cell::Decimal(i as i128)] }).collect();
+        let submission = Submission { batch, rows: accepted(&schema, cells), grant: None };
+        tokio::time::timeout(Duration::from_secs(10), buffers.submit(submission, policy)).await.unwrap().unwrap();
+        let stored = ledger.get_batch(id).await.unwrap().unwrap();
+        assert_eq!(stored.status, BatchStatus::Staged, "{rows} rows");
+        assert_eq!(stored.files.len() as u64, rows, "one file a row for {rows} rows");
+        assert_eq!(stored.files.iter().map(|f| f.rows).sum::<u64>(), rows);
+    }
+}
+
+/// Rows made of owned cells, as a request's accepted rows.
+fn accepted(schema: &Arc<TableSchema>, rows: Vec<Row>) -> Accepted {
+    Rows::from_rows(schema.clone(), &rows).unwrap().finish().unwrap()
 }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{serve_app, test_config};
-use snowgate::buffer::encode::{parquet_bytes, record_batch, RowGroup};
+use snowgate::buffer::encode::{file_bytes, RowGroup};
 use snowgate::ingest::coerce::Cell;
-use snowgate::ingest::Row;
+use snowgate::ingest::{Row, Rows};
 use snowgate::schema::{Column, ColumnName, TableSchema};
 use snowgate::warehouse::duckdb::DuckDbWarehouse;
 use snowgate::warehouse::{StagedFile, Warehouse};
@@ -31,8 +31,9 @@ async fn readyz_stays_ready_during_a_long_copy() {
     let schema = TableSchema { name: "BIG".into(), columns };
     let rows: Vec<Row> = (0..1_000_000u64).map(|i| Row { index: i, cells: vec![Cell::Decimal(i as i128)] }).collect();
     let batch_id = uuid::Uuid::now_v7().to_string();
+    let rows = Rows::from_rows(std::sync::Arc::new(schema.clone()), &rows).unwrap().finish().unwrap();
     let group = RowGroup { batch_id: &batch_id, ingested_at: 1_700_000_000_000_000, rows: &rows };
-    stage.put_new("BIG/big.parquet", parquet_bytes(&record_batch(&schema, &[group]).unwrap()).unwrap()).await.unwrap();
+    stage.put_new("BIG/big.parquet", file_bytes(&schema, &[group]).unwrap()).await.unwrap();
 
     let copy = tokio::spawn(async move {
         warehouse.copy_files("BIG", &[StagedFile { path: "BIG/big.parquet".into(), columns: None }]).await

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use snowgate::buffer::encode::{arrow_type, parquet_bytes, record_batch, RowGroup};
+use snowgate::buffer::encode::{arrow_type, file_bytes, RowGroup};
 use snowgate::config::StageConfig;
 use snowgate::ingest::coerce::Cell;
-use snowgate::ingest::Row;
+use snowgate::ingest::{Row, Rows};
 use snowgate::schema::{Column, ColumnName, TableSchema};
 use snowgate::stage::Stage;
 use snowgate::warehouse::{CopyStatus, ErrorKind, StagedFile, Warehouse};
@@ -58,10 +58,11 @@ fn all_types() -> Vec<Column> {
 /// Stages a file written with `columns`, and returns it as the loader would hand it over.
 async fn stage_file(h: &Harness, table: &str, columns: &[Column], rows: Vec<Row>, name: &str) -> StagedFile {
     let schema = TableSchema { name: table.into(), columns: columns.to_vec() };
-    let batch = record_batch(&schema, &[RowGroup { batch_id: "b-1", ingested_at: 1_700_000_000_000_000, rows: &rows }])
-        .unwrap();
+    let rows = Rows::from_rows(std::sync::Arc::new(schema.clone()), &rows).unwrap().finish().unwrap();
+    let bytes =
+        file_bytes(&schema, &[RowGroup { batch_id: "b-1", ingested_at: 1_700_000_000_000_000, rows: &rows }]).unwrap();
     let path = format!("{table}/{name}.parquet");
-    h.stage.put_new(&path, parquet_bytes(&batch).unwrap()).await.unwrap();
+    h.stage.put_new(&path, bytes).await.unwrap();
     StagedFile { path, columns: Some(columns.to_vec()) }
 }
 
@@ -282,8 +283,9 @@ async fn duckdb_probes_and_describes_never_wait_behind_a_copy() {
         .map(|i| Row { index: i, cells: vec![Cell::Decimal(i as i128), Cell::Str(format!("note {i}"))] })
         .collect();
     let batch_id = uuid::Uuid::now_v7().to_string();
+    let rows = Rows::from_rows(std::sync::Arc::new(schema.clone()), &rows).unwrap().finish().unwrap();
     let group = RowGroup { batch_id: &batch_id, ingested_at: 1_700_000_000_000_000, rows: &rows };
-    let bytes = parquet_bytes(&record_batch(&schema, &[group]).unwrap()).unwrap();
+    let bytes = file_bytes(&schema, &[group]).unwrap();
     harness.stage.put_new("BIG/big.parquet", bytes).await.unwrap();
 
     let warehouse = harness.warehouse.clone();

@@ -1,11 +1,8 @@
-//! Validated rows to Arrow and Parquet, with snowgate's metadata columns.
+//! Accepted rows to Parquet, with snowgate's metadata columns.
 
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder, Int64Builder,
-    StringBuilder, Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
-};
+use arrow::array::{new_null_array, ArrayRef, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
@@ -13,9 +10,10 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
-use crate::ingest::coerce::Cell;
-use crate::ingest::Row;
-use crate::schema::{ColumnType, TableSchema, META_BATCH_ID, META_INGESTED_AT, META_RECORD_INDEX};
+pub use crate::ingest::rows::arrow_type;
+use crate::ingest::rows::UTC;
+use crate::ingest::Accepted;
+use crate::schema::{TableSchema, META_BATCH_ID, META_INGESTED_AT, META_RECORD_INDEX};
 
 /// Encoding failures; they mean a bug, never bad partner data (that was rejected earlier).
 #[derive(Debug, thiserror::Error)]
@@ -24,27 +22,8 @@ pub enum EncodeError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
-    #[error("cell {cell:?} does not fit column {column} of type {ty}")]
-    CellMismatch { column: String, ty: ColumnType, cell: String },
-}
-
-const UTC: &str = "UTC";
-
-/// The Arrow type snowgate writes for a column type.
-pub fn arrow_type(ty: ColumnType) -> DataType {
-    match ty {
-        ColumnType::Number { precision, scale } => DataType::Decimal128(precision, scale as i8),
-        ColumnType::Float => DataType::Float64,
-        ColumnType::Varchar { .. } | ColumnType::Variant | ColumnType::Object | ColumnType::Array => DataType::Utf8,
-        ColumnType::Boolean => DataType::Boolean,
-        ColumnType::Date => DataType::Date32,
-        ColumnType::Time => DataType::Time64(TimeUnit::Microsecond),
-        ColumnType::TimestampNtz => DataType::Timestamp(TimeUnit::Microsecond, None),
-        ColumnType::TimestampLtz | ColumnType::TimestampTz => {
-            DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into()))
-        }
-        ColumnType::Binary => DataType::Binary,
-    }
+    #[error("rows checked against {had} columns do not fit a file of {columns}")]
+    TooManyColumns { had: usize, columns: usize },
 }
 
 /// Arrow schema of a stage file: the table's columns, then the metadata columns.
@@ -62,96 +41,72 @@ pub struct RowGroup<'a> {
     pub batch_id: &'a str,
     /// `_INGESTED_AT`, microseconds since the epoch.
     pub ingested_at: i64,
-    pub rows: &'a [Row],
+    pub rows: &'a Accepted,
 }
 
-/// Builds one record batch from rows validated against `schema` or an older prefix of it.
-pub fn record_batch(schema: &TableSchema, groups: &[RowGroup<'_>]) -> Result<RecordBatch, EncodeError> {
-    let total: usize = groups.iter().map(|g| g.rows.len()).sum();
-    let cells = || groups.iter().flat_map(|g| g.rows.iter());
+/// The record batch of one group in `file`, the file schema of `schema`. A group checked against
+/// an older prefix of `schema` gets NULL in the columns added since; a column whose arrays are
+/// not of the file's type is an error.
+fn group_batch(file: &SchemaRef, schema: &TableSchema, group: &RowGroup<'_>) -> Result<RecordBatch, EncodeError> {
+    let rows = group.rows.len();
+    let columns = group.rows.columns();
+    if columns.len() > schema.columns.len() {
+        return Err(EncodeError::TooManyColumns { had: columns.len(), columns: schema.columns.len() });
+    }
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(schema.columns.len() + 3);
-    for (i, column) in schema.columns.iter().enumerate() {
-        let column_cells = cells().map(|row| row.cells.get(i).unwrap_or(&Cell::Null));
-        arrays.push(column_array(column.ty, &column.name, total, column_cells)?);
+    arrays.extend(columns.iter().cloned());
+    for column in &schema.columns[columns.len()..] {
+        arrays.push(new_null_array(&arrow_type(column.ty), rows));
     }
-    let mut batch_ids = StringBuilder::with_capacity(total, total * 36);
-    let mut indexes = Int64Builder::with_capacity(total);
-    let mut ingested = TimestampMicrosecondBuilder::with_capacity(total).with_timezone(UTC);
+    arrays.push(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(group.batch_id, rows))));
+    arrays.push(group.rows.indexes().clone());
+    arrays.push(Arc::new(TimestampMicrosecondArray::from_value(group.ingested_at, rows).with_timezone(UTC)));
+    Ok(RecordBatch::try_new(file.clone(), arrays)?)
+}
+
+/// Bytes a row's metadata columns take while its group is written: `_BATCH_ID` (36 characters
+/// and an offset), `_INGESTED_AT` and the validity of a NULL column added since.
+pub const METADATA_BYTES_PER_ROW: usize = 48;
+
+/// The Parquet file of `groups`, each group with its metadata columns; the metadata arrays of
+/// one group at a time are in memory (see [`METADATA_BYTES_PER_ROW`]).
+pub fn file_bytes(schema: &TableSchema, groups: &[RowGroup<'_>]) -> Result<Bytes, EncodeError> {
+    let file = file_schema(schema);
+    let memory: usize = groups.iter().map(|g| g.rows.memory_bytes()).sum();
+    let mut out = Vec::with_capacity(memory / 2);
+    let mut writer = ArrowWriter::try_new(&mut out, file.clone(), Some(writer_properties()))?;
     for group in groups {
-        for row in group.rows {
-            batch_ids.append_value(group.batch_id);
-            indexes.append_value(row.index as i64);
-            ingested.append_value(group.ingested_at);
-        }
+        writer.write(&group_batch(&file, schema, group)?)?;
     }
-    arrays.push(Arc::new(batch_ids.finish()));
-    arrays.push(Arc::new(indexes.finish()));
-    arrays.push(Arc::new(ingested.finish()));
-    Ok(RecordBatch::try_new(file_schema(schema), arrays)?)
+    writer.close()?;
+    Ok(Bytes::from(out))
 }
 
-fn column_array<'c>(
-    ty: ColumnType,
-    name: &str,
-    capacity: usize,
-    cells: impl Iterator<Item = &'c Cell>,
-) -> Result<ArrayRef, EncodeError> {
-    let mismatch = |cell: &Cell| EncodeError::CellMismatch { column: name.to_string(), ty, cell: format!("{cell:?}") };
-    macro_rules! build {
-        ($builder:expr, $pattern:pat => $value:expr) => {{
-            let mut builder = $builder;
-            for cell in cells {
-                match cell {
-                    Cell::Null => builder.append_null(),
-                    $pattern => builder.append_value($value),
-                    other => return Err(mismatch(other)),
-                }
-            }
-            Arc::new(builder.finish()) as ArrayRef
-        }};
-    }
-    Ok(match ty {
-        ColumnType::Number { precision, scale } => build!(
-            Decimal128Builder::with_capacity(capacity).with_precision_and_scale(precision, scale as i8)?,
-            Cell::Decimal(v) => *v
-        ),
-        ColumnType::Float => build!(Float64Builder::with_capacity(capacity), Cell::Float(v) => *v),
-        ColumnType::Varchar { .. } | ColumnType::Variant | ColumnType::Object | ColumnType::Array => {
-            build!(StringBuilder::with_capacity(capacity, capacity * 16), Cell::Str(v) => v)
-        }
-        ColumnType::Boolean => build!(BooleanBuilder::with_capacity(capacity), Cell::Bool(v) => *v),
-        ColumnType::Date => build!(Date32Builder::with_capacity(capacity), Cell::Date(v) => *v),
-        ColumnType::Time => build!(Time64MicrosecondBuilder::with_capacity(capacity), Cell::Time(v) => *v),
-        ColumnType::TimestampNtz => {
-            build!(TimestampMicrosecondBuilder::with_capacity(capacity), Cell::Timestamp(v) => *v)
-        }
-        ColumnType::TimestampLtz | ColumnType::TimestampTz => build!(
-            TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone(UTC),
-            Cell::Timestamp(v) => *v
-        ),
-        ColumnType::Binary => build!(BinaryBuilder::with_capacity(capacity, capacity * 16), Cell::Binary(v) => v),
-    })
-}
-
-/// Encodes a record batch as one Parquet file (Snappy, one row group per 64k rows).
+/// Encodes a record batch as one Parquet file, as stage files are written.
 pub fn parquet_bytes(batch: &RecordBatch) -> Result<Bytes, EncodeError> {
-    let props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(65_536))
-        .set_created_by(format!("snowgate {}", env!("CARGO_PKG_VERSION")))
-        .build();
     let mut out = Vec::with_capacity(batch.get_array_memory_size() / 2);
-    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(props))?;
+    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(writer_properties()))?;
     writer.write(batch)?;
     writer.close()?;
     Ok(Bytes::from(out))
 }
 
+/// Snappy, one row group per 64k rows.
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(65_536))
+        .set_created_by(format!("snowgate {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::Column;
+    use crate::ingest::coerce::Cell;
+    use crate::ingest::{Row, Rows};
     use crate::schema::ColumnName;
+    use crate::schema::{Column, ColumnType};
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::Decimal128Type;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -172,14 +127,13 @@ mod tests {
             ty: ColumnType::VARCHAR,
             nullable: true,
         });
-        let first = vec![Row { index: 0, cells: vec![Cell::Decimal(1250)] }];
-        let second = vec![Row { index: 3, cells: vec![Cell::Decimal(-5), Cell::Str("hi".into())] }];
+        let first = rows(&old, vec![Row { index: 0, cells: vec![Cell::Decimal(1250)] }]);
+        let second = rows(&new, vec![Row { index: 3, cells: vec![Cell::Decimal(-5), Cell::Str("hi".into())] }]);
         let groups = [
             RowGroup { batch_id: "a", ingested_at: 1, rows: &first },
             RowGroup { batch_id: "b", ingested_at: 2, rows: &second },
         ];
-        let batch = record_batch(&new, &groups).unwrap();
-        let bytes = parquet_bytes(&batch).unwrap();
+        let bytes = file_bytes(&new, &groups).unwrap();
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap();
         let read: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
         assert_eq!(read.len(), 1);
@@ -195,20 +149,26 @@ mod tests {
             3
         );
         assert_eq!(got.column_by_name(META_BATCH_ID).unwrap().as_string::<i32>().value(0), "a");
+        assert_eq!(got.column_by_name(META_BATCH_ID).unwrap().as_string::<i32>().value(1), "b");
+        let ingested = got.column_by_name(META_INGESTED_AT).unwrap();
+        assert_eq!(ingested.as_primitive::<arrow::datatypes::TimestampMicrosecondType>().value(1), 2);
     }
 
     #[test]
-    fn mismatched_cells_are_an_error_not_a_panic() {
-        let schema = TableSchema {
+    fn rows_of_another_schema_are_an_error_not_a_panic() {
+        let table = |ty| TableSchema {
             name: "T".into(),
-            columns: vec![Column {
-                name: ColumnName::normalize("B").unwrap(),
-                ty: ColumnType::Boolean,
-                nullable: true,
-            }],
+            columns: vec![Column { name: ColumnName::normalize("B").unwrap(), ty, nullable: true }],
         };
-        let rows = vec![Row { index: 0, cells: vec![Cell::Str("x".into())] }];
-        let err = record_batch(&schema, &[RowGroup { batch_id: "a", ingested_at: 0, rows: &rows }]).unwrap_err();
-        assert!(matches!(err, EncodeError::CellMismatch { .. }));
+        let text = rows(&table(ColumnType::VARCHAR), vec![Row { index: 0, cells: vec![Cell::Str("x".into())] }]);
+        let group = RowGroup { batch_id: "a", ingested_at: 0, rows: &text };
+        let err = file_bytes(&table(ColumnType::Boolean), std::slice::from_ref(&group)).unwrap_err();
+        assert!(matches!(err, EncodeError::Arrow(_)), "{err}");
+        let none = TableSchema { name: "T".into(), columns: Vec::new() };
+        assert!(matches!(file_bytes(&none, &[group]), Err(EncodeError::TooManyColumns { had: 1, columns: 0 })));
+    }
+
+    fn rows(schema: &TableSchema, rows: Vec<Row>) -> Accepted {
+        Rows::from_rows(Arc::new(schema.clone()), &rows).unwrap().finish().unwrap()
     }
 }

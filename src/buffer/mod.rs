@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::budget::{Grant, MemoryBudget};
-use crate::ingest::Row;
+use crate::ingest::Accepted;
 use crate::ledger::{Ledger, LedgerError, NewBatch, NewFile, StageCommit};
 use crate::metrics::SharedMetrics;
 use crate::schema::TableSchema;
@@ -93,7 +93,7 @@ type Outcome = Option<Result<(), BufferError>>;
 struct Entry {
     batch_id: Uuid,
     ingested_at: i64,
-    rows: Vec<Row>,
+    rows: Accepted,
     /// The batch record, on the entry holding the batch's last rows.
     completes: Option<NewBatch>,
 }
@@ -169,7 +169,8 @@ impl Inner {
     }
 }
 
-/// Copies of a segment's rows that encoding holds at its peak (Arrow arrays, Parquet pages).
+/// Copies of a segment's rows that encoding holds at its peak beside the rows' own arrays: the
+/// Parquet pages of the row group being written, and the file.
 const ENCODING_COPIES: usize = 2;
 
 /// All table buffers of one gateway.
@@ -181,11 +182,10 @@ pub struct Buffers {
 /// One request's accepted rows, ready to buffer.
 pub struct Submission {
     pub batch: NewBatch,
-    pub schema: Arc<TableSchema>,
-    pub rows: Vec<Row>,
-    pub bytes: usize,
+    /// The rows, with the schema they were checked against.
+    pub rows: Accepted,
     /// The request's hold on the memory budget, kept until the rows are staged; without one,
-    /// the rows' `bytes` are reserved here.
+    /// the rows' memory is reserved here.
     pub grant: Option<Grant>,
 }
 
@@ -229,8 +229,9 @@ impl Buffers {
             Some(grant) => grant,
             None => self.inner.budget.reserve(0).map_err(|_| BufferError::OverBudget)?,
         };
-        grant.grow_to(submission.bytes).map_err(|_| BufferError::OverBudget)?;
-        let pieces = submission.rows.len().div_ceil(policy.max_rows).max(submission.bytes.div_ceil(policy.max_bytes));
+        let bytes = submission.rows.memory_bytes();
+        grant.grow_to(bytes).map_err(|_| BufferError::OverBudget)?;
+        let pieces = submission.rows.len().div_ceil(policy.max_rows).max(bytes.div_ceil(policy.max_bytes));
         if pieces > 1 {
             // A task of its own, so that the batch is stored whole (or not at all) even if the
             // request gives up waiting between its pieces.
@@ -238,35 +239,42 @@ impl Buffers {
             let large = self.inner.flushes.spawn(async move { this.submit_large(submission, pieces, grant).await });
             return large.await.map_err(|e| BufferError::Internal(format!("large batch task: {e}")))?;
         }
-        let mut done = self.join_open_segment(submission, policy, grant);
+        let mut done = self.join_open_segment(submission, bytes, policy, grant);
         wait(&mut done).await
     }
 
-    fn join_open_segment(&self, submission: Submission, policy: FlushPolicy, grant: Grant) -> watch::Receiver<Outcome> {
-        let table = self.table(&submission.schema.name);
+    fn join_open_segment(
+        &self,
+        submission: Submission,
+        bytes: usize,
+        policy: FlushPolicy,
+        grant: Grant,
+    ) -> watch::Receiver<Outcome> {
+        let schema = submission.rows.schema().clone();
+        let table = self.table(&schema.name);
         let mut buffer = table.lock().expect("buffer lock");
         let rows = submission.rows.len();
-        // Rows are written by position, missing trailing cells as NULL: a submission joins only a
+        // Rows are written by position, missing trailing columns as NULL: a submission joins only a
         // segment whose columns begin with its own, by name and type. Two replicas adding columns
         // at once can hand requests one table's columns in different orders.
         let fits = |s: &Segment| {
-            s.schema.columns.len() >= submission.schema.columns.len()
-                && s.schema.columns.iter().zip(&submission.schema.columns).all(|(a, b)| a == b)
+            s.schema.columns.len() >= schema.columns.len()
+                && s.schema.columns.iter().zip(&schema.columns).all(|(a, b)| a == b)
                 && s.rows + rows <= policy.max_rows
-                && s.bytes + submission.bytes <= policy.max_bytes
+                && s.bytes + bytes <= policy.max_bytes
         };
         if buffer.open.as_ref().is_some_and(|s| !fits(s)) {
             let full = buffer.open.take().expect("checked above");
             self.spawn_flush(full);
         }
         let segment = buffer.open.get_or_insert_with(|| {
-            let segment = Segment::new(submission.schema.clone(), false);
+            let segment = Segment::new(schema.clone(), false);
             self.spawn_linger(table.clone(), segment.id, policy.linger);
             segment
         });
         let receiver = segment.done.subscribe();
         let entry = entry(submission.batch, submission.rows, true);
-        segment.push(entry, submission.bytes);
+        segment.push(entry, bytes);
         segment.grants.push(grant);
         let hurry = self.inner.hurry.load(Ordering::Acquire);
         let full = segment.rows >= policy.max_rows || segment.bytes >= policy.max_bytes;
@@ -277,25 +285,29 @@ impl Buffers {
         receiver
     }
 
-    /// Splits a request into files of its own; the last one completes the batch.
+    /// Splits a request into files of its own, of balanced sizes (at most one a row); the last one
+    /// completes the batch.
     async fn submit_large(&self, submission: Submission, pieces: usize, grant: Grant) -> Result<(), BufferError> {
-        let Submission { batch, schema, mut rows, bytes, .. } = submission;
-        let per_piece = rows.len().div_ceil(pieces);
-        let bytes_per_row = bytes / rows.len().max(1);
-        let last_rows = rows.split_off(per_piece * (pieces - 1));
+        let Submission { batch, rows, .. } = submission;
+        let schema = rows.schema().clone();
+        let pieces = pieces.clamp(1, rows.len().max(1));
+        // Piece `i` holds rows `bounds(i)..bounds(i + 1)`; slices share the request's arrays,
+        // which stay in memory (and on its grant) until the last piece is staged.
+        let bounds = |piece: usize| rows.len() * piece / pieces;
+        let piece = |i: usize| rows.slice(bounds(i), bounds(i + 1) - bounds(i));
         let mut early = Vec::with_capacity(pieces - 1);
-        let mut rest = rows.into_iter();
-        for _ in 0..pieces - 1 {
-            let chunk: Vec<Row> = rest.by_ref().take(per_piece).collect();
+        for i in 0..pieces - 1 {
+            let chunk = piece(i);
             let mut segment = Segment::new(schema.clone(), true);
             let mut done = segment.done.subscribe();
+            let bytes = chunk.memory_bytes();
             let part = Entry {
                 batch_id: batch.id,
                 ingested_at: batch.received_at.timestamp_micros(),
                 rows: chunk,
                 completes: None,
             };
-            segment.push(part, per_piece * bytes_per_row);
+            segment.push(part, bytes);
             self.spawn_flush(segment);
             early.push(async move { wait(&mut done).await });
         }
@@ -304,8 +316,9 @@ impl Buffers {
         }
         let mut segment = Segment::new(schema, false);
         let mut done = segment.done.subscribe();
-        let last_bytes = last_rows.len() * bytes_per_row;
-        segment.push(entry(batch, last_rows, true), last_bytes);
+        let last = piece(pieces - 1);
+        let bytes = last.memory_bytes();
+        segment.push(entry(batch, last, true), bytes);
         segment.grants.push(grant);
         self.spawn_flush(segment);
         wait(&mut done).await
@@ -337,9 +350,11 @@ impl Buffers {
         let inner = self.inner.clone();
         self.inner.flushes.spawn(async move {
             let Segment { schema, entries, pending, done, rows, bytes, grants, .. } = segment;
-            // Encoding copies the rows into Arrow arrays and then into Parquet pages: held on the
-            // budget until the file is staged, so requests wait while files are being written.
-            let encoding = inner.budget.force(bytes.saturating_mul(ENCODING_COPIES));
+            // Encoding writes the rows' arrays, with their metadata columns, into Parquet pages
+            // and a file: held on the budget until the file is staged, so requests wait while
+            // files are being written.
+            let metadata = rows.saturating_mul(encode::METADATA_BYTES_PER_ROW);
+            let encoding = inner.budget.force(bytes.saturating_mul(ENCODING_COPIES).saturating_add(metadata));
             let result = flush(&inner, schema, entries, rows, pending).await;
             drop((encoding, grants));
             if let Err(e) = &result {
@@ -377,7 +392,7 @@ impl Buffers {
     }
 }
 
-fn entry(batch: NewBatch, rows: Vec<Row>, completes: bool) -> Entry {
+fn entry(batch: NewBatch, rows: Accepted, completes: bool) -> Entry {
     Entry {
         batch_id: batch.id,
         ingested_at: batch.received_at.timestamp_micros(),
@@ -411,8 +426,7 @@ async fn flush(
             .zip(&ids)
             .map(|(e, id)| RowGroup { batch_id: id, ingested_at: e.ingested_at, rows: &e.rows })
             .collect();
-        let batch = encode::record_batch(&encode_schema, &groups)?;
-        encode::parquet_bytes(&batch)
+        encode::file_bytes(&encode_schema, &groups)
     })
     .await
     .map_err(|e| BufferError::Internal(format!("encoder task: {e}")))?

@@ -9,7 +9,6 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::coerce::Cell;
 use super::reject::{FieldError, RejectCode};
 
 /// Limits applied while decoding one request.
@@ -89,8 +88,8 @@ fn outside_strings(json: &[u8]) -> impl Iterator<Item = u8> + '_ {
     })
 }
 
-/// A record as decoded: a JSON value, a reject found before validation, or the cells of a
-/// record that passed as it was read (see [`parse_records_with`]).
+/// A record as decoded: a JSON value, a reject found before validation, or a record taken as it
+/// was read (see [`parse_records_with`]).
 #[derive(Debug)]
 pub enum Decoded {
     Value(Value),
@@ -98,17 +97,17 @@ pub enum Decoded {
         record: Value,
         error: FieldError,
     },
-    /// Cells in the order of the schema they were checked against; `span` is the record's text
-    /// in the body, to read it again if the schema changes before the rows are kept.
+    /// A record taken as it was read: its cells are with whoever took it. `span` is its text in
+    /// the body, to read it again if the schema changes before the rows are kept.
     Row {
-        cells: Vec<Cell>,
         span: Range<usize>,
     },
 }
 
-/// Reads a record's text straight into cells when it passes as it is (see
-/// [`crate::ingest::validate::Validator::accept_text`]); `None` parses it into a [`Value`].
-pub type Accept<'a> = &'a mut dyn FnMut(&str) -> Option<Vec<Cell>>;
+/// Takes the record at an index (its position among the body's records) straight from its text
+/// when it passes as it is (see [`crate::ingest::validate::Validator::accept_text`]); `false`
+/// parses it into a [`Value`].
+pub type Accept<'a> = &'a mut dyn FnMut(usize, &str) -> bool;
 
 /// Picks the body format from a `Content-Type` header value.
 pub fn body_format(content_type: Option<&str>) -> Result<BodyFormat, DecodeError> {
@@ -198,7 +197,7 @@ struct Envelope<'a> {
 
 /// Splits a decompressed body into records.
 pub fn parse_records(body: &[u8], format: BodyFormat, limits: &DecodeLimits) -> Result<Vec<Decoded>, DecodeError> {
-    parse_records_with(body, format, limits, &mut |_| None)
+    parse_records_with(body, format, limits, &mut |_, _| false)
 }
 
 /// [`parse_records`], offering each record's text to `accept` first (after the size limit):
@@ -223,7 +222,7 @@ pub fn parse_records_with(
 /// schema other than the one they were accepted under.
 pub fn reparse(body: &[u8], records: Vec<Decoded>, limits: &DecodeLimits) -> Vec<Decoded> {
     let parse = |span: Range<usize>| match body.get(span.clone()) {
-        Some(text) => decode_line(text, span, limits, &mut |_| None),
+        Some(text) => decode_line(text, 0, span, limits, &mut |_, _| false),
         None => rejected(Value::Null, RejectCode::InvalidJson, "record text out of the body".into()),
     };
     records
@@ -260,7 +259,11 @@ fn parse_json(body: &[u8], limits: &DecodeLimits, accept: Accept<'_>) -> Result<
     if raws.len() > limits.max_records {
         return Err(DecodeError::TooManyRecords(limits.max_records));
     }
-    Ok(raws.into_iter().map(|raw| decode_one(raw.get(), span_of(body, raw.get().as_bytes()), limits, accept)).collect())
+    Ok(raws
+        .into_iter()
+        .enumerate()
+        .map(|(index, raw)| decode_one(raw.get(), index, span_of(body, raw.get().as_bytes()), limits, accept))
+        .collect())
 }
 
 fn parse_ndjson(body: &[u8], limits: &DecodeLimits, accept: Accept<'_>) -> Result<Vec<Decoded>, DecodeError> {
@@ -278,15 +281,15 @@ fn parse_ndjson(body: &[u8], limits: &DecodeLimits, accept: Accept<'_>) -> Resul
         if out.len() == limits.max_records {
             return Err(DecodeError::TooManyRecords(limits.max_records));
         }
-        out.push(decode_line(line, span_of(body, line), limits, accept));
+        out.push(decode_line(line, out.len(), span_of(body, line), limits, accept));
     }
     Ok(out)
 }
 
 /// One record's bytes, which need not be UTF-8.
-fn decode_line(line: &[u8], span: Range<usize>, limits: &DecodeLimits, accept: Accept<'_>) -> Decoded {
+fn decode_line(line: &[u8], index: usize, span: Range<usize>, limits: &DecodeLimits, accept: Accept<'_>) -> Decoded {
     match std::str::from_utf8(line) {
-        Ok(text) => decode_one(text, span, limits, accept),
+        Ok(text) => decode_one(text, index, span, limits, accept),
         Err(e) => rejected(
             Value::String(truncate_lossy(line, limits.max_record_bytes)),
             RejectCode::InvalidJson,
@@ -295,7 +298,7 @@ fn decode_line(line: &[u8], span: Range<usize>, limits: &DecodeLimits, accept: A
     }
 }
 
-fn decode_one(text: &str, span: Range<usize>, limits: &DecodeLimits, accept: Accept<'_>) -> Decoded {
+fn decode_one(text: &str, index: usize, span: Range<usize>, limits: &DecodeLimits, accept: Accept<'_>) -> Decoded {
     if text.len() > limits.max_record_bytes {
         return rejected(
             Value::String(truncate_lossy(text.as_bytes(), 1024)),
@@ -304,8 +307,8 @@ fn decode_one(text: &str, span: Range<usize>, limits: &DecodeLimits, accept: Acc
         );
     }
     // Only flat records pass as they are: nothing to check for depth.
-    if let Some(cells) = accept(text) {
-        return Decoded::Row { cells, span };
+    if accept(index, text) {
+        return Decoded::Row { span };
     }
     // Checked on the bytes, before parsing: a deep record is too large, never "invalid JSON"
     // (the parser's own recursion limit), and never costs a deep parse.

@@ -6,50 +6,26 @@ pub mod drift;
 pub mod flat;
 pub mod reject;
 pub mod replay;
+pub mod rows;
 pub mod validate;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 
-use coerce::Cell;
 use decode::Decoded;
-use reject::{Reject, RejectStage};
+use reject::{Reject, RejectCode, RejectStage};
+pub use rows::{Accepted, Row, Rows};
 use validate::{Unknown, Validator};
 
 use crate::schema::TableSchema;
 
-/// An accepted record: its position in the request and its typed cells in schema order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    pub index: u64,
-    pub cells: Vec<Cell>,
-}
-
-impl Row {
-    /// Rough in-memory size, for flush-by-bytes and the memory budget.
-    pub fn approx_bytes(&self) -> usize {
-        let heap: usize = self
-            .cells
-            .iter()
-            .map(|c| match c {
-                Cell::Str(s) => s.len(),
-                Cell::Binary(b) => b.len(),
-                _ => 0,
-            })
-            .sum();
-        heap + self.cells.len() * std::mem::size_of::<Cell>() + 64
-    }
-}
-
 /// The outcome of validating one request.
-#[derive(Debug, Default)]
 pub struct Checked {
     pub received: u64,
-    pub rows: Vec<Row>,
+    pub rows: Rows,
     pub rejects: Vec<Reject>,
-    /// Approximate bytes held by `rows`.
-    pub bytes: usize,
     /// Fields dropped from accepted records (`discard_value`).
     pub discarded_values: u64,
     /// Fields and values kept in `_RESCUED_DATA` of accepted records (`rescue`).
@@ -84,32 +60,40 @@ pub struct Rules {
     pub column_cap: Option<usize>,
 }
 
-/// Validates every decoded record against `schema`; one bad record never affects the others.
-/// [`Decoded::Row`]s were accepted as they were read, against this same schema and aliases.
-pub fn check_records(schema: &TableSchema, records: Vec<Decoded>, rules: Rules) -> Checked {
+/// Validates every decoded record against `schema`, adding the accepted ones to `rows`; one bad
+/// record never affects the others. [`Decoded::Row`]s were accepted as they were read, against
+/// this same schema and aliases, and are in `rows` already (see `parse_records_with`): rows are
+/// in the order they were accepted, each with its record's index.
+pub fn check_records(schema: &Arc<TableSchema>, records: Vec<Decoded>, rules: Rules, rows: Rows) -> Checked {
+    debug_assert!(rows.schema() == schema, "rows are checked against one schema");
     let mut validator = Validator::new(schema, rules.max_depth)
         .aliases(&rules.aliases)
         .unknown_fields(rules.unknown)
         .column_cap(rules.column_cap);
-    let mut checked = Checked { received: records.len() as u64, ..Default::default() };
+    let mut checked =
+        Checked { received: records.len() as u64, rows, rejects: Vec::new(), discarded_values: 0, rescued_values: 0 };
     for (index, record) in records.into_iter().enumerate() {
         let index = index as u64;
         match record {
             Decoded::Value(value) => match validator.validate(&value) {
                 Ok(cells) => {
-                    let row = Row { index, cells };
-                    checked.bytes += row.approx_bytes();
-                    checked.rows.push(row);
+                    if let Err(e) = checked.rows.push(index, &cells) {
+                        // Validation gave a cell its column cannot hold: a bug, kept as a reject
+                        // rather than lost or loaded wrong.
+                        let error = reject::FieldError {
+                            path: String::new(),
+                            column: Some(e.column.clone()),
+                            code: RejectCode::TypeMismatch,
+                            message: format!("internal error: {e}"),
+                        };
+                        checked.rejects.push(gateway_reject(index, value, vec![error]));
+                    }
                 }
                 Err(errors) => checked.rejects.push(gateway_reject(index, value, errors)),
             },
             Decoded::Rejected { record, error } => checked.rejects.push(gateway_reject(index, record, vec![error])),
-            // Accepted as read, against this schema and these rules (see `parse_records_with`).
-            Decoded::Row { cells, .. } => {
-                let row = Row { index, cells };
-                checked.bytes += row.approx_bytes();
-                checked.rows.push(row);
-            }
+            // Accepted as read, against this schema and these rules: in `rows` already.
+            Decoded::Row { .. } => {}
         }
     }
     checked.discarded_values = validator.discarded_values;
@@ -119,4 +103,74 @@ pub fn check_records(schema: &TableSchema, records: Vec<Decoded>, rules: Rules) 
 
 fn gateway_reject(index: u64, record: Value, errors: Vec<reject::FieldError>) -> Reject {
     Reject { index, record, errors, stage: RejectStage::Gateway }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::decode::{parse_records_with, BodyFormat, DecodeLimits};
+    use crate::schema::{Column, ColumnName, ColumnType};
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Decimal128Type, Int64Type};
+
+    /// Records read straight into columns and records parsed for a closer look end up in one
+    /// request's rows; each row must carry the index of its own record, blank lines and
+    /// rejects around it or not.
+    #[test]
+    fn every_row_keeps_its_record_index_whichever_path_read_it() {
+        let col = |name: &str, ty, nullable| Column { name: ColumnName::normalize(name).unwrap(), ty, nullable };
+        let schema = Arc::new(TableSchema {
+            name: "T".into(),
+            columns: vec![col("ID", ColumnType::INTEGER, false), col("NOTE", ColumnType::VARCHAR, true)],
+        });
+        let limits =
+            DecodeLimits { max_decompressed_bytes: 1 << 20, max_record_bytes: 1 << 10, max_records: 100, max_depth: 4 };
+        // The id of each record is its index: read as it is, with an escape (parsed), refused.
+        let records: Vec<String> = (0..12)
+            .map(|i| match i % 4 {
+                0 => format!(r#"{{"id": {i}, "note": "plain"}}"#),
+                1 => format!(r#"{{"id": {i}, "note": "esc\"aped"}}"#),
+                2 => format!(r#"{{"id": "not a number {i}"}}"#),
+                _ => format!(r#"{{"note": "n{i}", "id": {i}}}"#),
+            })
+            .collect();
+        let bodies = [
+            (BodyFormat::Ndjson, format!("\n{}\n", records.join("\n\n"))),
+            (BodyFormat::Json, format!(r#"{{"records": [{}]}}"#, records.join(", "))),
+        ];
+        for (format, body) in bodies {
+            let mut validator = Validator::new(&schema, limits.max_depth);
+            let mut rows = Rows::new(schema.clone(), 0);
+            let decoded = parse_records_with(body.as_bytes(), format, &limits, &mut |index, text| {
+                validator.accept_text(text).is_some_and(|cells| rows.push(index as u64, &cells).is_ok())
+            })
+            .unwrap();
+            let taken = decoded.iter().filter(|d| matches!(d, Decoded::Row { .. })).count();
+            assert_eq!(taken, 6, "records 0, 3, 4, 7, 8, 11 are read as they are ({format:?})");
+            let rules = Rules {
+                max_depth: limits.max_depth,
+                aliases: Arc::new(BTreeMap::new()),
+                unknown: Unknown::Reject,
+                column_cap: None,
+            };
+            let checked = check_records(&schema, decoded, rules, rows);
+            assert_eq!(checked.received, 12);
+            let rejected: Vec<u64> = checked.rejects.iter().map(|r| r.index).collect();
+            assert_eq!(rejected, vec![2, 6, 10]);
+            let accepted = checked.rows.finish().unwrap();
+            assert_eq!(accepted.len(), 9);
+            let ids = accepted.columns()[0].as_primitive::<Decimal128Type>();
+            let indexes = accepted.indexes().as_primitive::<Int64Type>();
+            let notes = accepted.columns()[1].as_string::<i32>();
+            for row in 0..accepted.len() {
+                assert_eq!(ids.value(row), i128::from(indexes.value(row)), "row {row} ({format:?})");
+                let expected = match indexes.value(row) % 4 {
+                    0 => "plain".to_string(),
+                    1 => "esc\"aped".to_string(),
+                    _ => format!("n{}", indexes.value(row)),
+                };
+                assert_eq!(notes.value(row), expected, "row {row} ({format:?})");
+            }
+        }
+    }
 }

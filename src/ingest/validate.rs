@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Map, Value};
 
-use super::coerce::{coerce, coerce_scalar, Cell, ValueRef};
+use super::coerce::{coerce, coerce_scalar_ref, Cell, CellRef, ValueRef};
 use super::reject::{pointer, FieldError, RejectCode};
 use crate::schema::{ColumnName, IdentifierError, TableSchema};
 
@@ -267,13 +267,13 @@ impl<'s> Validator<'s> {
 
     /// The cells of a record read straight from its JSON text, when it passes as it is: an object
     /// whose keys name columns, one key per column, with scalar values that fit them, and every
-    /// NOT NULL column present. No map is built and strings are borrowed until they become cells.
+    /// NOT NULL column present. No map is built and strings stay borrowed from the text.
     /// `None` for anything else, text that is not JSON included: then the record is parsed and
     /// [`Validator::validate`] decides, with its errors and the drift policy. A record accepted
     /// here gets the cells `validate` would give it, under any drift policy.
-    pub fn accept_text(&mut self, text: &str) -> Option<Vec<Cell>> {
+    pub fn accept_text<'t>(&mut self, text: &'t str) -> Option<Vec<CellRef<'t>>> {
         let schema = self.keys.schema();
-        let mut cells = vec![Cell::Null; schema.columns.len()];
+        let mut cells = vec![CellRef::Cell(Cell::Null); schema.columns.len()];
         self.seen.iter_mut().for_each(|s| *s = None);
         let mut position = 0;
         super::flat::scan(text, |key, value| {
@@ -298,7 +298,7 @@ impl<'s> Validator<'s> {
                 ValueRef::Null if definition.nullable => {}
                 ValueRef::Null => return None,
                 _ if definition.ty.is_semi_structured() => return None,
-                _ => cells[column] = coerce_scalar(value, definition.ty).ok()?,
+                _ => cells[column] = coerce_scalar_ref(value, definition.ty).ok()?,
             }
             position += 1;
             Some(())
@@ -342,6 +342,7 @@ pub fn kind_of(value: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::rows::{AsScalar, Scalar};
     use crate::schema::ColumnName;
     use crate::schema::{Column, ColumnType, RESCUED_DATA};
     use serde_json::json;
@@ -521,7 +522,9 @@ mod tests {
                 let slow = validator.validate(&value);
                 match fast {
                     Some(cells) => {
-                        assert_eq!(slow.as_ref(), Ok(&cells), "{text} under {unknown:?}");
+                        let fast: Vec<Scalar> = cells.iter().map(AsScalar::scalar).collect();
+                        let slow = slow.as_ref().map(|cells| cells.iter().map(AsScalar::scalar).collect::<Vec<_>>());
+                        assert_eq!(slow, Ok(fast), "{text} under {unknown:?}");
                         accepted += 1;
                     }
                     None => refused += 1,
@@ -539,10 +542,10 @@ mod tests {
         let text = r#"{"ID": 123456789012345678901234567890, "amount": 1.005, "city": "Pune", "ok": "yes",
             "on_day": "2024-02-29", "at": 1700000000, "clock": "12:30:00", "raw": "00ff", "doc": null, "later": null}"#;
         let cells = v.accept_text(text).expect("a flat record of known columns");
-        assert_eq!(cells[0], Cell::Decimal(123456789012345678901234567890), "38 digits stay exact");
-        assert_eq!(cells[1], Cell::Decimal(101), "1.005 rounds half away from zero at scale 2");
-        assert_eq!(cells[3], Cell::Str("Pune".into()));
-        assert_eq!(cells[9], Cell::Binary(vec![0, 255]));
+        assert_eq!(cells[0], CellRef::Cell(Cell::Decimal(123456789012345678901234567890)), "38 digits stay exact");
+        assert_eq!(cells[1], CellRef::Cell(Cell::Decimal(101)), "1.005 rounds half away from zero at scale 2");
+        assert_eq!(cells[3], CellRef::Text("Pune"), "borrowed from the text");
+        assert_eq!(cells[9], CellRef::Cell(Cell::Binary(vec![0, 255])));
         for closer in [
             r#"{"id": 1, "doc": {"a": 1}}"#,
             r#"{"id": 1, "city": "a\"b"}"#,

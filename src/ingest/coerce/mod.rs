@@ -141,9 +141,15 @@ fn mismatch(value: ValueRef<'_>, ty: ColumnType) -> CoerceError {
 }
 
 fn coerce_varchar(value: ValueRef<'_>, ty: ColumnType, max_len: u32) -> Result<Cell, CoerceError> {
+    varchar_text(value, ty, max_len).map(|text| Cell::Str(text.to_owned()))
+}
+
+/// The text a value stores in a VARCHAR column, borrowed from the value.
+fn varchar_text<'t>(value: ValueRef<'t>, ty: ColumnType, max_len: u32) -> Result<&'t str, CoerceError> {
     let text = match value {
-        ValueRef::String(s) | ValueRef::Number(s) => s.to_owned(),
-        ValueRef::Bool(b) => b.to_string(),
+        ValueRef::String(s) | ValueRef::Number(s) => s,
+        ValueRef::Bool(true) => "true",
+        ValueRef::Bool(false) => "false",
         _ => return Err(mismatch(value, ty)),
     };
     let max = usize::try_from(max_len).unwrap_or(usize::MAX);
@@ -157,7 +163,25 @@ fn coerce_varchar(value: ValueRef<'_>, ty: ColumnType, max_len: u32) -> Result<C
             ));
         }
     }
-    Ok(Cell::Str(text))
+    Ok(text)
+}
+
+/// A cell read from a record's text: VARCHAR text borrowed from it, anything else owned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CellRef<'t> {
+    Text(&'t str),
+    Cell(Cell),
+}
+
+/// [`coerce_scalar`] that borrows VARCHAR text from `value` instead of copying it: the same
+/// cell, or the same error.
+pub fn coerce_scalar_ref(value: ValueRef<'_>, ty: ColumnType) -> Result<CellRef<'_>, CoerceError> {
+    match ty {
+        ColumnType::Varchar { max_len } if value != ValueRef::Null => {
+            varchar_text(value, ty, max_len).map(CellRef::Text)
+        }
+        _ => coerce_scalar(value, ty).map(CellRef::Cell),
+    }
 }
 
 const TRUE_WORDS: [&str; 6] = ["true", "t", "yes", "y", "on", "1"];
