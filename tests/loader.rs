@@ -303,21 +303,7 @@ async fn a_segment_reaching_flush_at_bytes_is_written_without_its_linger() {
     let buffers = buffers(&stage, &ledger);
     let policy =
         FlushPolicy { max_rows: 1000, max_bytes: 1 << 20, linger: Duration::from_secs(600), flush_at_bytes: 4096 };
-    let submission = |rows: u64| {
-        let batch = NewBatch {
-            id: Uuid::now_v7(),
-            table: "T".into(),
-            partner: "acme".parse().unwrap(),
-            counts: Counts { received: rows, accepted: rows, rejected: 0, loaded: 0 },
-            rejects_by_code: BTreeMap::new(),
-            drift: Default::default(),
-            received_at: Utc::now(),
-            rejects: NewRejects::none(),
-            replay_of: None,
-        };
-        let cells = (0..rows).map(|i| Row { index: i, cells: vec![Cell::Decimal(i as i128)] }).collect();
-        (batch.id, Submission { batch, rows: accepted(&schema, cells), grant: None })
-    };
+    let submission = |rows: u64| numbered(&schema, rows);
     let (small_id, small) = submission(2);
     let waiting = {
         let buffers = buffers.clone();
@@ -352,20 +338,7 @@ async fn a_request_split_by_bytes_gets_at_most_one_file_a_row() {
     let buffers = buffers(&stage, &ledger);
     let policy = FlushPolicy { max_rows: 1000, max_bytes: 1, linger: Duration::from_millis(10), flush_at_bytes: 1 };
     for rows in 1..=3u64 {
-        let batch = NewBatch {
-            id: Uuid::now_v7(),
-            table: "T".into(),
-            partner: "acme".parse().unwrap(),
-            counts: Counts { received: rows, accepted: rows, rejected: 0, loaded: 0 },
-            rejects_by_code: BTreeMap::new(),
-            drift: Default::default(),
-            received_at: Utc::now(),
-            rejects: NewRejects::none(),
-            replay_of: None,
-        };
-        let id = batch.id;
-        let cells = (0..rows).map(|i| Row { index: i, cells: vec![Cell::Decimal(i as i128)] }).collect();
-        let submission = Submission { batch, rows: accepted(&schema, cells), grant: None };
+        let (id, submission) = numbered(&schema, rows);
         tokio::time::timeout(Duration::from_secs(10), buffers.submit(submission, policy)).await.unwrap().unwrap();
         let stored = ledger.get_batch(id).await.unwrap().unwrap();
         assert_eq!(stored.status, BatchStatus::Staged, "{rows} rows");
@@ -377,4 +350,21 @@ async fn a_request_split_by_bytes_gets_at_most_one_file_a_row() {
 /// Rows made of owned cells, as a request's accepted rows.
 fn accepted(schema: &Arc<TableSchema>, rows: Vec<Row>) -> Accepted {
     Rows::from_rows(schema.clone(), &rows).unwrap().finish().unwrap()
+}
+
+/// A batch of `rows` accepted rows of table T, whose one NUMBER column holds each row's index.
+fn numbered(schema: &Arc<TableSchema>, rows: u64) -> (Uuid, Submission) {
+    let batch = NewBatch {
+        id: Uuid::now_v7(),
+        table: "T".into(),
+        partner: "acme".parse().unwrap(),
+        counts: Counts { received: rows, accepted: rows, rejected: 0, loaded: 0 },
+        rejects_by_code: BTreeMap::new(),
+        drift: Default::default(),
+        received_at: Utc::now(),
+        rejects: NewRejects::none(),
+        replay_of: None,
+    };
+    let cells = (0..rows).map(|i| Row { index: i, cells: vec![Cell::Decimal(i as i128)] }).collect();
+    (batch.id, Submission { batch, rows: accepted(schema, cells), grant: None })
 }
