@@ -21,7 +21,7 @@ use crate::ingest::reject::Reject;
 use crate::ingest::replay::{split_items, ReplayItemError};
 use crate::ingest::rows::reserved_per_row;
 use crate::ingest::validate::{KeyResolver, Unknown, Validator};
-use crate::ingest::{check_records, Checked, Rows, Rules};
+use crate::ingest::{check_records, Checked, ReadAsSent, Rows, Rules};
 use crate::ledger::{
     BatchRecord, BatchStatus, Counts, DriftCounts, IdempotencyClaim, IdempotencyState, LedgerError, NewBatch, Partner,
     ReplayClaim, ReplayRefusal,
@@ -112,10 +112,6 @@ fn replay_refusal(refusal: &ReplayRefusal) -> String {
         }
     }
 }
-
-/// Records of a batch offered to the fast read before it gives up on a batch whose records
-/// mostly need the closer look.
-const FAST_READ_TRIES: usize = 64;
 
 /// Most unknown fields a `schema_frozen` answer lists in `details.fields`.
 const MAX_FROZEN_FIELDS: usize = 1000;
@@ -404,16 +400,6 @@ fn committed_record(batch: &NewBatch) -> BatchRecord {
     }
 }
 
-/// Rows a body is likely to hold, to size the column builders once: one a line for NDJSON, at
-/// most the request's limit and `room` (what the parse estimate already holds on the budget);
-/// a JSON body's builders grow as its records are read.
-fn rows_hint(format: decode::BodyFormat, body: &[u8], max_records: usize, room: usize) -> usize {
-    match format {
-        decode::BodyFormat::Ndjson => (memchr::memchr_iter(b'\n', body).count() + 1).min(max_records).min(room),
-        decode::BodyFormat::Json => 0,
-    }
-}
-
 /// A request ready to buffer, or a dry run's answer.
 enum Prepared {
     DryRun(DryRunReport),
@@ -459,24 +445,12 @@ async fn prepare(app: &App, request: IngestRequest) -> Result<Prepared, IngestEr
         }
         let (records, rows) = match &fast {
             Some((schema, aliases)) => {
-                let mut validator = Validator::new(schema, limits.max_depth).aliases(aliases);
-                let hint =
-                    rows_hint(format, &plain, limits.max_records, parsed / reserved_per_row(schema.columns.len()));
-                let mut rows = Rows::new(schema.clone(), hint);
-                // A batch whose records mostly need the closer look (a new field on each, say)
-                // stops trying after a few, rather than reading each of them twice.
-                let (mut read, mut missed) = (0usize, 0usize);
-                let records = decode::parse_records_with(&plain, format, &limits, &mut |index, text| {
-                    if missed > FAST_READ_TRIES && missed > read {
-                        return false;
-                    }
-                    // A row its columns refuse (never expected) is left to the closer look.
-                    let taken =
-                        validator.accept_text(text).is_some_and(|cells| rows.push(index as u64, &cells).is_ok());
-                    *if taken { &mut read } else { &mut missed } += 1;
-                    taken
-                })?;
-                (records, Some(rows))
+                // Builders for no more rows than the parse estimate already holds memory for.
+                let room = parsed / reserved_per_row(schema.columns.len());
+                let validator = Validator::new(schema, limits.max_depth).aliases(aliases);
+                let mut reader = ReadAsSent::new(validator, schema.clone(), room);
+                let records = decode::parse_records_with(&plain, format, &limits, &mut reader)?;
+                (records, Some(reader.into_rows()))
             }
             None => (decode::parse_records(&plain, format, &limits)?, None),
         };

@@ -50,7 +50,8 @@ pub fn widen(a: ColumnType, b: ColumnType) -> ColumnType {
 pub fn plan_new_columns<'r>(keys: &mut KeyResolver<'_>, records: impl IntoIterator<Item = &'r Decoded>) -> Vec<Column> {
     let mut planned: Vec<Column> = Vec::new();
     for record in records {
-        let Decoded::Value(Value::Object(object)) = record else { continue };
+        let Decoded::Value(value) = record else { continue };
+        let Value::Object(object) = &**value else { continue };
         for (name, value) in unknown_fields(keys, object) {
             let Some(ty) = infer_type(value) else { continue };
             match planned.iter_mut().find(|c| c.name == name) {
@@ -87,7 +88,8 @@ pub fn plan_from_accepted(
 pub fn unknown_keys(keys: &mut KeyResolver<'_>, records: &[Decoded]) -> Vec<String> {
     let mut found: Vec<String> = Vec::new();
     for record in records {
-        let Decoded::Value(Value::Object(object)) = record else { continue };
+        let Decoded::Value(value) = record else { continue };
+        let Value::Object(object) = &**value else { continue };
         for (key, value) in object {
             if !value.is_null() && matches!(keys.resolve(key), KeyTarget::Unknown(_)) && !found.contains(key) {
                 found.push(key.clone());
@@ -144,7 +146,7 @@ mod tests {
             json!("not an object"),
         ]
         .into_iter()
-        .map(Decoded::Value)
+        .map(Decoded::value)
         .collect();
         let planned = plan_new_columns(&mut keys, &records);
         let got: Vec<_> = planned.iter().map(|c| (c.name.as_str(), c.ty.to_string(), c.nullable)).collect();

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use decode::Decoded;
+use coerce::CellRef;
+use decode::{Accept, Decoded};
 use reject::{Reject, RejectCode, RejectStage};
 pub use rows::{Accepted, Row, Rows};
 use validate::{Unknown, Validator};
@@ -46,6 +47,64 @@ impl Checked {
         }
         counts
     }
+}
+
+/// Records of a batch offered to [`ReadAsSent`] before it gives up on a batch whose records
+/// mostly need the closer look (a new field on each, say), rather than reading each twice.
+const FAST_READ_TRIES: usize = 64;
+
+/// Reads the records that pass as they were sent (see [`Validator::accept_text`]) straight into
+/// column builders while a body is decoded; the decoder parses the others for a closer look.
+pub struct ReadAsSent<'s> {
+    validator: Validator<'s>,
+    rows: Rows,
+    /// Rows the builders may be sized for before the first record: as many as the caller has
+    /// memory reserved for.
+    room: usize,
+    read: usize,
+    missed: usize,
+    /// A record's cells, kept from record to record (empty, and so borrowing nothing, between).
+    cells: Vec<CellRef<'static>>,
+}
+
+impl<'s> ReadAsSent<'s> {
+    /// Reads into rows of `schema` (which `validator` checks against); the builders are sized for
+    /// at most `room` rows up front.
+    pub fn new(validator: Validator<'s>, schema: Arc<TableSchema>, room: usize) -> Self {
+        ReadAsSent { validator, rows: Rows::new(schema, 0), room, read: 0, missed: 0, cells: Vec::new() }
+    }
+
+    pub fn into_rows(self) -> Rows {
+        self.rows
+    }
+}
+
+impl Accept for ReadAsSent<'_> {
+    fn expect(&mut self, records: usize) {
+        if self.rows.is_empty() {
+            self.rows = Rows::new(self.rows.schema().clone(), records.min(self.room));
+        }
+    }
+
+    fn accept(&mut self, index: usize, text: &str) -> bool {
+        if self.missed > FAST_READ_TRIES && self.missed > self.read {
+            return false;
+        }
+        let mut cells = recycle(std::mem::take(&mut self.cells));
+        // A row its columns refuse (never expected) is left to the closer look.
+        let taken = self.validator.accept_text_into(text, &mut cells) && self.rows.push(index as u64, &cells).is_ok();
+        self.cells = recycle(cells);
+        *if taken { &mut self.read } else { &mut self.missed } += 1;
+        taken
+    }
+}
+
+/// An empty vector on the allocation of `cells`, for cells that borrow from another text (the
+/// standard library usually collects a vector into one of the same layout in place; when it
+/// does not, this allocates, and nothing else changes).
+fn recycle<'b>(mut cells: Vec<CellRef<'_>>) -> Vec<CellRef<'b>> {
+    cells.clear();
+    cells.into_iter().map(|_| unreachable!("the vector is empty")).collect()
 }
 
 /// How one request's records are checked: the depth limit, the table's field aliases, and the
@@ -86,12 +145,12 @@ pub fn check_records(schema: &Arc<TableSchema>, records: Vec<Decoded>, rules: Ru
                             code: RejectCode::TypeMismatch,
                             message: format!("internal error: {e}"),
                         };
-                        checked.rejects.push(gateway_reject(index, value, vec![error]));
+                        checked.rejects.push(gateway_reject(index, *value, vec![error]));
                     }
                 }
-                Err(errors) => checked.rejects.push(gateway_reject(index, value, errors)),
+                Err(errors) => checked.rejects.push(gateway_reject(index, *value, errors)),
             },
-            Decoded::Rejected { record, error } => checked.rejects.push(gateway_reject(index, record, vec![error])),
+            Decoded::Rejected { record, error } => checked.rejects.push(gateway_reject(index, *record, vec![*error])),
             // Accepted as read, against this schema and these rules: in `rows` already.
             Decoded::Row { .. } => {}
         }
@@ -139,12 +198,9 @@ mod tests {
             (BodyFormat::Json, format!(r#"{{"records": [{}]}}"#, records.join(", "))),
         ];
         for (format, body) in bodies {
-            let mut validator = Validator::new(&schema, limits.max_depth);
-            let mut rows = Rows::new(schema.clone(), 0);
-            let decoded = parse_records_with(body.as_bytes(), format, &limits, &mut |index, text| {
-                validator.accept_text(text).is_some_and(|cells| rows.push(index as u64, &cells).is_ok())
-            })
-            .unwrap();
+            let mut reader = ReadAsSent::new(Validator::new(&schema, limits.max_depth), schema.clone(), 100);
+            let decoded = parse_records_with(body.as_bytes(), format, &limits, &mut reader).unwrap();
+            let rows = reader.into_rows();
             let taken = decoded.iter().filter(|d| matches!(d, Decoded::Row { .. })).count();
             assert_eq!(taken, 6, "records 0, 3, 4, 7, 8, 11 are read as they are ({format:?})");
             let rules = Rules {
@@ -172,5 +228,43 @@ mod tests {
                 assert_eq!(notes.value(row), expected, "row {row} ({format:?})");
             }
         }
+    }
+
+    /// The builders are sized once, before the first record, from what the decoder counts (an
+    /// NDJSON body's lines, a JSON array's length), but never for more rows than the room the
+    /// caller reserved: a body of blank lines must not size them by its newlines.
+    #[test]
+    fn builders_are_sized_once_from_the_body_within_the_room_reserved() {
+        let schema = Arc::new(TableSchema {
+            name: "T".into(),
+            columns: vec![Column {
+                name: ColumnName::normalize("ID").unwrap(),
+                ty: ColumnType::INTEGER,
+                nullable: true,
+            }],
+        });
+        let limits = DecodeLimits {
+            max_decompressed_bytes: 1 << 20,
+            max_record_bytes: 1 << 10,
+            max_records: 10_000,
+            max_depth: 4,
+        };
+        let read = |body: &str, format, room| {
+            let mut reader = ReadAsSent::new(Validator::new(&schema, limits.max_depth), schema.clone(), room);
+            let decoded = parse_records_with(body.as_bytes(), format, &limits, &mut reader).unwrap();
+            assert!(decoded.iter().all(|d| matches!(d, Decoded::Row { .. })), "{decoded:?}");
+            reader.into_rows()
+        };
+        let blank_lines = format!("{}{{\"id\": 1}}\n{{\"id\": 2}}\n", "\n".repeat(5_000));
+        let rows = read(&blank_lines, BodyFormat::Ndjson, 3);
+        assert_eq!((rows.len(), rows.capacity()), (2, 3), "sized by the room, not by 5,002 lines");
+        let rows = read(&blank_lines, BodyFormat::Ndjson, 100_000);
+        assert_eq!(rows.capacity(), blank_lines.len() / 2 + 1, "sized by the lines, at most one a two bytes");
+        let array = format!("[{}]", (0..40).map(|i| format!(r#"{{"id": {i}}}"#)).collect::<Vec<_>>().join(","));
+        let rows = read(&array, BodyFormat::Json, 1_000);
+        assert_eq!((rows.len(), rows.capacity()), (40, 40), "a JSON array's length sizes them once");
+        let mut reader = ReadAsSent::new(Validator::new(&schema, limits.max_depth), schema.clone(), 30);
+        reader.expect(40);
+        assert_eq!(reader.into_rows().capacity(), 30, "no more than the room up front, whatever the body says");
     }
 }

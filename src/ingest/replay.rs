@@ -33,7 +33,7 @@ pub fn split_items(items: Vec<Decoded>) -> Result<(Vec<u64>, Vec<Decoded>), Repl
             reason,
         };
         let value = match decoded {
-            Decoded::Value(value) => value,
+            Decoded::Value(value) => *value,
             Decoded::Rejected { error, .. } => return Err(malformed("", error.message)),
             // Items are never read as table rows; one that was is not an item.
             Decoded::Row { .. } => Value::Null,
@@ -59,7 +59,7 @@ pub fn split_items(items: Vec<Decoded>) -> Result<(Vec<u64>, Vec<Decoded>), Repl
             return Err(ReplayItemError::Repeated { index, first, second: item });
         }
         indexes.push(index);
-        records.push(Decoded::Value(record));
+        records.push(Decoded::value(record));
     }
     Ok((indexes, records))
 }
@@ -72,7 +72,7 @@ mod tests {
     use crate::ingest::reject::{FieldError, RejectCode};
 
     fn items(values: Vec<Value>) -> Vec<Decoded> {
-        values.into_iter().map(Decoded::Value).collect()
+        values.into_iter().map(Decoded::value).collect()
     }
 
     #[test]
@@ -83,8 +83,8 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(indexes, vec![7, 2]);
-        assert!(matches!(&records[0], Decoded::Value(v) if *v == json!({"a": 1})));
-        assert!(matches!(&records[1], Decoded::Value(v) if *v == json!("not an object")));
+        assert!(matches!(&records[0], Decoded::Value(v) if **v == json!({"a": 1})));
+        assert!(matches!(&records[1], Decoded::Value(v) if **v == json!("not an object")));
     }
 
     #[test]
@@ -105,15 +105,15 @@ mod tests {
             }
         }
         let refused = Decoded::Rejected {
-            record: json!("{"),
-            error: FieldError {
+            record: Box::new(json!("{")),
+            error: Box::new(FieldError {
                 path: String::new(),
                 column: None,
                 code: RejectCode::InvalidJson,
                 message: "bad".into(),
-            },
+            }),
         };
-        let ok = Decoded::Value(json!({"index": 1, "record": {}}));
+        let ok = Decoded::value(json!({"index": 1, "record": {}}));
         assert!(matches!(split_items(vec![ok, refused]), Err(ReplayItemError::Malformed { item: 1, .. })));
     }
 

@@ -255,6 +255,12 @@ impl Rows {
         self.indexes.is_empty()
     }
 
+    /// Rows there is room for before the builders' fixed-width buffers grow (text buffers may
+    /// grow sooner, with the length of their values).
+    pub fn capacity(&self) -> usize {
+        self.indexes.capacity()
+    }
+
     /// Appends one row: its cells in schema order, missing trailing cells NULL. Every cell is
     /// checked against its column before any is appended, so a row is taken whole or not at all.
     pub fn push<C: AsScalar>(&mut self, index: u64, cells: &[C]) -> Result<(), Mismatch> {

@@ -272,8 +272,17 @@ impl<'s> Validator<'s> {
     /// [`Validator::validate`] decides, with its errors and the drift policy. A record accepted
     /// here gets the cells `validate` would give it, under any drift policy.
     pub fn accept_text<'t>(&mut self, text: &'t str) -> Option<Vec<CellRef<'t>>> {
+        let mut cells = Vec::new();
+        self.accept_text_into(text, &mut cells).then_some(cells)
+    }
+
+    /// [`Validator::accept_text`] into `cells`, a vector kept from record to record: `true` when
+    /// the record passes as it is (its cells are then in `cells`, whatever it held before); on
+    /// `false`, what `cells` holds is unspecified.
+    pub fn accept_text_into<'t>(&mut self, text: &'t str, cells: &mut Vec<CellRef<'t>>) -> bool {
         let schema = self.keys.schema();
-        let mut cells = vec![CellRef::Cell(Cell::Null); schema.columns.len()];
+        cells.clear();
+        cells.resize(schema.columns.len(), CellRef::Cell(Cell::Null));
         self.seen.iter_mut().for_each(|s| *s = None);
         let mut position = 0;
         super::flat::scan(text, |key, value| {
@@ -302,9 +311,8 @@ impl<'s> Validator<'s> {
             }
             position += 1;
             Some(())
-        })?;
-        let complete = schema.columns.iter().zip(&self.seen).all(|(column, seen)| column.nullable || seen.is_some());
-        complete.then_some(cells)
+        })
+        .is_some_and(|()| schema.columns.iter().zip(&self.seen).all(|(column, seen)| column.nullable || seen.is_some()))
     }
 
     /// The key resolver, for drift planning over the same batch.
