@@ -283,7 +283,7 @@ impl Default for TableSettings {
             linger: Duration::from_millis(200),
             max_rows_per_file: 100_000,
             max_bytes_per_file: 64 << 20,
-            flush_at_bytes: 2 << 20,
+            flush_at_bytes: 1 << 20,
         }
     }
 }
