@@ -346,6 +346,17 @@ impl Gateway {
         Ok(kib / 1024.0)
     }
 
+    /// CPU time the process has used so far (user and system, all threads) in seconds, and its
+    /// minor page faults, from `/proc/<pid>/stat` (times in USER_HZ, 100 a second on Linux).
+    fn usage(&self) -> anyhow::Result<(f64, u64)> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').context("no command name in stat")?.1.split_whitespace().collect();
+        let field = |i: usize| -> anyhow::Result<u64> { Ok(fields.get(i).context("short stat")?.parse()?) };
+        Ok(((field(11)? + field(12)?) as f64 / 100.0, field(7)?))
+    }
+
     /// SIGTERM, then a clean exit within 60 s (else it is killed and the run fails).
     fn stop(mut self) -> anyhow::Result<()> {
         Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
@@ -446,6 +457,8 @@ async fn scenario(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let loaded = started.elapsed();
+    // What the gateway spent from its start to this point: the scenario, and its start-up.
+    let (cpu_s, page_faults) = gateway.usage()?;
     for id in &ids {
         let batch: Value = client.get(format!("{}/v1/batches/{id}", gateway.base)).send().await?.json().await?;
         match batch["status"].as_str() {
@@ -480,6 +493,8 @@ async fn scenario(
         "first_post_to_all_loaded_s": (loaded.as_secs_f64() * 100.0).round() / 100.0,
         "ack_latency_ms": {"p50": ms(quantile(0.5)), "p99": ms(quantile(0.99)), "max": ms(quantile(1.0))},
         "peak_rss_mib": peak.round(),
+        "gateway_cpu_s": (cpu_s * 100.0).round() / 100.0,
+        "gateway_page_faults": page_faults,
     }))
 }
 

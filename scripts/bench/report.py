@@ -34,8 +34,8 @@ def table(r):
 
 
 def scenarios(r):
-    out = ["| scenario | records | POSTs x batch, clients | ack records/s (MB/s) | first POST -> all loaded | ack p50 / p99 / max | rejected | peak RSS |",
-           "|---|---:|---|---:|---:|---|---:|---:|"]
+    out = ["| scenario | records | POSTs x batch, clients | ack records/s (MB/s) | first POST -> all loaded | ack p50 / p99 / max | rejected | peak RSS | gateway CPU (µs a record) |",
+           "|---|---:|---|---:|---:|---|---:|---:|---:|"]
     base = {"scenario_1": "1: one partner, large batches", "scenario_2": "2: 100 clients, batches of 100",
             "scenario_3": "3: 1% bad records and a new field"}
     names = dict(base)
@@ -47,7 +47,8 @@ def scenarios(r):
         lat = s["ack_latency_ms"]
         out.append(f"| {name} | {s['records']:,} | {s['posts']:,} x {s['batch']:,}, {s['concurrency']} | "
                    f"{s['ack_records_per_s']:,.0f} ({s['ack_mb_per_s']}) | {s['first_post_to_all_loaded_s']} s | "
-                   f"{lat['p50']} / {lat['p99']} / {lat['max']} ms | {s['rejected']:,} | {s['peak_rss_mib']:.0f} MiB |")
+                   f"{lat['p50']} / {lat['p99']} / {lat['max']} ms | {s['rejected']:,} | {s['peak_rss_mib']:.0f} MiB | "
+                   f"{s['gateway_cpu_s']} s ({s['gateway_cpu_s'] * 1e6 / s['records']:.1f}) |")
     return "\n".join(out)
 
 
