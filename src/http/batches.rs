@@ -356,10 +356,7 @@ async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<(B
     }
     let upfront = declared.unwrap_or(0).min(UPFRONT_BYTES);
     let mut grant = app.budget.reserve(upfront)?;
-    // The buffer takes a declared length at once, so that a body is never copied to grow. That
-    // is address space, not memory: a page is backed only once the bytes written to it arrive,
-    // and the grant, which counts memory, still grows chunk by chunk before each is kept.
-    let mut received = BytesMut::with_capacity(declared.unwrap_or(upfront));
+    let mut received = BytesMut::with_capacity(upfront);
     let mut chunks = body.into_data_stream();
     let deadline = tokio::time::Instant::now() + app.config.limits.body_total;
     let idle = app.config.limits.body_idle;
@@ -385,8 +382,10 @@ async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<(B
             crate::fault::crash_point(crate::fault::CrashPoint::Receiving);
         }
         if received.capacity() < total {
-            // No length declared (or more sent than declared): grown as it comes, by doubling.
-            received.reserve(chunk.len());
+            // Grown to the declared length once half of it is here (as doubling would), so a
+            // body is copied fewer times, and never ahead of what the grant holds by more.
+            let want = declared.filter(|&d| d >= total && d <= total.saturating_mul(2)).unwrap_or(total);
+            received.reserve(want - received.len());
         }
         received.extend_from_slice(&chunk);
     }
