@@ -431,8 +431,8 @@ mod tests {
             .collect()
     }
 
-    /// A request keeps one of these a record: small enough that the list of a 10,000-record
-    /// request (240 KB) stays under the allocator's 256 KiB threshold for returning pages at once.
+    /// A request keeps one of these a record: three words rather than a parsed record's size
+    /// (about 160 bytes), so a 10,000-record request's list is 240 KB rather than 1.6 MB.
     #[test]
     fn a_decoded_record_is_three_words() {
         assert_eq!(std::mem::size_of::<Decoded>(), 3 * std::mem::size_of::<usize>());
