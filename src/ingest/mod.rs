@@ -257,7 +257,7 @@ mod tests {
         };
         let blank_lines = format!("{}{{\"id\": 1}}\n{{\"id\": 2}}\n", "\n".repeat(5_000));
         let rows = read(&blank_lines, BodyFormat::Ndjson, 3);
-        assert_eq!((rows.len(), rows.capacity()), (2, 3), "sized by the room, not by 5,002 lines");
+        assert_eq!((rows.len(), rows.capacity()), (2, 3), "sized by the room, not by its 5,002 newlines");
         let rows = read(&blank_lines, BodyFormat::Ndjson, 100_000);
         assert_eq!(rows.capacity(), blank_lines.len() / 2 + 1, "sized by the lines, at most one a two bytes");
         let array = format!("[{}]", (0..40).map(|i| format!(r#"{{"id": {i}}}"#)).collect::<Vec<_>>().join(","));
