@@ -119,7 +119,7 @@ pub trait Accept {
     fn expect(&mut self, _records: usize) {}
 
     /// Takes the record at `index` (its position among the body's records) straight from its
-    /// text when it passes as it is (see [`crate::ingest::validate::Validator::accept_text`]);
+    /// text when it passes as it is (see [`crate::ingest::validate::Validator::accept_text_into`]);
     /// `false` has it parsed into a [`Value`].
     fn accept(&mut self, index: usize, text: &str) -> bool;
 }

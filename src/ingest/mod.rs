@@ -53,7 +53,7 @@ impl Checked {
 /// mostly need the closer look (a new field on each, say), rather than reading each twice.
 const FAST_READ_TRIES: usize = 64;
 
-/// Reads the records that pass as they were sent (see [`Validator::accept_text`]) straight into
+/// Reads the records that pass as they were sent (see [`Validator::accept_text_into`]) straight into
 /// column builders while a body is decoded; the decoder parses the others for a closer look.
 pub struct ReadAsSent<'s> {
     validator: Validator<'s>,

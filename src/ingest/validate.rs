@@ -267,18 +267,12 @@ impl<'s> Validator<'s> {
 
     /// The cells of a record read straight from its JSON text, when it passes as it is: an object
     /// whose keys name columns, one key per column, with scalar values that fit them, and every
-    /// NOT NULL column present. No map is built and strings stay borrowed from the text.
-    /// `None` for anything else, text that is not JSON included: then the record is parsed and
+    /// NOT NULL column present. No map is built and strings stay borrowed from the text. `true`
+    /// when it passes: its cells are then in `cells`, a vector kept from record to record
+    /// (whatever it held before); on `false`, what `cells` holds is unspecified. `false` for
+    /// anything else, text that is not JSON included: then the record is parsed and
     /// [`Validator::validate`] decides, with its errors and the drift policy. A record accepted
     /// here gets the cells `validate` would give it, under any drift policy.
-    pub fn accept_text<'t>(&mut self, text: &'t str) -> Option<Vec<CellRef<'t>>> {
-        let mut cells = Vec::new();
-        self.accept_text_into(text, &mut cells).then_some(cells)
-    }
-
-    /// [`Validator::accept_text`] into `cells`, a vector kept from record to record: `true` when
-    /// the record passes as it is (its cells are then in `cells`, whatever it held before); on
-    /// `false`, what `cells` holds is unspecified.
     pub fn accept_text_into<'t>(&mut self, text: &'t str, cells: &mut Vec<CellRef<'t>>) -> bool {
         let schema = self.keys.schema();
         cells.clear();
@@ -313,6 +307,13 @@ impl<'s> Validator<'s> {
             Some(())
         })
         .is_some_and(|()| schema.columns.iter().zip(&self.seen).all(|(column, seen)| column.nullable || seen.is_some()))
+    }
+
+    /// [`Validator::accept_text_into`] into a vector of its own: the cells, or `None`.
+    #[cfg(test)]
+    pub fn accept_text<'t>(&mut self, text: &'t str) -> Option<Vec<CellRef<'t>>> {
+        let mut cells = Vec::new();
+        self.accept_text_into(text, &mut cells).then_some(cells)
     }
 
     /// The key resolver, for drift planning over the same batch.
