@@ -60,7 +60,7 @@ async fn copy_committed_but_not_recorded_is_skipped_on_retry() {
     let dir = tempfile::tempdir().unwrap();
     let (stage, ledger, duck) = backends(dir.path()).await;
     let warehouse: Arc<dyn Warehouse> = duck.clone();
-    let columns = vec![Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: false }];
+    let columns = id_column();
     warehouse.create_table("T", &columns).await.unwrap();
 
     let buffers = buffers(&stage, &ledger);
@@ -117,7 +117,7 @@ async fn a_file_missing_from_the_stage_holds_back_only_itself() {
     let dir = tempfile::tempdir().unwrap();
     let (stage, ledger, duck) = backends(dir.path()).await;
     let warehouse: Arc<dyn Warehouse> = duck;
-    let columns = vec![Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: false }];
+    let columns = id_column();
     warehouse.create_table("T", &columns).await.unwrap();
     let schema = Arc::new(TableSchema { name: "T".into(), columns });
     let buffers = buffers(&stage, &ledger);
@@ -173,7 +173,7 @@ async fn a_long_copy_renews_its_claims() {
     let dir = tempfile::tempdir().unwrap();
     let (stage, ledger, duck) = backends(dir.path()).await;
     let warehouse: Arc<dyn Warehouse> = duck;
-    let columns = vec![Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: false }];
+    let columns = id_column();
     warehouse.create_table("T", &columns).await.unwrap();
     let schema = TableSchema { name: "T".into(), columns };
     let batch_id = Uuid::now_v7();
@@ -298,8 +298,7 @@ async fn requests_with_columns_in_another_order_never_share_a_file() {
 async fn a_segment_reaching_flush_at_bytes_is_written_without_its_linger() {
     let dir = tempfile::tempdir().unwrap();
     let (stage, ledger, _duck) = backends(dir.path()).await;
-    let columns = vec![Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: false }];
-    let schema = Arc::new(TableSchema { name: "T".into(), columns });
+    let schema = Arc::new(TableSchema { name: "T".into(), columns: id_column() });
     let buffers = buffers(&stage, &ledger);
     let policy =
         FlushPolicy { max_rows: 1000, max_bytes: 1 << 20, linger: Duration::from_secs(600), flush_at_bytes: 4096 };
@@ -333,8 +332,7 @@ async fn a_segment_reaching_flush_at_bytes_is_written_without_its_linger() {
 async fn a_request_split_by_bytes_gets_at_most_one_file_a_row() {
     let dir = tempfile::tempdir().unwrap();
     let (stage, ledger, _duck) = backends(dir.path()).await;
-    let columns = vec![Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: false }];
-    let schema = Arc::new(TableSchema { name: "T".into(), columns });
+    let schema = Arc::new(TableSchema { name: "T".into(), columns: id_column() });
     let buffers = buffers(&stage, &ledger);
     let policy = FlushPolicy { max_rows: 1000, max_bytes: 1, linger: Duration::from_millis(10), flush_at_bytes: 1 };
     for rows in 1..=3u64 {
@@ -350,6 +348,11 @@ async fn a_request_split_by_bytes_gets_at_most_one_file_a_row() {
 /// Rows made of owned cells, as a request's accepted rows.
 fn accepted(schema: &Arc<TableSchema>, rows: Vec<Row>) -> Accepted {
     Rows::from_rows(schema.clone(), &rows).unwrap().finish().unwrap()
+}
+
+/// The one column of table `T` in these tests: `ID NUMBER NOT NULL`.
+fn id_column() -> Vec<Column> {
+    vec![Column { name: ColumnName::normalize("ID").unwrap(), ty: ColumnType::INTEGER, nullable: false }]
 }
 
 /// A batch of `rows` accepted rows of table T, whose one NUMBER column holds each row's index.
