@@ -239,18 +239,13 @@ impl Buffers {
             let large = self.inner.flushes.spawn(async move { this.submit_large(submission, pieces, grant).await });
             return large.await.map_err(|e| BufferError::Internal(format!("large batch task: {e}")))?;
         }
-        let mut done = self.join_open_segment(submission, bytes, policy, grant);
+        let mut done = self.join_open_segment(submission, policy, grant);
         wait(&mut done).await
     }
 
-    fn join_open_segment(
-        &self,
-        submission: Submission,
-        bytes: usize,
-        policy: FlushPolicy,
-        grant: Grant,
-    ) -> watch::Receiver<Outcome> {
+    fn join_open_segment(&self, submission: Submission, policy: FlushPolicy, grant: Grant) -> watch::Receiver<Outcome> {
         let schema = submission.rows.schema().clone();
+        let bytes = submission.rows.memory_bytes();
         let table = self.table(&schema.name);
         let mut buffer = table.lock().expect("buffer lock");
         let rows = submission.rows.len();
