@@ -5,8 +5,10 @@
 //! added still load). Each COPY is one transaction that also writes a load-history row per file,
 //! which is what makes a repeated COPY of the same file a no-op.
 //!
-//! Three connections to the one database, one per role (loads, requests' DESCRIBE and DDL,
-//! readiness probes), so a probe or a request never queues behind a long COPY.
+//! Connections to the one database by role (loads, requests' DESCRIBE and DDL, readiness
+//! probes), so a probe or a request never queues behind a long COPY. Loads have
+//! [`LOAD_CONNECTIONS`] of their own, so that the loader's parallel COPYs (`loader.parallel_copies`)
+//! insert on more than one core: appends to one table from several transactions do not conflict.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -29,8 +31,8 @@ const HISTORY: &str = "\"_SNOWGATE_LOAD_HISTORY\"";
 
 /// DuckDB database file plus the stage it loads from.
 pub struct DuckDbWarehouse {
-    /// COPY (the loader).
-    loads: Arc<Mutex<Connection>>,
+    /// COPY (the loader), one connection for each COPY in flight.
+    loads: Mutex<Vec<Arc<Mutex<Connection>>>>,
     /// DESCRIBE and DDL from requests.
     conn: Arc<Mutex<Connection>>,
     /// Readiness probes.
@@ -56,11 +58,16 @@ impl DuckDbWarehouse {
                  PRIMARY KEY (table_name, file))"
         ))
         .map_err(unavailable)?;
-        let loads = conn.try_clone().map_err(unavailable)?;
-        loads.register_table_function::<ArrowVTab>("arrow").map_err(unavailable)?;
+        let loads = (0..LOAD_CONNECTIONS)
+            .map(|_| {
+                let load = conn.try_clone().map_err(unavailable)?;
+                load.register_table_function::<ArrowVTab>("arrow").map_err(unavailable)?;
+                Ok(Arc::new(Mutex::new(load)))
+            })
+            .collect::<Result<_, WarehouseError>>()?;
         let probe = conn.try_clone().map_err(unavailable)?;
         Ok(DuckDbWarehouse {
-            loads: Arc::new(Mutex::new(loads)),
+            loads: Mutex::new(loads),
             conn: Arc::new(Mutex::new(conn)),
             probe: Arc::new(Mutex::new(probe)),
             stage,
@@ -71,6 +78,16 @@ impl DuckDbWarehouse {
     pub fn connection(&self) -> Result<Connection, WarehouseError> {
         let guard = self.conn.lock().map_err(|_| WarehouseError::statement("connection lock poisoned"))?;
         guard.try_clone().map_err(unavailable)
+    }
+
+    /// A load connection no COPY is using, or (all busy) the first, to queue behind.
+    ///
+    /// A connection handed out is in use until the COPY drops its handle: the pool's own handle
+    /// is then the only one. Handles are only taken under the pool's lock, so two COPYs starting
+    /// at once never pick the same idle connection.
+    fn load_connection(&self) -> Arc<Mutex<Connection>> {
+        let loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+        loads.iter().find(|c| Arc::strong_count(c) == 1).unwrap_or(&loads[0]).clone()
     }
 
     async fn execute_all(&self, statements: Vec<String>) -> Result<(), WarehouseError> {
@@ -93,6 +110,9 @@ impl DuckDbWarehouse {
         Ok(())
     }
 }
+
+/// Connections for COPY: at most this many COPYs insert at once; more queue.
+const LOAD_CONNECTIONS: usize = 4;
 
 /// Stage reads a COPY has in flight: one at a time, an S3 stage's round trips added up.
 const STAGE_READS: usize = 8;
@@ -238,6 +258,10 @@ impl Warehouse for DuckDbWarehouse {
         "duckdb"
     }
 
+    fn parallel_copies(&self) -> usize {
+        LOAD_CONNECTIONS
+    }
+
     async fn ping(&self) -> Result<(), WarehouseError> {
         run(&self.probe, |conn| conn.execute_batch("SELECT 1").map_err(unavailable)).await
     }
@@ -344,7 +368,7 @@ impl Warehouse for DuckDbWarehouse {
         // The connection is taken and the transaction opened once the first file is here.
         let mut first = files.recv().await;
         let table = table.to_string();
-        run(&self.loads, move |conn| {
+        run(&self.load_connection(), move |conn| {
             let query_id = format!("duckdb-{}", Uuid::now_v7());
             let insert = format!("INSERT INTO {} BY NAME SELECT * FROM arrow(?)", quote_ident(&table));
             let tx = conn.transaction().map_err(unavailable)?;
@@ -402,6 +426,26 @@ impl Warehouse for DuckDbWarehouse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_at_once_get_connections_of_their_own_until_all_are_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = crate::config::StageConfig::default();
+        let stage = Arc::new(Stage::open(&format!("file://{}", dir.path().join("stage").display()), &options).unwrap());
+        let duck = DuckDbWarehouse::open(&dir.path().join("w.duckdb"), stage).unwrap();
+        assert_eq!(duck.parallel_copies(), LOAD_CONNECTIONS);
+        let taken: Vec<_> = (0..LOAD_CONNECTIONS).map(|_| duck.load_connection()).collect();
+        for (i, a) in taken.iter().enumerate() {
+            assert!(taken[i + 1..].iter().all(|b| !Arc::ptr_eq(a, b)), "connection {i} handed out twice");
+        }
+        // All in use: the next COPY queues behind the first connection.
+        assert!(Arc::ptr_eq(&duck.load_connection(), &taken[0]));
+        // A COPY that ended gives its connection back.
+        let third = Arc::as_ptr(&taken[2]);
+        let kept: Vec<_> = taken.into_iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, c)| c).collect();
+        assert!(std::ptr::eq(Arc::as_ptr(&duck.load_connection()), third));
+        drop(kept);
+    }
 
     #[test]
     fn errors_are_classified_by_duckdb_error_type() {

@@ -252,6 +252,12 @@ pub trait Warehouse: Send + Sync + 'static {
     /// Loads stage files into the table, all in one transaction. Files in the load history are
     /// skipped. All or nothing: on error no file is loaded.
     async fn copy_files(&self, table: &str, files: &[StagedFile]) -> Result<Vec<CopyResult>, WarehouseError>;
+
+    /// `copy_files` calls that make progress at once; more queue. The loader splits a round into
+    /// no more COPYs than this.
+    fn parallel_copies(&self) -> usize {
+        1
+    }
 }
 
 /// A staged file to load: its path relative to the stage root, and the columns it was written
