@@ -361,6 +361,10 @@ pub struct LoaderConfig {
     #[serde(rename = "lease_secs", with = "secs")]
     pub lease: Duration,
     pub max_files_per_copy: usize,
+    /// COPY statements a round runs at once, at most: a round's files of one table are split
+    /// among this many (no more than the warehouse runs at once), so that a warehouse inserting
+    /// on the gateway's own cores (DuckDB) uses more than one.
+    pub parallel_copies: usize,
     /// First retry delay after a transient warehouse failure (key `retry_base_ms`).
     #[serde(rename = "retry_base_ms", with = "millis")]
     pub retry_base: Duration,
@@ -392,6 +396,7 @@ impl Default for LoaderConfig {
             interval: Duration::from_millis(1000),
             lease: Duration::from_secs(30),
             max_files_per_copy: 1000,
+            parallel_copies: 2,
             retry_base: Duration::from_millis(1000),
             configuration_retry: Duration::from_secs(60),
             orphan_after: Duration::from_secs(3600),
@@ -557,6 +562,7 @@ impl Config {
         check(self.loader.retry_base >= Duration::from_millis(10), "loader.retry_base_ms", "must be at least 10")?;
         check(self.loader.lease >= Duration::from_secs(5), "loader.lease_secs", "must be at least 5")?;
         check((1..=1000).contains(&self.loader.max_files_per_copy), "loader.max_files_per_copy", "must be 1..=1000")?;
+        check((1..=16).contains(&self.loader.parallel_copies), "loader.parallel_copies", "must be 1..=16")?;
         check(
             self.loader.configuration_retry >= Duration::from_secs(1),
             "loader.configuration_retry_secs",

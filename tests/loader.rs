@@ -345,6 +345,61 @@ async fn a_request_split_by_bytes_gets_at_most_one_file_a_row() {
     }
 }
 
+/// A round of many rows is split among `loader.parallel_copies` COPYs that run at once on DuckDB's
+/// load connections: appends from two transactions to one table do not conflict, and every row
+/// loads once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_round_loads_in_parallel_copies_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stage, ledger, duck) = backends(dir.path()).await;
+    let warehouse: Arc<dyn Warehouse> = duck.clone();
+    let columns = id_column();
+    warehouse.create_table("T", &columns).await.unwrap();
+    let schema = Arc::new(TableSchema { name: "T".into(), columns });
+    let buffers = buffers(&stage, &ledger);
+    let policy = FlushPolicy {
+        max_rows: 10_000,
+        max_bytes: 64 << 20,
+        linger: Duration::from_millis(10),
+        flush_at_bytes: 64 << 20,
+    };
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        let (id, submission) = numbered(&schema, 10_000);
+        buffers.submit(submission, policy).await.unwrap();
+        ids.push(id);
+    }
+    let settings = LoaderConfig { parallel_copies: 2, ..settings(Duration::from_secs(60)) };
+    let loader = Loader::new(
+        ledger.clone(),
+        warehouse.clone(),
+        stage.clone(),
+        settings,
+        "parallel".into(),
+        Arc::new(Notify::new()),
+        Arc::new(Notify::new()),
+    );
+    assert_eq!(loader.round().await.unwrap(), 8, "one round claims every file");
+    for id in &ids {
+        let batch = ledger.get_batch(*id).await.unwrap().unwrap();
+        assert_eq!((batch.status, batch.counts.loaded), (BatchStatus::Loaded, 10_000), "{id}");
+    }
+    let conn = duck.connection().unwrap();
+    let (rows, distinct): (i64, i64) = conn
+        .query_row("SELECT COUNT(*), COUNT(DISTINCT (\"_BATCH_ID\", \"_RECORD_INDEX\")) FROM \"T\"", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((rows, distinct), (80_000, 80_000), "every row once");
+    let (files, copies): (i64, i64) = conn
+        .query_row("SELECT COUNT(*), COUNT(DISTINCT query_id) FROM \"_SNOWGATE_LOAD_HISTORY\"", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((files, copies), (8, 2), "the round's eight files went to two COPYs");
+    assert_eq!(loader.round().await.unwrap(), 0);
+}
+
 /// Rows made of owned cells, as a request's accepted rows.
 fn accepted(schema: &Arc<TableSchema>, rows: Vec<Row>) -> Accepted {
     Rows::from_rows(schema.clone(), &rows).unwrap().finish().unwrap()

@@ -121,17 +121,24 @@ impl Loader {
         for file in claimed {
             by_table.entry(file.table.clone()).or_default().push(file);
         }
+        let parallel = self.settings.parallel_copies.min(self.warehouse.parallel_copies());
+        let copies = split_copies(by_table, parallel);
         let loads = async {
-            let mut failed = None;
-            for (table, files) in by_table {
-                let span = tracing::info_span!("load", table = %table, files = files.len(), owner = %self.owner);
-                if let Err(e) = self.load(&table, files, &held).instrument(span).await {
-                    // The claims stay until their lease expires; the next claim retries them.
-                    tracing::error!(table, error = %e, "could not record a load; files retried after the lease");
-                    failed = Some(e);
-                }
-            }
-            failed
+            use futures::StreamExt as _;
+            let loads = futures::stream::iter(copies)
+                .map(|(table, files)| {
+                    let span = tracing::info_span!("load", table = %table, files = files.len(), owner = %self.owner);
+                    let held = &held;
+                    async move {
+                        let loaded = self.load(&table, files, held).instrument(span).await;
+                        // The claims stay until their lease expires; the next claim retries them.
+                        loaded.inspect_err(|e| {
+                            tracing::error!(table, error = %e, "could not record a load; files retried after the lease")
+                        })
+                    }
+                })
+                .buffer_unordered(parallel);
+            loads.filter_map(|loaded| async move { loaded.err() }).collect::<Vec<_>>().await.pop()
         };
         let failed = self.holding_claims(&held, loads).await;
         if count > 0 {
@@ -282,6 +289,36 @@ impl Loader {
     }
 }
 
+/// Rows below which a table's files of a round are not split among parallel COPYs: a COPY's own
+/// cost (a transaction, its commit, a ledger write) would outweigh the second core.
+const MIN_ROWS_PER_COPY: u64 = 20_000;
+
+/// The COPY statements of a round: each table's files in up to `parallel` runs of consecutive
+/// files of about equal rows, none of fewer than [`MIN_ROWS_PER_COPY`] rows unless the table has
+/// fewer in all.
+fn split_copies(by_table: BTreeMap<String, Vec<ClaimedFile>>, parallel: usize) -> Vec<(String, Vec<ClaimedFile>)> {
+    let mut copies = Vec::new();
+    for (table, files) in by_table {
+        let rows: u64 = files.iter().map(|f| f.rows).sum();
+        let parts = (rows / MIN_ROWS_PER_COPY).clamp(1, parallel.max(1) as u64);
+        let (mut copy, mut copied, mut part) = (Vec::new(), 0, 1);
+        for file in files {
+            copied += file.rows;
+            copy.push(file);
+            // A part ends once the parts so far hold their share of the table's rows; the last
+            // part takes the rest.
+            if part < parts && copied * parts >= rows * part {
+                copies.push((table.clone(), std::mem::take(&mut copy)));
+                part += 1;
+            }
+        }
+        if !copy.is_empty() {
+            copies.push((table.clone(), copy));
+        }
+    }
+    copies
+}
+
 /// `base` doubled per earlier attempt, capped at [`MAX_RETRY`].
 fn backoff(base: Duration, attempts: u32) -> Duration {
     let factor = 1u32 << attempts.saturating_sub(1).min(16);
@@ -312,5 +349,48 @@ mod tests {
         assert!(draws.iter().all(|d| *d >= Duration::from_secs(4) && *d <= Duration::from_secs(8)));
         let distinct: std::collections::BTreeSet<_> = draws.iter().collect();
         assert!(distinct.len() > 50, "jitter spreads retries: {} distinct of 200", distinct.len());
+    }
+
+    fn files(table: &str, rows: &[u64]) -> Vec<ClaimedFile> {
+        rows.iter()
+            .map(|&rows| ClaimedFile {
+                id: uuid::Uuid::now_v7(),
+                table: table.into(),
+                path: format!("{table}/{rows}.parquet"),
+                rows,
+                attempts: 1,
+                statement_failures: 0,
+                columns: None,
+                staged_at: chrono::Utc::now(),
+            })
+            .collect()
+    }
+
+    /// Rows of each COPY, by table.
+    fn split(tables: &[(&str, &[u64])], parallel: usize) -> Vec<(String, Vec<u64>)> {
+        let by_table = tables.iter().map(|(t, rows)| (t.to_string(), files(t, rows))).collect();
+        split_copies(by_table, parallel).into_iter().map(|(t, f)| (t, f.iter().map(|f| f.rows).collect())).collect()
+    }
+
+    #[test]
+    fn a_large_round_is_split_into_parallel_copies_of_even_rows_and_a_small_one_is_not() {
+        let s = |t: &str, rows: &[u64]| (t.to_string(), rows.to_vec());
+        let even = [5_000; 40];
+        assert_eq!(split(&[("A", &even)], 2), vec![s("A", &even[..20]), s("A", &even[20..])]);
+        assert_eq!(split(&[("A", &even)], 3).iter().map(|(_, r)| r.len()).collect::<Vec<_>>(), vec![14, 13, 13]);
+        // Uneven files: cut where the rows so far reach each part's share.
+        assert_eq!(
+            split(&[("A", &[60_000, 5_000, 5_000, 50_000])], 2),
+            vec![s("A", &[60_000]), s("A", &[5_000, 5_000, 50_000])]
+        );
+        // Too few rows for a second COPY to pay: one COPY, whatever `parallel` says.
+        assert_eq!(split(&[("A", &[5_000, 5_000, 5_000])], 4), vec![s("A", &[5_000, 5_000, 5_000])]);
+        assert_eq!(split(&[("A", &[0, 0, 0])], 2), vec![s("A", &[0, 0, 0])]);
+        assert_eq!(split(&[("A", &[30_000, 30_000])], 1), vec![s("A", &[30_000, 30_000])]);
+        // No COPY mixes tables; each table is split on its own rows.
+        assert_eq!(
+            split(&[("A", &[25_000, 25_000]), ("B", &[1_000])], 2),
+            vec![s("A", &[25_000]), s("A", &[25_000]), s("B", &[1_000])]
+        );
     }
 }
