@@ -848,6 +848,13 @@ mod tests {
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
 
+        for copies in [0, 17] {
+            let mut config = Config::default();
+            config.loader.parallel_copies = copies;
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.starts_with("loader.parallel_copies"), "{copies}: {err}");
+        }
+
         // A batch must outlive the Idempotency-Key that answers with it.
         let mut config = Config::default();
         config.idempotency.window = Duration::from_secs(40 * 86_400);

@@ -151,12 +151,13 @@ impl Loader {
         Ok(count)
     }
 
-    /// One COPY for all files of a table. A data error retries the files one by one so that a
-    /// bad file cannot hold back the good ones, and isolates the refused rows of a file alone.
+    /// One COPY for `files` of a table (a round may run several at once, see [`split_copies`]).
+    /// A data error retries the files one by one so that a bad file cannot hold back the good
+    /// ones, and isolates the refused rows of a file alone.
     async fn load(&self, table: &str, files: Vec<ClaimedFile>, held: &Held) -> Result<(), LedgerError> {
         let staged: Vec<StagedFile> =
             files.iter().map(|f| StagedFile { path: f.path.clone(), columns: f.columns.clone() }).collect();
-        let started = std::time::Instant::now();
+        let (started, started_at) = (std::time::Instant::now(), chrono::Utc::now());
         let copied = self.warehouse.copy_files(table, &staged).await;
         self.measure_copy(table, &copied, started.elapsed());
         let error = match copied {
@@ -167,7 +168,7 @@ impl Loader {
                 self.count_loaded(table, &files, &outcomes);
                 tracing::info!(table, files = files.len(), "loaded files");
                 let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
-                self.health.clear_configuration_error(table, &paths);
+                self.health.clear_configuration_error(table, &paths, started_at);
                 return self.ledger.complete_files(&self.owner, &outcomes).await.map(|_| ());
             }
             Err(error) => error,
@@ -215,14 +216,14 @@ impl Loader {
             }
             ErrorKind::Data => {
                 tracing::warn!(table, path = %files[0].path, error = %error, "file refused; isolating its bad rows");
-                self.health.clear_configuration_error(table, &[files[0].path.as_str()]);
+                self.health.clear_configuration_error(table, &[files[0].path.as_str()], started_at);
                 let file = files.into_iter().next().expect("one file");
                 self.isolate(table, file, error, held).await
             }
             ErrorKind::Statement => {
                 tracing::error!(table, path = %files[0].path, error = %error, "file failed to load");
                 // The warehouse reached the data, so no configuration problem stands in the way.
-                self.health.clear_configuration_error(table, &[files[0].path.as_str()]);
+                self.health.clear_configuration_error(table, &[files[0].path.as_str()], started_at);
                 let query_id = error.query_id().map(str::to_string);
                 let outcome = FileOutcome::Failed { id: files[0].id, error: error.to_string(), query_id };
                 self.ledger.complete_files(&self.owner, &[outcome]).await.map(|_| ())
@@ -293,9 +294,9 @@ impl Loader {
 /// cost (a transaction, its commit, a ledger write) would outweigh the second core.
 const MIN_ROWS_PER_COPY: u64 = 20_000;
 
-/// The COPY statements of a round: each table's files in up to `parallel` runs of consecutive
-/// files of about equal rows, none of fewer than [`MIN_ROWS_PER_COPY`] rows unless the table has
-/// fewer in all.
+/// The COPY statements of a round, which run up to `parallel` at once (those of different
+/// tables too): each table's files in up to `parallel` runs of consecutive files of about equal
+/// rows, none of fewer than [`MIN_ROWS_PER_COPY`] rows unless the table has fewer in all.
 fn split_copies(by_table: BTreeMap<String, Vec<ClaimedFile>>, parallel: usize) -> Vec<(String, Vec<ClaimedFile>)> {
     let mut copies = Vec::new();
     for (table, files) in by_table {
@@ -305,9 +306,10 @@ fn split_copies(by_table: BTreeMap<String, Vec<ClaimedFile>>, parallel: usize) -
         for file in files {
             copied += file.rows;
             copy.push(file);
-            // A part ends once the parts so far hold their share of the table's rows; the last
-            // part takes the rest.
-            if part < parts && copied * parts >= rows * part {
+            // A part ends once the parts so far hold their share of the table's rows, and what
+            // is left still makes parts of the least size; the last part takes the rest.
+            let left = rows - copied;
+            if part < parts && copied * parts >= rows * part && left >= MIN_ROWS_PER_COPY * (parts - part) {
                 copies.push((table.clone(), std::mem::take(&mut copy)));
                 part += 1;
             }
@@ -385,6 +387,8 @@ mod tests {
         );
         // Too few rows for a second COPY to pay: one COPY, whatever `parallel` says.
         assert_eq!(split(&[("A", &[5_000, 5_000, 5_000])], 4), vec![s("A", &[5_000, 5_000, 5_000])]);
+        // A first file with nearly all the rows leaves too few for a second part.
+        assert_eq!(split(&[("A", &[39_000, 1_000])], 2), vec![s("A", &[39_000, 1_000])]);
         assert_eq!(split(&[("A", &[0, 0, 0])], 2), vec![s("A", &[0, 0, 0])]);
         assert_eq!(split(&[("A", &[30_000, 30_000])], 1), vec![s("A", &[30_000, 30_000])]);
         // No COPY mixes tables; each table is split on its own rows.

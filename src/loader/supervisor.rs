@@ -93,14 +93,15 @@ impl LoaderHealth {
         self.update(|s| s.configuration_errors.insert(table.to_string(), entry));
     }
 
-    /// The warehouse reached `table`'s data in `files`: a table-wide configuration error is
-    /// gone, and so is one about one of those files.
-    pub(crate) fn clear_configuration_error(&self, table: &str, files: &[&str]) {
+    /// The warehouse reached `table`'s data in `files` with a COPY that started at `since`: a
+    /// table-wide configuration error is gone, and so is one about one of those files, unless
+    /// another COPY running alongside recorded it after this one began.
+    pub(crate) fn clear_configuration_error(&self, table: &str, files: &[&str], since: DateTime<Utc>) {
         self.update(|s| {
             let resolved = s
                 .configuration_errors
                 .get(table)
-                .is_some_and(|e| e.file.as_deref().is_none_or(|file| files.contains(&file)));
+                .is_some_and(|e| e.at <= since && e.file.as_deref().is_none_or(|file| files.contains(&file)));
             if resolved {
                 s.configuration_errors.remove(table);
             }

@@ -33,6 +33,8 @@ const HISTORY: &str = "\"_SNOWGATE_LOAD_HISTORY\"";
 pub struct DuckDbWarehouse {
     /// COPY (the loader), one connection for each COPY in flight.
     loads: Mutex<Vec<Arc<Mutex<Connection>>>>,
+    /// Staged files the COPYs in flight hold in memory, together (see `copy_files`).
+    reads: Arc<tokio::sync::Semaphore>,
     /// DESCRIBE and DDL from requests.
     conn: Arc<Mutex<Connection>>,
     /// Readiness probes.
@@ -68,6 +70,7 @@ impl DuckDbWarehouse {
         let probe = conn.try_clone().map_err(unavailable)?;
         Ok(DuckDbWarehouse {
             loads: Mutex::new(loads),
+            reads: Arc::new(tokio::sync::Semaphore::new(STAGE_READS)),
             conn: Arc::new(Mutex::new(conn)),
             probe: Arc::new(Mutex::new(probe)),
             stage,
@@ -114,7 +117,8 @@ impl DuckDbWarehouse {
 /// Connections for COPY: at most this many COPYs insert at once; more queue.
 const LOAD_CONNECTIONS: usize = 4;
 
-/// Stage reads a COPY has in flight: one at a time, an S3 stage's round trips added up.
+/// Staged files all COPYs hold in memory at once, read ahead or being inserted: one at a time,
+/// an S3 stage's round trips added up.
 const STAGE_READS: usize = 8;
 
 /// How long a DDL statement is retried while it conflicts with a load's transaction.
@@ -334,31 +338,46 @@ impl Warehouse for DuckDbWarehouse {
 
     async fn copy_files(&self, table: &str, staged: &[StagedFile]) -> Result<Vec<CopyResult>, WarehouseError> {
         // Inserted by name: a file written before a column existed loads NULL there. The files
-        // are read from the stage [`STAGE_READS`] at a time, kept in their order, and handed to
-        // the insert as they arrive: a round holds a few files at once, never all of them.
-        use futures::StreamExt as _;
+        // are read from the stage ahead of the insert, kept in their order, and handed to it as
+        // they arrive: a round holds a few files at once, never all of them. Two COPYs never
+        // hold the same file (a claim is one loader's); should they, after a loader restarted
+        // while its old COPY ran on, the load history's primary key fails the later one.
+        use tokio_util::task::AbortOnDropHandle;
         let (files_tx, mut files) = tokio::sync::mpsc::channel(1);
         let count = staged.len();
-        // Each read is a task of its own, so the reads ahead keep going (and stay within the
-        // stage's timeout) while the insert is busy and the reader waits to hand a file over.
-        let reads: Vec<(Arc<Stage>, String)> =
-            staged.iter().map(|file| (self.stage.clone(), file.path.clone())).collect();
-        let mut reads = futures::stream::iter(reads)
-            .map(|(stage, path)| {
-                tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        // Every COPY in flight shares [`STAGE_READS`] permits, taken in its files' order before
+        // each read and given back once the file is inserted, so the files in memory (being read,
+        // read ahead, being inserted) stay within them however many COPYs run. A COPY holds
+        // permits only for its next files, so it never waits for one that another cannot free.
+        let (reads_tx, mut reads) = tokio::sync::mpsc::unbounded_channel();
+        let (stage, permits) = (self.stage.clone(), self.reads.clone());
+        let paths: Vec<String> = staged.iter().map(|file| file.path.clone()).collect();
+        let _feeder = AbortOnDropHandle::new(tokio::spawn(async move {
+            for path in paths {
+                let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                let stage = stage.clone();
+                // Each read is a task of its own, so the reads ahead keep going (and stay within
+                // the stage's timeout) while the insert is busy and the reader waits to hand a
+                // file over.
+                let read = AbortOnDropHandle::new(tokio::spawn(async move {
                     let data = stage.get(&path).await.map_err(|e| WarehouseError::from_stage(e, &path))?;
                     Ok::<_, WarehouseError>((path, data))
-                }))
-            })
-            .buffered(STAGE_READS);
+                }));
+                if reads_tx.send((read, permit)).is_err() {
+                    return;
+                }
+            }
+        }));
         // Ends at the first failed read (sent on, so the insert stops there), or when the insert
         // stopped taking files. Aborted, with the reads it started, when this COPY ends or is dropped.
-        let _reader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-            while let Some(read) = reads.next().await {
+        let _reader = AbortOnDropHandle::new(tokio::spawn(async move {
+            while let Some((read, permit)) = reads.recv().await {
                 // A read that panicked fails its file as a statement would, never retried forever.
                 let read = read
+                    .await
                     .map_err(|e| WarehouseError::statement(format!("stage read task: {e}")).with_source(e))
-                    .and_then(|read| read);
+                    .and_then(|read| read)
+                    .map(|(path, data)| (path, data, permit));
                 let failed = read.is_err();
                 if files_tx.send(read).await.is_err() || failed {
                     break;
@@ -374,7 +393,8 @@ impl Warehouse for DuckDbWarehouse {
             let tx = conn.transaction().map_err(unavailable)?;
             let mut results = Vec::with_capacity(count);
             while let Some(file) = first.take().or_else(|| files.blocking_recv()) {
-                let (path, data) = file.map_err(|e| e.with_query_id(Some(query_id.clone())))?;
+                // The permit goes back once this file is inserted (or skipped).
+                let (path, data, _permit) = file.map_err(|e| e.with_query_id(Some(query_id.clone())))?;
                 let loaded_before: i64 = tx
                     .query_row(
                         &format!("SELECT COUNT(*) FROM {HISTORY} WHERE table_name = ? AND file = ?"),
