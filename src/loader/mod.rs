@@ -71,17 +71,6 @@ impl Loader {
 
     /// Runs until `cancel` fires; a round in progress finishes first.
     pub async fn run(self, cancel: CancellationToken) {
-        let runs = self.warehouse.parallel_copies();
-        if self.settings.parallel_copies > runs {
-            tracing::info!(
-                parallel_copies = self.settings.parallel_copies,
-                warehouse = self.warehouse.backend(),
-                at_once = runs,
-                "the warehouse runs fewer COPYs at once than loader.parallel_copies; rounds are split into that many"
-            );
-        }
-        // Claims under this loader's name belong to a previous life (a crashed or restarted
-        // process holding the same replica id, or this loader before a panic): loadable now.
         match self.ledger.release_claims_of(&self.owner).await {
             Ok(0) => {}
             Ok(n) => {

@@ -31,8 +31,8 @@ const HISTORY: &str = "\"_SNOWGATE_LOAD_HISTORY\"";
 
 /// DuckDB database file plus the stage it loads from.
 pub struct DuckDbWarehouse {
-    /// COPY (the loader), one connection for each COPY in flight.
-    loads: Mutex<Vec<Arc<Mutex<Connection>>>>,
+    /// COPY (the loader): a connection of its own for each COPY in flight.
+    loads: LoadPool,
     /// Staged files the COPYs in flight hold in memory, together (see `copy_files`).
     reads: Arc<tokio::sync::Semaphore>,
     /// DESCRIBE and DDL from requests.
@@ -64,12 +64,15 @@ impl DuckDbWarehouse {
             .map(|_| {
                 let load = conn.try_clone().map_err(unavailable)?;
                 load.register_table_function::<ArrowVTab>("arrow").map_err(unavailable)?;
-                Ok(Arc::new(Mutex::new(load)))
+                Ok(load)
             })
             .collect::<Result<_, WarehouseError>>()?;
         let probe = conn.try_clone().map_err(unavailable)?;
         Ok(DuckDbWarehouse {
-            loads: Mutex::new(loads),
+            loads: LoadPool {
+                idle: Arc::new(Mutex::new(loads)),
+                free: Arc::new(tokio::sync::Semaphore::new(LOAD_CONNECTIONS)),
+            },
             reads: Arc::new(tokio::sync::Semaphore::new(STAGE_READS)),
             conn: Arc::new(Mutex::new(conn)),
             probe: Arc::new(Mutex::new(probe)),
@@ -83,14 +86,14 @@ impl DuckDbWarehouse {
         guard.try_clone().map_err(unavailable)
     }
 
-    /// A load connection no COPY is using, or (all busy) the first, to queue behind.
-    ///
-    /// A connection handed out is in use until the COPY drops its handle: the pool's own handle
-    /// is then the only one. Handles are only taken under the pool's lock, so two COPYs starting
-    /// at once never pick the same idle connection.
-    fn load_connection(&self) -> Arc<Mutex<Connection>> {
-        let loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
-        loads.iter().find(|c| Arc::strong_count(c) == 1).unwrap_or(&loads[0]).clone()
+    /// A load connection of the COPY's own, once one is free.
+    async fn load_connection(&self) -> Result<LoadConnection, WarehouseError> {
+        let free = self.loads.free.clone().acquire_owned().await;
+        let free = free.map_err(|e| WarehouseError::transient("load connections closed").with_source(e))?;
+        let conn = self.loads.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        // A permit stands for an idle connection: a connection goes back before its permit.
+        let conn = conn.ok_or_else(|| WarehouseError::statement("no idle load connection for a free permit"))?;
+        Ok(LoadConnection { conn: Some(conn), idle: self.loads.idle.clone(), _free: free })
     }
 
     async fn execute_all(&self, statements: Vec<String>) -> Result<(), WarehouseError> {
@@ -123,6 +126,45 @@ const STAGE_READS: usize = 8;
 
 /// How long a DDL statement is retried while it conflicts with a load's transaction.
 const DDL_CONFLICT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The load connections: the idle ones, and a permit for each.
+struct LoadPool {
+    idle: Arc<Mutex<Vec<Connection>>>,
+    free: Arc<tokio::sync::Semaphore>,
+}
+
+/// A load connection held by one COPY, given back when dropped (also when the work on it
+/// panicked: its transaction rolled back as it unwound).
+struct LoadConnection {
+    /// `Some` until dropped.
+    conn: Option<Connection>,
+    idle: Arc<Mutex<Vec<Connection>>>,
+    _free: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for LoadConnection {
+    fn drop(&mut self) {
+        // Runs before the permit is released (fields drop after this), so a permit taken
+        // finds the connection back.
+        if let Some(conn) = self.conn.take() {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        }
+    }
+}
+
+/// Runs blocking work on a load connection, which it holds until the work ends, even when the
+/// COPY waiting for it is dropped first.
+async fn run_load<T: Send + 'static>(
+    mut load: LoadConnection,
+    work: impl FnOnce(&mut Connection) -> Result<T, WarehouseError> + Send + 'static,
+) -> Result<T, WarehouseError> {
+    tokio::task::spawn_blocking(move || match load.conn.as_mut() {
+        Some(conn) => work(conn),
+        None => Err(WarehouseError::statement("load connection already given back")),
+    })
+    .await
+    .map_err(|e| WarehouseError::statement(format!("warehouse task: {e}")).with_source(e))?
+}
 
 /// Runs blocking work on one of the connections.
 async fn run<T: Send + 'static>(
@@ -348,7 +390,9 @@ impl Warehouse for DuckDbWarehouse {
         // Every COPY in flight shares [`STAGE_READS`] permits, taken in its files' order before
         // each read and given back once the file is inserted, so the files in memory (being read,
         // read ahead, being inserted) stay within them however many COPYs run. A COPY holds
-        // permits only for its next files, so it never waits for one that another cannot free.
+        // permits only for its next files and only once it has a connection of its own, so it
+        // never waits for one that another cannot free.
+        let load = self.load_connection().await?;
         let (reads_tx, mut reads) = tokio::sync::mpsc::unbounded_channel();
         let (stage, permits) = (self.stage.clone(), self.reads.clone());
         let paths: Vec<String> = staged.iter().map(|file| file.path.clone()).collect();
@@ -384,10 +428,10 @@ impl Warehouse for DuckDbWarehouse {
                 }
             }
         }));
-        // The connection is taken and the transaction opened once the first file is here.
+        // The transaction is opened once the first file is here.
         let mut first = files.recv().await;
         let table = table.to_string();
-        run(&self.load_connection(), move |conn| {
+        run_load(load, move |conn| {
             let query_id = format!("duckdb-{}", Uuid::now_v7());
             let insert = format!("INSERT INTO {} BY NAME SELECT * FROM arrow(?)", quote_ident(&table));
             let tx = conn.transaction().map_err(unavailable)?;
@@ -447,24 +491,31 @@ impl Warehouse for DuckDbWarehouse {
 mod tests {
     use super::*;
 
-    #[test]
-    fn copies_at_once_get_connections_of_their_own_until_all_are_taken() {
+    #[tokio::test]
+    async fn copies_at_once_get_connections_of_their_own_and_one_more_waits() {
         let dir = tempfile::tempdir().unwrap();
         let options = crate::config::StageConfig::default();
         let stage = Arc::new(Stage::open(&format!("file://{}", dir.path().join("stage").display()), &options).unwrap());
         let duck = DuckDbWarehouse::open(&dir.path().join("w.duckdb"), stage).unwrap();
         assert_eq!(duck.parallel_copies(), LOAD_CONNECTIONS);
-        let taken: Vec<_> = (0..LOAD_CONNECTIONS).map(|_| duck.load_connection()).collect();
-        for (i, a) in taken.iter().enumerate() {
-            assert!(taken[i + 1..].iter().all(|b| !Arc::ptr_eq(a, b)), "connection {i} handed out twice");
+        let mut taken = Vec::new();
+        for _ in 0..LOAD_CONNECTIONS {
+            taken.push(duck.load_connection().await.unwrap());
         }
-        // All in use: the next COPY queues behind the first connection.
-        assert!(Arc::ptr_eq(&duck.load_connection(), &taken[0]));
-        // A COPY that ended gives its connection back.
-        let third = Arc::as_ptr(&taken[2]);
-        let kept: Vec<_> = taken.into_iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, c)| c).collect();
-        assert!(std::ptr::eq(Arc::as_ptr(&duck.load_connection()), third));
-        drop(kept);
+        assert!(duck.loads.idle.lock().unwrap().is_empty(), "each COPY holds a connection of its own");
+        let wait = std::time::Duration::from_millis(200);
+        assert!(tokio::time::timeout(wait, duck.load_connection()).await.is_err(), "a fifth COPY waits");
+        // A COPY that ends (or panics) gives its connection back, and the waiting one gets it.
+        let ended = taken.pop().unwrap();
+        let waiting = tokio::spawn({
+            let duck = Arc::new(duck);
+            async move { duck.load_connection().await.map(|c| c.conn.is_some()) }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        let panicked = run_load(ended, |_| -> Result<(), WarehouseError> { panic!("a corrupt file") }).await;
+        assert_eq!(panicked.unwrap_err().kind, ErrorKind::Statement);
+        assert!(tokio::time::timeout(wait * 5, waiting).await.unwrap().unwrap().unwrap());
     }
 
     #[test]
