@@ -42,6 +42,18 @@ fn buffers(stage: &Arc<Stage>, ledger: &Arc<dyn Ledger>) -> Buffers {
     )
 }
 
+/// A loader over the test's backends that nothing else notifies.
+fn loader(
+    ledger: &Arc<dyn Ledger>,
+    warehouse: Arc<dyn Warehouse>,
+    stage: &Arc<Stage>,
+    settings: LoaderConfig,
+    owner: &str,
+) -> Loader {
+    let notify = || Arc::new(Notify::new());
+    Loader::new(ledger.clone(), warehouse, stage.clone(), settings, owner.into(), notify(), notify())
+}
+
 /// Loader settings for tests: quick polls and retries, the given lease.
 fn settings(lease: Duration) -> LoaderConfig {
     LoaderConfig {
@@ -91,15 +103,7 @@ async fn copy_committed_but_not_recorded_is_skipped_on_retry() {
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let settings = settings(Duration::from_secs(60));
-    let loader = Loader::new(
-        ledger.clone(),
-        warehouse.clone(),
-        stage.clone(),
-        settings,
-        "survivor".into(),
-        Arc::new(Notify::new()),
-        Arc::new(Notify::new()),
-    );
+    let loader = loader(&ledger, warehouse.clone(), &stage, settings, "survivor");
     assert_eq!(loader.round().await.unwrap(), 1, "the expired claim is taken over");
     let batch = ledger.get_batch(id).await.unwrap().unwrap();
     assert_eq!(batch.status, BatchStatus::Loaded);
@@ -206,15 +210,7 @@ async fn a_long_copy_renews_its_claims() {
     ledger.commit_stage(&commit).await.unwrap();
 
     let settings = settings(Duration::from_millis(300));
-    let loader = Loader::new(
-        ledger.clone(),
-        warehouse,
-        stage.clone(),
-        settings,
-        "live".into(),
-        Arc::new(Notify::new()),
-        Arc::new(Notify::new()),
-    );
+    let loader = loader(&ledger, warehouse, &stage, settings, "live");
     let round = tokio::spawn(async move { loader.round().await });
     let started = std::time::Instant::now();
     let mut checks_past_the_first_lease = 0;
@@ -271,15 +267,7 @@ async fn requests_with_columns_in_another_order_never_share_a_file() {
     a.unwrap();
     b.unwrap();
 
-    let loader = Loader::new(
-        ledger.clone(),
-        warehouse.clone(),
-        stage.clone(),
-        settings(Duration::from_secs(60)),
-        "me".into(),
-        Arc::new(Notify::new()),
-        Arc::new(Notify::new()),
-    );
+    let loader = loader(&ledger, warehouse.clone(), &stage, settings(Duration::from_secs(60)), "me");
     assert_eq!(loader.round().await.unwrap(), 2, "two files, one per column order");
     let conn = duck.connection().unwrap();
     let row = |id: i64| {
@@ -370,15 +358,7 @@ async fn a_large_round_loads_in_parallel_copies_exactly_once() {
         ids.push(id);
     }
     let settings = LoaderConfig { parallel_copies: 2, ..settings(Duration::from_secs(60)) };
-    let loader = Loader::new(
-        ledger.clone(),
-        warehouse.clone(),
-        stage.clone(),
-        settings,
-        "parallel".into(),
-        Arc::new(Notify::new()),
-        Arc::new(Notify::new()),
-    );
+    let loader = loader(&ledger, warehouse.clone(), &stage, settings, "parallel");
     assert_eq!(loader.round().await.unwrap(), 8, "one round claims every file");
     for id in &ids {
         let batch = ledger.get_batch(*id).await.unwrap().unwrap();
