@@ -66,7 +66,7 @@ pub const PARSED_TEXT_COPIES: usize = 3;
 /// per value (every `{`, `[`, `:`, `,` and line break outside strings opens one). Measured for
 /// this parser in `tests/footprint.rs`: real records, long strings, wide rows, nested arrays.
 pub fn parsed_footprint(text: &[u8]) -> usize {
-    let values = 1 + outside_strings(text).filter(|b| matches!(b, b'{' | b'[' | b':' | b',' | b'\n')).count();
+    let values = 1 + super::structure::values_opened(text);
     text.len().saturating_mul(PARSED_TEXT_COPIES).saturating_add(values.saturating_mul(PARSED_BYTES_PER_VALUE))
 }
 

@@ -7,6 +7,7 @@ pub mod flat;
 pub mod reject;
 pub mod replay;
 pub mod rows;
+mod structure;
 pub mod validate;
 
 use std::collections::BTreeMap;
