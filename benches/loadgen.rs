@@ -99,6 +99,13 @@ fn main() -> anyhow::Result<()> {
     println!("library limit (arrow-json + Parquet, 1 thread): {:.0} rows/s", limit);
     results.insert("library_limit_rows_per_s".into(), json!(limit));
 
+    // The gateway reads every body once before parsing it, to reserve memory for the parse.
+    let started = Instant::now();
+    let estimate = snowgate::ingest::decode::parsed_footprint(std::hint::black_box(ndjson.as_bytes()));
+    let scan = mb / started.elapsed().as_secs_f64();
+    println!("parse estimate, the scan before parsing: {scan:.0} MB/s ({estimate} bytes estimated for all records)");
+    results.insert("parse_estimate_mb_per_s".into(), json!(scan.round()));
+
     if let Some(python) = &args.python {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench/baselines.py");
         let out = Command::new(python).arg(&script).arg(&data).output().context("running the Python baselines")?;

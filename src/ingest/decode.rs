@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::reject::{FieldError, RejectCode};
+use super::structure;
 
 /// Limits applied while decoding one request.
 #[derive(Debug, Clone, Copy)]
@@ -66,26 +67,8 @@ pub const PARSED_TEXT_COPIES: usize = 3;
 /// per value (every `{`, `[`, `:`, `,` and line break outside strings opens one). Measured for
 /// this parser in `tests/footprint.rs`: real records, long strings, wide rows, nested arrays.
 pub fn parsed_footprint(text: &[u8]) -> usize {
-    let values = 1 + super::structure::values_opened(text);
+    let values = 1 + structure::values_opened(text);
     text.len().saturating_mul(PARSED_TEXT_COPIES).saturating_add(values.saturating_mul(PARSED_BYTES_PER_VALUE))
-}
-
-/// The bytes of `json` outside its strings (a string's opening quote included), in order.
-fn outside_strings(json: &[u8]) -> impl Iterator<Item = u8> + '_ {
-    let (mut in_string, mut escaped) = (false, false);
-    json.iter().copied().filter(move |&byte| {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            return false;
-        }
-        in_string = byte == b'"';
-        true
-    })
 }
 
 /// A record as decoded: a JSON value, a reject found before validation, or a record taken as it
@@ -366,7 +349,7 @@ fn decode_one(text: &str, index: usize, span: Range<usize>, limits: &DecodeLimit
 /// do not count). Malformed text is left for the parser to report.
 fn nests_deeper_than(json: &[u8], limit: usize) -> bool {
     let mut depth = 0usize;
-    for byte in outside_strings(json) {
+    for byte in structure::outside_strings(json) {
         match byte {
             b'[' | b'{' => {
                 depth += 1;
