@@ -149,8 +149,9 @@ mod tests {
         assert_eq!(values_opened(b"\n\n"), 2);
     }
 
-    /// The block path against the byte-by-byte reading on random text of JSON's tricky bytes, at
-    /// every length around the block size and with strings and escapes across block boundaries.
+    /// The block path against the byte-by-byte reading on random text of JSON's tricky bytes, of
+    /// random lengths and of lengths just past whole blocks, with strings and escapes across
+    /// block boundaries.
     #[test]
     fn blocks_count_as_reading_byte_by_byte_does() {
         let alphabet = b"\"\"\"\\{}[]:,\n a1";
