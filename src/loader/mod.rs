@@ -71,6 +71,8 @@ impl Loader {
 
     /// Runs until `cancel` fires; a round in progress finishes first.
     pub async fn run(self, cancel: CancellationToken) {
+        // Claims under this loader's name belong to a previous life (a crashed or restarted
+        // process holding the same replica id, or this loader before a panic): loadable now.
         match self.ledger.release_claims_of(&self.owner).await {
             Ok(0) => {}
             Ok(n) => {
