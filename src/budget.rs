@@ -3,14 +3,38 @@
 //! before the work and grows its grant as the work grows, so a flood of large or compressed
 //! bodies is refused (503 `over_budget`) instead of making memory grow.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// What the process does when the budget runs low to give back memory its allocator keeps
+/// for reuse: freed pages count in the process's resident memory but in no grant. It must not
+/// block (the binary's hook wakes a thread of its own). Process-wide, like the allocator it
+/// speaks for; set once, by the binary (test binaries run on the system allocator and set none).
+static RELIEF: OnceLock<fn()> = OnceLock::new();
+
+/// Sets the relief the budget asks for when a grant takes it to [`PRESSURE`] of its size or
+/// more, or is refused, at most once every [`RELIEF_EVERY`]. False if one was set already.
+#[must_use]
+pub fn on_pressure(relief: fn()) -> bool {
+    RELIEF.set(relief).is_ok()
+}
+
+/// The share of the budget from which it asks for relief: three quarters.
+const PRESSURE: (usize, usize) = (3, 4);
+/// At most one relief this often.
+pub const RELIEF_EVERY: Duration = Duration::from_millis(100);
 
 /// The gateway's memory budget.
 #[derive(Debug)]
 pub struct MemoryBudget {
     used: AtomicUsize,
     max: usize,
+    /// When the budget last asked for relief, in milliseconds after `born` (plus one; 0: never).
+    relieved: AtomicU64,
+    born: Instant,
+    /// How many times it asked for relief.
+    reliefs: AtomicU64,
 }
 
 /// The budget cannot cover what a request needs now; it may retry shortly.
@@ -27,12 +51,45 @@ pub struct Grant {
 
 impl MemoryBudget {
     pub fn new(max: usize) -> Arc<Self> {
-        Arc::new(MemoryBudget { used: AtomicUsize::new(0), max })
+        let (used, relieved, reliefs) = (AtomicUsize::new(0), AtomicU64::new(0), AtomicU64::new(0));
+        Arc::new(MemoryBudget { used, max, relieved, born: Instant::now(), reliefs })
+    }
+
+    /// Asks for the relief set by [`on_pressure`] if `used` (held, or asked for by a refused
+    /// grant) is [`PRESSURE`] of the budget or more and none was asked for in the last
+    /// [`RELIEF_EVERY`].
+    fn under_pressure(&self, used: usize) {
+        let now = self.born.elapsed().as_millis() as u64 + 1;
+        if self.relief_due(used, now) {
+            if let Some(relief) = RELIEF.get() {
+                relief();
+            }
+        }
+    }
+
+    /// Whether a relief is due at `now` (milliseconds after `born`, plus one) with `used` bytes,
+    /// counting it if so: of the callers that find one due, one wins, the others go on.
+    fn relief_due(&self, used: usize, now: u64) -> bool {
+        if used < self.max / PRESSURE.1 * PRESSURE.0 {
+            return false;
+        }
+        let last = self.relieved.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= RELIEF_EVERY.as_millis() as u64;
+        let won = due && self.relieved.compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed).is_ok();
+        if won {
+            self.reliefs.fetch_add(1, Ordering::Relaxed);
+        }
+        won
     }
 
     /// The budget's size.
     pub fn max(&self) -> usize {
         self.max
+    }
+
+    /// How many times the budget asked for relief (see [`on_pressure`]), set or not.
+    pub fn reliefs(&self) -> u64 {
+        self.reliefs.load(Ordering::Relaxed)
     }
 
     /// Bytes held by every grant.
@@ -44,7 +101,8 @@ impl MemoryBudget {
     /// rows that requests are waiting on): it may take the budget past its size, so that new
     /// requests are refused until that work is done.
     pub fn force(self: &Arc<Self>, bytes: usize) -> Grant {
-        self.used.fetch_add(bytes, Ordering::AcqRel);
+        let used = self.used.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        self.under_pressure(used);
         Grant { budget: self.clone(), bytes }
     }
 
@@ -71,11 +129,13 @@ impl Grant {
             let next = used.saturating_add(more);
             let others = used - self.bytes;
             if next > budget.max && others > 0 {
+                budget.under_pressure(next);
                 return Err(OverBudget);
             }
             match budget.used.compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => {
                     self.bytes = total;
+                    budget.under_pressure(next);
                     return Ok(());
                 }
                 Err(actual) => used = actual,
@@ -127,5 +187,21 @@ mod tests {
         assert_eq!((second.bytes(), budget.used()), (70, 70), "what is no longer held goes back");
         drop(second);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn from_three_quarters_the_budget_asks_for_relief_at_most_once_a_period() {
+        let budget = MemoryBudget::new(100);
+        assert!(!budget.relief_due(74, 1), "74 of 100 is no pressure");
+        assert!(budget.relief_due(75, 1), "75 of 100 is, and the first is due at once");
+        assert!(!budget.relief_due(90, 100), "not again within the period");
+        assert!(budget.relief_due(90, 101), "once the period has passed");
+        assert!(!budget.relief_due(10, 500), "10 of 100 is no pressure, however long since the last");
+        assert!(budget.relief_due(120, 500), "a refused grant's total counts");
+        assert_eq!(budget.reliefs(), 3);
+        // Through grants: reserving three quarters asks once (the first is due whatever the clock).
+        let fresh = MemoryBudget::new(100);
+        let _grant = fresh.reserve(80).unwrap();
+        assert_eq!(fresh.reliefs(), 1);
     }
 }

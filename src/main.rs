@@ -2,6 +2,8 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::mpsc::SyncSender;
+use std::sync::OnceLock;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -32,6 +34,54 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8] = b"dirty_decay_ms:1000,muzzy_decay_ms:0,oversize_threshold:262144\0";
+
+/// Wakes the thread that purges jemalloc's freed pages: the memory budget's relief when it runs
+/// low (`snowgate::budget::on_pressure`). A purge asked for while one is pending is one purge.
+static PURGES: OnceLock<SyncSender<()>> = OnceLock::new();
+
+fn ask_for_purge() {
+    if let Some(purges) = PURGES.get() {
+        let _ = purges.try_send(());
+    }
+}
+
+/// Starts the purging thread and gives the budget its relief. Purging takes the kernel time to
+/// unmap the pages (and to flush them from every core's TLB), so it runs apart from the requests.
+fn start_purging() -> anyhow::Result<()> {
+    let (purges, asked) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("jemalloc-purge".into())
+        .spawn(move || {
+            while asked.recv().is_ok() {
+                purge_freed_pages();
+            }
+        })
+        .context("cannot start the allocator's purging thread")?;
+    let set = PURGES.set(purges).is_ok() && snowgate::budget::on_pressure(ask_for_purge);
+    anyhow::ensure!(set, "the memory budget's relief was set twice");
+    Ok(())
+}
+
+/// Gives the freed pages of every arena back to the kernel now, rather than after
+/// `dirty_decay_ms` (not what threads' caches hold: those are small and reused at once).
+fn purge_freed_pages() {
+    // MALLCTL_ARENAS_ALL: every arena at once.
+    const PURGE_ALL: &std::ffi::CStr = c"arena.4096.purge";
+    // SAFETY: `arena.<i>.purge` is a void control: it reads and writes no values, so null
+    // pointers and a zero length are what it takes; the name is a NUL-terminated constant.
+    let failed = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            PURGE_ALL.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if failed != 0 {
+        tracing::warn!(code = failed, "jemalloc could not purge its freed pages");
+    }
+}
 
 #[derive(Parser)]
 #[command(name = "snowgate", version, about = "HTTP ingestion gateway: partner JSON batches to the warehouse")]
@@ -138,6 +188,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Keys { command } => tokio::runtime::Runtime::new()?.block_on(keys(command))?,
         Command::Serve { config, listen, data_dir } => {
+            start_purging()?;
             let mut loaded = load(config, data_dir)?;
             if let Some(listen) = listen {
                 loaded.server.listen = listen;

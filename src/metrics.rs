@@ -18,6 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::budget::MemoryBudget;
 use crate::ledger::{BatchRecord, TableLoadState};
 use crate::loader::{LoaderState, LoaderStatus};
 
@@ -111,6 +112,7 @@ pub struct Metrics {
     ledger_up: Gauge,
     loader_up: Gauge,
     loader_restarts: Counter,
+    memory_reliefs: Counter,
     /// One scrape at a time reads the scrape-time values and encodes them.
     scrape: std::sync::Mutex<()>,
 }
@@ -146,6 +148,7 @@ impl Metrics {
             ledger_up: Gauge::default(),
             loader_up: Gauge::default(),
             loader_restarts: Counter::default(),
+            memory_reliefs: Counter::default(),
             scrape: std::sync::Mutex::new(()),
         };
         let r = &mut metrics.registry;
@@ -207,6 +210,11 @@ impl Metrics {
             metrics.memory_used.clone(),
         );
         r.register_with_unit("memory_budget", "limits.memory_budget_bytes", Unit::Bytes, metrics.memory_budget.clone());
+        r.register(
+            "memory_reliefs",
+            "Times request memory reached three quarters of the budget (or a grant was refused) and the allocator was asked to give its freed pages back",
+            metrics.memory_reliefs.clone(),
+        );
         r.register(
             "backlog_files",
             "Staged files waiting to load or loading, by table (from the ledger: the same on every replica)",
@@ -285,13 +293,18 @@ impl Metrics {
     /// loader's state, and (when the ledger answered) the backlog and last load of each table.
     pub fn render(
         &self,
-        memory: (usize, usize),
+        memory: &MemoryBudget,
         loader: &LoaderStatus,
         tables: Option<&[TableLoadState]>,
     ) -> Result<String, std::fmt::Error> {
         let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
-        self.memory_used.set(i64::try_from(memory.0).unwrap_or(i64::MAX));
-        self.memory_budget.set(i64::try_from(memory.1).unwrap_or(i64::MAX));
+        self.memory_used.set(i64::try_from(memory.used()).unwrap_or(i64::MAX));
+        self.memory_budget.set(i64::try_from(memory.max()).unwrap_or(i64::MAX));
+        let reliefs = memory.reliefs();
+        let counted = self.memory_reliefs.get();
+        if reliefs > counted {
+            self.memory_reliefs.inc_by(reliefs - counted);
+        }
         self.loader_up.set(i64::from(loader.state == LoaderState::Running));
         let restarts = u64::from(loader.restarts);
         let counted = self.loader_restarts.get();

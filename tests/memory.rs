@@ -134,13 +134,20 @@ async fn a_flood_of_gzip_bodies_is_refused_not_held() {
         refused += n;
     }
     let peak = peak_rss(&child);
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let reliefs: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("snowgate_memory_reliefs_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no snowgate_memory_reliefs_total in\n{metrics}"));
     println!(
-        "flood: {} x {} KiB gzip bodies acknowledged, {refused} refused; peak {} MiB (budget {} MiB)",
+        "flood: {} x {} KiB gzip bodies acknowledged, {refused} refused, {reliefs} reliefs; peak {} MiB (budget {} MiB)",
         acked.len(),
         body.len() / 1024,
         peak / MIB,
         BUDGET / MIB
     );
+    assert!(reliefs > 0, "a flood that fills the budget asks the allocator to give its freed pages back");
     for id in &acked {
         let batch = common::wait_final(&client, &base, id, Duration::from_secs(120)).await;
         assert_eq!(batch["counts"]["loaded"], RECORDS, "{batch}");

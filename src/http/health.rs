@@ -99,10 +99,9 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
             None
         }
     };
-    let memory = (app.budget.used(), app.budget.max());
     let text = app
         .metrics
-        .render(memory, &app.loader_health.status(), tables.as_deref())
+        .render(&app.budget, &app.loader_health.status(), tables.as_deref())
         .map_err(|e| ApiError::internal(format!("could not encode metrics: {e}")))?;
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
