@@ -122,7 +122,7 @@ impl Loader {
             by_table.entry(file.table.clone()).or_default().push(file);
         }
         let parallel = self.settings.parallel_copies.min(self.warehouse.parallel_copies());
-        let copies = split_copies(by_table, parallel);
+        let copies = split_copies(by_table, parallel, self.warehouse.min_rows_per_parallel_copy());
         let loads = async {
             use futures::StreamExt as _;
             let loads = futures::stream::iter(copies)
@@ -290,18 +290,20 @@ impl Loader {
     }
 }
 
-/// Rows below which a table's files of a round are not split among parallel COPYs: a COPY's own
-/// cost (a transaction, its commit, a ledger write) would outweigh the second core.
-const MIN_ROWS_PER_COPY: u64 = 20_000;
-
 /// The COPY statements of a round, which run up to `parallel` at once (those of different
 /// tables too): each table's files in up to `parallel` runs of consecutive files of about equal
-/// rows, none of fewer than [`MIN_ROWS_PER_COPY`] rows unless the table has fewer in all.
-fn split_copies(by_table: BTreeMap<String, Vec<ClaimedFile>>, parallel: usize) -> Vec<(String, Vec<ClaimedFile>)> {
+/// rows, none of fewer than `min_rows` rows unless the table has fewer in all
+/// ([`Warehouse::min_rows_per_parallel_copy`]).
+fn split_copies(
+    by_table: BTreeMap<String, Vec<ClaimedFile>>,
+    parallel: usize,
+    min_rows: u64,
+) -> Vec<(String, Vec<ClaimedFile>)> {
+    let min_rows = min_rows.max(1);
     let mut copies = Vec::new();
     for (table, files) in by_table {
         let rows: u64 = files.iter().map(|f| f.rows).sum();
-        let parts = (rows / MIN_ROWS_PER_COPY).clamp(1, parallel.max(1) as u64);
+        let parts = (rows / min_rows).clamp(1, parallel.max(1) as u64);
         let (mut copy, mut copied, mut part) = (Vec::new(), 0, 1);
         for file in files {
             copied += file.rows;
@@ -309,7 +311,7 @@ fn split_copies(by_table: BTreeMap<String, Vec<ClaimedFile>>, parallel: usize) -
             // A part ends once the parts so far hold their share of the table's rows, and what
             // is left still makes parts of the least size; the last part takes the rest.
             let left = rows - copied;
-            if part < parts && copied * parts >= rows * part && left >= MIN_ROWS_PER_COPY * (parts - part) {
+            if part < parts && copied * parts >= rows * part && left >= min_rows * (parts - part) {
                 copies.push((table.clone(), std::mem::take(&mut copy)));
                 part += 1;
             }
@@ -370,8 +372,16 @@ mod tests {
 
     /// Rows of each COPY, by table.
     fn split(tables: &[(&str, &[u64])], parallel: usize) -> Vec<(String, Vec<u64>)> {
+        split_at_least(tables, parallel, 20_000)
+    }
+
+    /// Rows of each COPY, by table, with parts of at least `min_rows`.
+    fn split_at_least(tables: &[(&str, &[u64])], parallel: usize, min_rows: u64) -> Vec<(String, Vec<u64>)> {
         let by_table = tables.iter().map(|(t, rows)| (t.to_string(), files(t, rows))).collect();
-        split_copies(by_table, parallel).into_iter().map(|(t, f)| (t, f.iter().map(|f| f.rows).collect())).collect()
+        split_copies(by_table, parallel, min_rows)
+            .into_iter()
+            .map(|(t, f)| (t, f.iter().map(|f| f.rows).collect()))
+            .collect()
     }
 
     #[test]
@@ -396,5 +406,21 @@ mod tests {
             split(&[("A", &[25_000, 25_000]), ("B", &[1_000])], 2),
             vec![s("A", &[25_000]), s("A", &[25_000]), s("B", &[1_000])]
         );
+    }
+
+    #[test]
+    fn the_warehouse_sets_the_least_rows_of_a_parallel_copy() {
+        let s = |t: &str, rows: &[u64]| (t.to_string(), rows.to_vec());
+        // DuckDB's row group: 200,000 rows stay one COPY (20,000 would have made two), and so
+        // do 250,000 in files of 10,000 (no cut leaves a row group on both sides); 260,000 are two.
+        let files = [10_000; 20];
+        assert_eq!(split_at_least(&[("A", &files)], 2, 122_880), vec![s("A", &files)]);
+        assert_eq!(split_at_least(&[("A", &files)], 2, 20_000).len(), 2);
+        let files = [10_000; 25];
+        assert_eq!(split_at_least(&[("A", &files)], 2, 122_880), vec![s("A", &files)]);
+        let files = [10_000; 26];
+        assert_eq!(split_at_least(&[("A", &files)], 2, 122_880), vec![s("A", &files[..13]), s("A", &files[13..])]);
+        // A least of 0 is taken as 1, never a division by zero.
+        assert_eq!(split_at_least(&[("A", &[1, 1])], 2, 0), vec![s("A", &[1]), s("A", &[1])]);
     }
 }

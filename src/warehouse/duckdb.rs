@@ -28,6 +28,8 @@ use crate::schema::{
 use crate::stage::Stage;
 
 const HISTORY: &str = "\"_SNOWGATE_LOAD_HISTORY\"";
+/// Rows in one of DuckDB's row groups (its default `row_group_size`).
+const ROW_GROUP_ROWS: u64 = 122_880;
 
 /// DuckDB database file plus the stage it loads from.
 pub struct DuckDbWarehouse {
@@ -306,6 +308,15 @@ impl Warehouse for DuckDbWarehouse {
 
     fn parallel_copies(&self) -> usize {
         LOAD_CONNECTIONS
+    }
+
+    /// DuckDB's row group (122,880 rows). A transaction that inserts at least one row group's
+    /// worth into a table commits as a bulk append: its rows go to disk as compressed row groups
+    /// once. One with fewer is appended to the table's open row group, written to the WAL, and
+    /// read and compressed again at the next checkpoint, so two COPYs of 100,000 rows cost more
+    /// CPU than one of 200,000 (BENCHMARKS.md, eighth sitting).
+    fn min_rows_per_parallel_copy(&self) -> u64 {
+        ROW_GROUP_ROWS
     }
 
     async fn ping(&self) -> Result<(), WarehouseError> {

@@ -258,6 +258,13 @@ pub trait Warehouse: Send + Sync + 'static {
     fn parallel_copies(&self) -> usize {
         1
     }
+
+    /// Rows a table's files of a round must hold for each part before the loader splits them
+    /// among parallel COPYs: below it, a COPY's own cost (a transaction, its commit, a ledger
+    /// write) outweighs the second core.
+    fn min_rows_per_parallel_copy(&self) -> u64 {
+        20_000
+    }
 }
 
 /// A staged file to load: its path relative to the stage root, and the columns it was written
