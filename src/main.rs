@@ -24,15 +24,14 @@ use snowgate::Config;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Freed pages go back to the kernel soon, so that resident memory follows the budget, but not
-/// at every free: allocations of 4 MiB and more (large bodies, parsed batches) come from
-/// jemalloc's oversize arena, which returns them at once; smaller ones (rows, Arrow and Parquet
-/// buffers, reused by the next request) after a second, or at once when request memory reaches
-/// three quarters of the budget (`start_purging`). Returning everything at once made a third of
-/// the hot path's time page faults and TLB flushes (BENCHMARKS.md); with 256 KiB, the setting
-/// before the budget could ask for relief, scenario 1 of the load generator took 10% more CPU
-/// time and twice the page faults (eighth sitting); keeping everything for a second with no
-/// relief took the flood of tests/memory.rs to 552 MiB (glibc: about 900).
-/// `_RJEM_MALLOC_CONF` overrides the options it names.
+/// at every free. Allocations of 4 MiB and more come from jemalloc's oversize arena, which
+/// returns them at once. Smaller ones (rows, Arrow and Parquet buffers, most bodies) are kept for
+/// reuse for up to a second, or purged sooner by a thread of their own when request memory
+/// reaches three quarters of the budget or a grant is refused (at most every 100 ms,
+/// `start_purging`). Returning everything at once made a third of the hot path's time page
+/// faults and TLB flushes (BENCHMARKS.md). With a 256 KiB threshold, as before the budget could
+/// ask for relief, scenario 1 of the load generator took 10% more CPU time and twice the page
+/// faults (eighth sitting). `_RJEM_MALLOC_CONF` overrides the options it names.
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8] = b"dirty_decay_ms:1000,muzzy_decay_ms:0,oversize_threshold:4194304\0";

@@ -333,9 +333,9 @@ async fn a_request_split_by_bytes_gets_at_most_one_file_a_row() {
     }
 }
 
-/// A round of many rows is split among `loader.parallel_copies` COPYs that run at once on DuckDB's
-/// load connections: appends from two transactions to one table do not conflict, and every row
-/// loads once.
+/// A round of many rows (more than two of DuckDB's row groups) is split among
+/// `loader.parallel_copies` COPYs that run at once on DuckDB's load connections: appends from two
+/// transactions to one table do not conflict, and every row loads once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_large_round_loads_in_parallel_copies_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -352,14 +352,15 @@ async fn a_large_round_loads_in_parallel_copies_exactly_once() {
         flush_at_bytes: 64 << 20,
     };
     let mut ids = Vec::new();
-    for _ in 0..8 {
+    // 260,000 rows in files of 10,000: the least cut that leaves a row group (122,880) on both sides.
+    for _ in 0..26 {
         let (id, submission) = numbered(&schema, 10_000);
         buffers.submit(submission, policy).await.unwrap();
         ids.push(id);
     }
     let settings = LoaderConfig { parallel_copies: 2, ..settings(Duration::from_secs(60)) };
     let loader = loader(&ledger, warehouse.clone(), &stage, settings, "parallel");
-    assert_eq!(loader.round().await.unwrap(), 8, "one round claims every file");
+    assert_eq!(loader.round().await.unwrap(), 26, "one round claims every file");
     for id in &ids {
         let batch = ledger.get_batch(*id).await.unwrap().unwrap();
         assert_eq!((batch.status, batch.counts.loaded), (BatchStatus::Loaded, 10_000), "{id}");
@@ -370,13 +371,13 @@ async fn a_large_round_loads_in_parallel_copies_exactly_once() {
             Ok((r.get(0)?, r.get(1)?))
         })
         .unwrap();
-    assert_eq!((rows, distinct), (80_000, 80_000), "every row once");
+    assert_eq!((rows, distinct), (260_000, 260_000), "every row once");
     let (files, copies): (i64, i64) = conn
         .query_row("SELECT COUNT(*), COUNT(DISTINCT query_id) FROM \"_SNOWGATE_LOAD_HISTORY\"", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .unwrap();
-    assert_eq!((files, copies), (8, 2), "the round's eight files went to two COPYs");
+    assert_eq!((files, copies), (26, 2), "the round's 26 files went to two COPYs");
     assert_eq!(loader.round().await.unwrap(), 0);
 }
 

@@ -304,16 +304,19 @@ fn split_copies(
     for (table, files) in by_table {
         let rows: u64 = files.iter().map(|f| f.rows).sum();
         let parts = (rows / min_rows).clamp(1, parallel.max(1) as u64);
-        let (mut copy, mut copied, mut part) = (Vec::new(), 0, 1);
+        let (mut copy, mut copied, mut in_part, mut part) = (Vec::new(), 0, 0, 1);
         for file in files {
             copied += file.rows;
+            in_part += file.rows;
             copy.push(file);
-            // A part ends once the parts so far hold their share of the table's rows, and what
-            // is left still makes parts of the least size; the last part takes the rest.
+            // A part ends once the parts so far hold their share of the table's rows, it holds
+            // the least size itself, and what is left still makes parts of the least size; the
+            // last part takes the rest.
             let left = rows - copied;
-            if part < parts && copied * parts >= rows * part && left >= min_rows * (parts - part) {
+            let share = copied * parts >= rows * part;
+            if part < parts && share && in_part >= min_rows && left >= min_rows * (parts - part) {
                 copies.push((table.clone(), std::mem::take(&mut copy)));
-                part += 1;
+                (in_part, part) = (0, part + 1);
             }
         }
         if !copy.is_empty() {
@@ -420,6 +423,11 @@ mod tests {
         assert_eq!(split_at_least(&[("A", &files)], 2, 122_880), vec![s("A", &files)]);
         let files = [10_000; 26];
         assert_eq!(split_at_least(&[("A", &files)], 2, 122_880), vec![s("A", &files[..13]), s("A", &files[13..])]);
+        // A first part past its share never leaves a middle part under the least.
+        assert_eq!(
+            split_at_least(&[("A", &[500_000, 10_000, 240_000])], 3, 20_000),
+            vec![s("A", &[500_000]), s("A", &[10_000, 240_000])]
+        );
         // A least of 0 is taken as 1, never a division by zero.
         assert_eq!(split_at_least(&[("A", &[1, 1])], 2, 0), vec![s("A", &[1]), s("A", &[1])]);
     }

@@ -311,10 +311,10 @@ impl Warehouse for DuckDbWarehouse {
     }
 
     /// DuckDB's row group (122,880 rows). A transaction that inserts at least one row group's
-    /// worth into a table commits as a bulk append: its rows go to disk as compressed row groups
-    /// once. One with fewer is appended to the table's open row group, written to the WAL, and
-    /// read and compressed again at the next checkpoint, so two COPYs of 100,000 rows cost more
-    /// CPU than one of 200,000 (BENCHMARKS.md, eighth sitting).
+    /// worth into a table (over all its statements) commits as a bulk append: its rows are
+    /// written as compressed row groups. One with fewer is appended to the table's open row
+    /// group, written to the WAL, and read back and compressed at the next checkpoint, so two
+    /// COPYs of 100,000 rows cost more CPU than one of 200,000 (BENCHMARKS.md, eighth sitting).
     fn min_rows_per_parallel_copy(&self) -> u64 {
         ROW_GROUP_ROWS
     }
