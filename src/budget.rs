@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 /// for reuse: freed pages count in the process's resident memory but in no grant. It must not
 /// block (the binary's hook wakes a thread of its own). Process-wide, like the allocator it
 /// speaks for; set once, by the binary (test binaries run on the system allocator and set none).
-static RELIEF: OnceLock<fn()> = OnceLock::new();
+static RELIEF: OnceLock<Box<dyn Fn() + Send + Sync>> = OnceLock::new();
 
 /// Sets the relief the budget asks for when a grant takes it to [`PRESSURE`] of its size or
 /// more, or is refused, at most once every [`RELIEF_EVERY`]. False if one was set already.
 #[must_use]
-pub fn on_pressure(relief: fn()) -> bool {
-    RELIEF.set(relief).is_ok()
+pub fn on_pressure(relief: impl Fn() + Send + Sync + 'static) -> bool {
+    RELIEF.set(Box::new(relief)).is_ok()
 }
 
 /// The share of the budget from which it asks for relief: three quarters.
@@ -59,6 +59,10 @@ impl MemoryBudget {
     /// grant) is [`PRESSURE`] of the budget or more and none was asked for in the last
     /// [`RELIEF_EVERY`].
     fn under_pressure(&self, used: usize) {
+        // The clock is read only under pressure: this runs at every grant's growth.
+        if !self.pressed(used) {
+            return;
+        }
         let now = self.born.elapsed().as_millis() as u64 + 1;
         if self.relief_due(used, now) {
             if let Some(relief) = RELIEF.get() {
@@ -67,10 +71,15 @@ impl MemoryBudget {
         }
     }
 
+    /// Whether `used` bytes are [`PRESSURE`] of the budget or more.
+    fn pressed(&self, used: usize) -> bool {
+        used >= self.max / PRESSURE.1 * PRESSURE.0
+    }
+
     /// Whether a relief is due at `now` (milliseconds after `born`, plus one) with `used` bytes,
     /// counting it if so: of the callers that find one due, one wins, the others go on.
     fn relief_due(&self, used: usize, now: u64) -> bool {
-        if used < self.max / PRESSURE.1 * PRESSURE.0 {
+        if !self.pressed(used) {
             return false;
         }
         let last = self.relieved.load(Ordering::Relaxed);

@@ -2,8 +2,6 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::mpsc::SyncSender;
-use std::sync::OnceLock;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -36,18 +34,10 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8] = b"dirty_decay_ms:1000,muzzy_decay_ms:0,oversize_threshold:4194304\0";
 
-/// Wakes the thread that purges jemalloc's freed pages: the memory budget's relief when it runs
-/// low (`snowgate::budget::on_pressure`). A purge asked for while one is pending is one purge.
-static PURGES: OnceLock<SyncSender<()>> = OnceLock::new();
-
-fn ask_for_purge() {
-    if let Some(purges) = PURGES.get() {
-        let _ = purges.try_send(());
-    }
-}
-
-/// Starts the purging thread and gives the budget its relief. Purging takes the kernel time to
+/// Starts the thread that purges jemalloc's freed pages, and makes waking it the memory budget's
+/// relief when it runs low (`snowgate::budget::on_pressure`). Purging takes the kernel time to
 /// unmap the pages (and to flush them from every core's TLB), so it runs apart from the requests.
+/// A purge asked for while one is pending is one purge.
 fn start_purging() -> anyhow::Result<()> {
     let (purges, asked) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
@@ -58,7 +48,9 @@ fn start_purging() -> anyhow::Result<()> {
             }
         })
         .context("cannot start the allocator's purging thread")?;
-    let set = PURGES.set(purges).is_ok() && snowgate::budget::on_pressure(ask_for_purge);
+    let set = snowgate::budget::on_pressure(move || {
+        let _ = purges.try_send(());
+    });
     anyhow::ensure!(set, "the memory budget's relief was set twice");
     Ok(())
 }

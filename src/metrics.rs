@@ -117,6 +117,14 @@ pub struct Metrics {
     scrape: std::sync::Mutex<()>,
 }
 
+/// Brings a counter kept elsewhere as a running total (read at scrape time) up to `total`.
+fn catch_up(counter: &Counter, total: u64) {
+    let counted = counter.get();
+    if total > counted {
+        counter.inc_by(total - counted);
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -300,17 +308,9 @@ impl Metrics {
         let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         self.memory_used.set(i64::try_from(memory.used()).unwrap_or(i64::MAX));
         self.memory_budget.set(i64::try_from(memory.max()).unwrap_or(i64::MAX));
-        let reliefs = memory.reliefs();
-        let counted = self.memory_reliefs.get();
-        if reliefs > counted {
-            self.memory_reliefs.inc_by(reliefs - counted);
-        }
+        catch_up(&self.memory_reliefs, memory.reliefs());
         self.loader_up.set(i64::from(loader.state == LoaderState::Running));
-        let restarts = u64::from(loader.restarts);
-        let counted = self.loader_restarts.get();
-        if restarts > counted {
-            self.loader_restarts.inc_by(restarts - counted);
-        }
+        catch_up(&self.loader_restarts, u64::from(loader.restarts));
         self.ledger_up.set(i64::from(tables.is_some()));
         if let Some(tables) = tables {
             // A table whose backlog emptied reads 0, not its last value.
