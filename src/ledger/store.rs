@@ -314,6 +314,24 @@ where
     })
 }
 
+/// Records which batches `file` holds rows of, and how many of each.
+async fn insert_file_batches<D>(tx: &mut Transaction<'static, D>, file: Uuid, parts: &[(Uuid, u64)]) -> Result<()>
+where
+    D: Dialect,
+    for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
+    for<'q> D::Arguments<'q>: IntoArguments<'q, D>,
+    for<'q> i64: Encode<'q, D> + Type<D>,
+{
+    for chunk in parts.chunks(ROWS_PER_INSERT) {
+        let sql = format!("INSERT INTO file_batches (file_id, batch_id, rows) VALUES {}", tuples(chunk.len(), 3));
+        let insert = chunk
+            .iter()
+            .fold(sqlx::query::<D>(&sql), |q, (batch, rows)| q.bind(D::id(file)).bind(D::id(*batch)).bind(int(*rows)));
+        insert.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 /// Locks, in id order, the batches with rows in `files`, and returns their ids.
 ///
 /// The fixed order keeps replicas that touch the same batches from deadlocking, and taking the
@@ -488,14 +506,7 @@ where
                 .bind(to_json(&file.columns)?)
                 .execute(&mut *tx)
                 .await?;
-            for chunk in commit.parts.chunks(ROWS_PER_INSERT) {
-                let sql =
-                    format!("INSERT INTO file_batches (file_id, batch_id, rows) VALUES {}", tuples(chunk.len(), 3));
-                let insert = chunk.iter().fold(sqlx::query::<D>(&sql), |q, (batch, rows)| {
-                    q.bind(D::id(file.id)).bind(D::id(*batch)).bind(int(*rows))
-                });
-                insert.execute(&mut *tx).await?;
-            }
+            insert_file_batches(&mut tx, file.id, &commit.parts).await?;
         }
         // The batches this commit completes: staged (or rejected), their gateway rejects, and
         // their earlier pending parts made loadable.
@@ -800,15 +811,7 @@ where
                 .bind(D::id(parent))
                 .execute(&mut *tx)
                 .await?;
-            for chunk in part.batches.chunks(ROWS_PER_INSERT) {
-                let sql =
-                    format!("INSERT INTO file_batches (file_id, batch_id, rows) VALUES {}", tuples(chunk.len(), 3));
-                let mut query = sqlx::query::<D>(&sql);
-                for (batch, rows) in chunk {
-                    query = query.bind(D::id(part.id)).bind(D::id(*batch)).bind(int(*rows));
-                }
-                query.execute(&mut *tx).await?;
-            }
+            insert_file_batches(&mut tx, part.id, &part.batches).await?;
         }
         crate::fault::crash_point(crate::fault::CrashPoint::DuringSplit);
         tx.commit().await?;
