@@ -67,6 +67,16 @@ impl<'t> Scanner<'t> {
     fn string(&mut self) -> Option<&'t str> {
         self.eat(b'"')?;
         let start = self.at;
+        // Eight bytes at a time up to the first word holding a byte that needs a look; the loop
+        // below reads from there byte by byte.
+        let bytes = self.text.as_bytes();
+        while let Some(word) = bytes.get(self.at..self.at + 8) {
+            let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+            if needs_look(word) {
+                break;
+            }
+            self.at += 8;
+        }
         loop {
             match self.next()? {
                 b'"' => return self.text.get(start..self.at - 1),
@@ -127,6 +137,17 @@ impl<'t> Scanner<'t> {
             self.at += 1;
         }
     }
+}
+
+/// True when one of the eight bytes of `word` ends a string or cannot stand in one as it is: a
+/// quote, a backslash or a control character (below 0x20). A byte `b` is below `n` exactly when
+/// `b - n` borrows into its top bit while `b`'s own top bit is clear; a borrow from a lower byte
+/// happens only when that byte was below `n` itself, so the answer for the word is exact.
+fn needs_look(word: u64) -> bool {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const TOPS: u64 = ONES << 7;
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & TOPS != 0;
+    below(word, 0x20) || below(word ^ (ONES * u64::from(b'"')), 1) || below(word ^ (ONES * u64::from(b'\\')), 1)
 }
 
 #[cfg(test)]
@@ -191,6 +212,37 @@ mod tests {
             "{\"a\":-Infinity}",
         ] {
             assert_eq!(members(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_word_needs_a_look_exactly_when_one_of_its_bytes_does() {
+        let special = |b: u8| b == b'"' || b == b'\\' || b < 0x20;
+        // Every byte value at every position, among neighbours of each kind (a borrow between
+        // bytes must not make or hide a hit).
+        for fill in [b'a', 0xff, 0x80, b' ', 0x1f, b'"'] {
+            for at in 0..8 {
+                for b in 0..=255u8 {
+                    let mut bytes = [fill; 8];
+                    bytes[at] = b;
+                    let expected = bytes.iter().any(|&x| special(x));
+                    assert_eq!(needs_look(u64::from_le_bytes(bytes)), expected, "{bytes:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn long_strings_are_read_to_their_quote_and_no_further() {
+        for len in 0..40 {
+            let body: String = "abcdéfgh".chars().cycle().take(len).collect();
+            let text = format!("{{\"{body}\":\"{body}\",\"k\":1}}");
+            let got = members(&text).unwrap();
+            assert_eq!(got[0], (body.clone(), format!("String({body:?})")));
+            for bad in ["\\n", "\u{1}", "\t"] {
+                let text = format!("{{\"k\":\"{body}{bad}{body}\"}}");
+                assert_eq!(members(&text), None, "{text:?}");
+            }
         }
     }
 
