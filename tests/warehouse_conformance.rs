@@ -12,7 +12,7 @@ use snowgate::ingest::coerce::Cell;
 use snowgate::ingest::{Row, Rows};
 use snowgate::schema::{Column, ColumnName, TableSchema};
 use snowgate::stage::Stage;
-use snowgate::warehouse::{CopyStatus, ErrorKind, StagedFile, Warehouse};
+use snowgate::warehouse::{CopyResult, CopyStatus, ErrorKind, StagedFile, Warehouse};
 
 /// Runs SQL on the backend and returns rows of text (columns must be cast to text by the query).
 type Peek = Box<dyn Fn(String) -> BoxFuture<'static, Vec<Vec<Option<String>>>> + Send + Sync>;
@@ -119,6 +119,25 @@ async fn copy_is_idempotent_and_loads_by_name(h: Harness) {
             .await,
         3
     );
+
+    // A COPY of a loaded file and a new one loads only the new one, and records it: the next
+    // COPY of both loads nothing.
+    let rows = (0..2).map(|i| Row { index: i, cells: vec![Cell::Decimal(i as i128 + 10)] }).collect();
+    let second = stage_file(&h, "T", &narrow, rows, "second").await;
+    let both = [path.clone(), second.clone()];
+    let mixed = w.copy_files("T", &both).await.unwrap();
+    let outcome = |results: &[CopyResult], file: &StagedFile| {
+        let result = results.iter().find(|r| r.path == file.path).expect("a result for every file");
+        (result.status.clone(), result.rows_loaded)
+    };
+    assert_eq!(outcome(&mixed, &path), (CopyStatus::Skipped, 0));
+    assert_eq!(outcome(&mixed, &second), (CopyStatus::Loaded, 2));
+    let repeated = w.copy_files("T", &both).await.unwrap();
+    assert_eq!(
+        (outcome(&repeated, &path).0, outcome(&repeated, &second).0),
+        (CopyStatus::Skipped, CopyStatus::Skipped)
+    );
+    assert_eq!(count(&h, "SELECT CAST(COUNT(*) AS VARCHAR) FROM \"T\"").await, 5);
 }
 
 async fn data_errors_load_nothing(h: Harness) {

@@ -10,6 +10,7 @@
 //! [`LOAD_CONNECTIONS`] of their own, so that the loader's parallel COPYs (`loader.parallel_copies`)
 //! insert on more than one core: appends to one table from several transactions do not conflict.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -288,9 +289,63 @@ fn metadata_ddl() -> [(&'static str, &'static str); 3] {
     [(META_BATCH_ID, "VARCHAR"), (META_RECORD_INDEX, "BIGINT"), (META_INGESTED_AT, "TIMESTAMPTZ")]
 }
 
+/// Which of `paths` a COPY into `table` loaded before (its load history, in the transaction).
+fn loaded_before(
+    tx: &duckdb::Transaction<'_>,
+    table: &str,
+    paths: &[String],
+) -> Result<HashSet<String>, WarehouseError> {
+    let mut found = HashSet::new();
+    for chunk in paths.chunks(HISTORY_PARAMS) {
+        let list = vec!["?"; chunk.len()].join(", ");
+        let sql = format!("SELECT file FROM {HISTORY} WHERE table_name = ? AND file IN ({list})");
+        let mut query = tx.prepare(&sql).map_err(unavailable)?;
+        let params = std::iter::once(table).chain(chunk.iter().map(String::as_str));
+        let mut rows = query.query(duckdb::params_from_iter(params)).map_err(unavailable)?;
+        while let Some(row) = rows.next().map_err(unavailable)? {
+            found.insert(row.get::<_, String>(0).map_err(unavailable)?);
+        }
+    }
+    Ok(found)
+}
+
+/// Writes the load history of the files a COPY loaded, in its transaction.
+fn record_loaded(
+    tx: &duckdb::Transaction<'_>,
+    table: &str,
+    loaded: &[(String, u64)],
+    query_id: &str,
+) -> Result<(), WarehouseError> {
+    for chunk in loaded.chunks(HISTORY_PARAMS / 4) {
+        let rows = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!("INSERT INTO {HISTORY} (table_name, file, rows, query_id) VALUES {rows}");
+        let params: Vec<duckdb::types::Value> = chunk
+            .iter()
+            .flat_map(|(path, rows)| {
+                [
+                    table.to_string().into(),
+                    path.clone().into(),
+                    i64::try_from(*rows).unwrap_or(i64::MAX).into(),
+                    query_id.to_string().into(),
+                ]
+            })
+            .collect();
+        tx.execute(&sql, duckdb::params_from_iter(params)).map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// Parameters in one load-history statement.
+const HISTORY_PARAMS: usize = 1_000;
+
+/// A staged file's record batches: one for the whole file up to a row group's rows, so that a
+/// file takes as few `INSERT`s as it can (each is parsed, bound and planned anew).
 fn decode_parquet(path: &str, data: Bytes) -> Result<Vec<RecordBatch>, WarehouseError> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(data)
-        .and_then(|b| b.with_batch_size(8192).build())
+        .and_then(|b| {
+            let rows = usize::try_from(b.metadata().file_metadata().num_rows()).unwrap_or(0);
+            b.with_batch_size(rows.clamp(1, ROW_GROUP_ROWS as usize)).build()
+        })
         .map_err(|e| WarehouseError::data(format!("not a readable Parquet file: {e}")).in_file(path).with_source(e))?;
     reader.collect::<Result<Vec<_>, _>>().map_err(|e| WarehouseError::data(e.to_string()).in_file(path).with_source(e))
 }
@@ -407,8 +462,9 @@ impl Warehouse for DuckDbWarehouse {
         let (reads_tx, mut reads) = tokio::sync::mpsc::unbounded_channel();
         let (stage, permits) = (self.stage.clone(), self.reads.clone());
         let paths: Vec<String> = staged.iter().map(|file| file.path.clone()).collect();
+        let reads_of = paths.clone();
         let _feeder = AbortOnDropHandle::new(tokio::spawn(async move {
-            for path in paths {
+            for path in reads_of {
                 let Ok(permit) = permits.clone().acquire_owned().await else { return };
                 let stage = stage.clone();
                 // Each read is a task of its own, so the reads ahead keep going (and stay within
@@ -446,18 +502,16 @@ impl Warehouse for DuckDbWarehouse {
             let query_id = format!("duckdb-{}", Uuid::now_v7());
             let insert = format!("INSERT INTO {} BY NAME SELECT * FROM arrow(?)", quote_ident(&table));
             let tx = conn.transaction().map_err(unavailable)?;
+            // One statement looks up which of the files loaded before and one records the rest,
+            // not two a file: DuckDB parses, binds and plans every statement anew.
+            let mut skip = loaded_before(&tx, &table, &paths)?;
+            let mut loaded: Vec<(String, u64)> = Vec::with_capacity(count);
             let mut results = Vec::with_capacity(count);
             while let Some(file) = first.take().or_else(|| files.blocking_recv()) {
                 // The permit goes back once this file is inserted (or skipped).
                 let (path, data, _permit) = file.map_err(|e| e.with_query_id(Some(query_id.clone())))?;
-                let loaded_before: i64 = tx
-                    .query_row(
-                        &format!("SELECT COUNT(*) FROM {HISTORY} WHERE table_name = ? AND file = ?"),
-                        [&table, &path],
-                        |r| r.get(0),
-                    )
-                    .map_err(unavailable)?;
-                if loaded_before > 0 {
+                // Skipped when an earlier COPY loaded it, or when this COPY named it already.
+                if !skip.insert(path.clone()) {
                     results.push(CopyResult {
                         path,
                         status: CopyStatus::Skipped,
@@ -474,11 +528,7 @@ impl Warehouse for DuckDbWarehouse {
                         tx.execute(&insert, [&registration]).map_err(|e| named(classify_insert_error(&path, e)))?;
                     rows += inserted as u64;
                 }
-                tx.execute(
-                    &format!("INSERT INTO {HISTORY} (table_name, file, rows, query_id) VALUES (?, ?, ?, ?)"),
-                    duckdb::params![table, path, rows as i64, query_id],
-                )
-                .map_err(unavailable)?;
+                loaded.push((path.clone(), rows));
                 results.push(CopyResult {
                     path,
                     status: CopyStatus::Loaded,
@@ -490,6 +540,7 @@ impl Warehouse for DuckDbWarehouse {
                 // The reader stopped without an error (aborted or panicked): nothing of this round commits.
                 return Err(WarehouseError::transient("a stage read ended early").with_query_id(Some(query_id)));
             }
+            record_loaded(&tx, &table, &loaded, &query_id)?;
             crate::fault::crash_point(crate::fault::CrashPoint::DuringCopy);
             tx.commit().map_err(unavailable)?;
             Ok(results)
