@@ -126,6 +126,8 @@ async fn copy_is_idempotent_and_loads_by_name(h: Harness) {
     let second = stage_file(&h, "T", &narrow, rows, "second").await;
     let both = [path.clone(), second.clone()];
     let mixed = w.copy_files("T", &both).await.unwrap();
+    let paths: Vec<&str> = mixed.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, [path.path.as_str(), second.path.as_str()], "one result a file, in order");
     let outcome = |results: &[CopyResult], file: &StagedFile| {
         let result = results.iter().find(|r| r.path == file.path).expect("a result for every file");
         (result.status.clone(), result.rows_loaded)

@@ -296,7 +296,7 @@ fn loaded_before(
     paths: &[String],
 ) -> Result<HashSet<String>, WarehouseError> {
     let mut found = HashSet::new();
-    for chunk in paths.chunks(HISTORY_PARAMS) {
+    for chunk in paths.chunks(HISTORY_FILES) {
         let list = vec!["?"; chunk.len()].join(", ");
         let sql = format!("SELECT file FROM {HISTORY} WHERE table_name = ? AND file IN ({list})");
         let mut query = tx.prepare(&sql).map_err(unavailable)?;
@@ -316,7 +316,7 @@ fn record_loaded(
     loaded: &[(String, u64)],
     query_id: &str,
 ) -> Result<(), WarehouseError> {
-    for chunk in loaded.chunks(HISTORY_PARAMS / 4) {
+    for chunk in loaded.chunks(HISTORY_FILES) {
         let rows = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
         let sql = format!("INSERT INTO {HISTORY} (table_name, file, rows, query_id) VALUES {rows}");
         let params: Vec<duckdb::types::Value> = chunk
@@ -335,17 +335,16 @@ fn record_loaded(
     Ok(())
 }
 
-/// Parameters in one load-history statement.
-const HISTORY_PARAMS: usize = 1_000;
+/// Files in one load-history statement: a COPY of up to `loader.max_files_per_copy` (at most
+/// 1,000) files looks up and records its history in one statement each.
+const HISTORY_FILES: usize = 1_000;
 
-/// A staged file's record batches: one for the whole file up to a row group's rows, so that a
-/// file takes as few `INSERT`s as it can (each is parsed, bound and planned anew).
+/// A staged file's record batches: one for a file of up to a row group's rows (the reader caps a
+/// batch at the file's rows), so that such a file takes one `INSERT` (each is parsed, bound and
+/// planned anew); a larger file, in batches of a row group, so one batch stays bounded.
 fn decode_parquet(path: &str, data: Bytes) -> Result<Vec<RecordBatch>, WarehouseError> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(data)
-        .and_then(|b| {
-            let rows = usize::try_from(b.metadata().file_metadata().num_rows()).unwrap_or(0);
-            b.with_batch_size(rows.clamp(1, ROW_GROUP_ROWS as usize)).build()
-        })
+        .and_then(|b| b.with_batch_size(ROW_GROUP_ROWS as usize).build())
         .map_err(|e| WarehouseError::data(format!("not a readable Parquet file: {e}")).in_file(path).with_source(e))?;
     reader.collect::<Result<Vec<_>, _>>().map_err(|e| WarehouseError::data(e.to_string()).in_file(path).with_source(e))
 }
