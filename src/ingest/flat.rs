@@ -140,9 +140,10 @@ impl<'t> Scanner<'t> {
 }
 
 /// True when one of the eight bytes of `word` ends a string or cannot stand in one as it is: a
-/// quote, a backslash or a control character (below 0x20). A byte `b` is below `n` (at most 0x80)
-/// exactly when `b - n` borrows into its top bit while `b`'s own top bit is clear; a borrow from a lower byte
-/// happens only when that byte was below `n` itself, so the answer for the word is exact.
+/// quote, a backslash or a control character (below 0x20). A byte `b` is below `n` (at most
+/// 0x80) exactly when `b - n` borrows into its top bit while `b`'s own top bit is clear; a borrow
+/// from a lower byte happens only when that byte was below `n` itself, so the answer for the
+/// word is exact.
 fn needs_look(word: u64) -> bool {
     const ONES: u64 = u64::from_le_bytes([1; 8]);
     const TOPS: u64 = ONES << 7;
