@@ -120,6 +120,7 @@ impl App {
             staged.clone(),
             config.ledger.timeout,
             metrics.clone(),
+            warehouse.recent_files(),
         );
         let catalog = Catalog::new(ledger.clone(), warehouse.clone(), &config);
         let replica = ReplicaId::acquire(&config.server.data_dir);

@@ -113,6 +113,7 @@ pub struct Metrics {
     loader_up: Gauge,
     loader_restarts: Counter,
     memory_reliefs: Counter,
+    files_from_memory: Counter,
     /// One scrape at a time reads the scrape-time values and encodes them.
     scrape: std::sync::Mutex<()>,
 }
@@ -157,6 +158,7 @@ impl Metrics {
             loader_up: Gauge::default(),
             loader_restarts: Counter::default(),
             memory_reliefs: Counter::default(),
+            files_from_memory: Counter::default(),
             scrape: std::sync::Mutex::new(()),
         };
         let r = &mut metrics.registry;
@@ -222,6 +224,11 @@ impl Metrics {
             "memory_reliefs",
             "Times request memory reached three quarters of the budget (or a grant was refused) and the allocator was asked to give its freed pages back",
             metrics.memory_reliefs.clone(),
+        );
+        r.register(
+            "loader_files_from_memory",
+            "Files a COPY took from the rows this process kept when it staged them, instead of reading them back from the stage (DuckDB)",
+            metrics.files_from_memory.clone(),
         );
         r.register(
             "backlog_files",
@@ -298,14 +305,17 @@ impl Metrics {
     }
 
     /// The text of a scrape, after reading what is read at scrape time: the memory budget, the
-    /// loader's state, and (when the ledger answered) the backlog and last load of each table.
+    /// loader's state, the files loaded from memory so far, and (when the ledger answered) the
+    /// backlog and last load of each table.
     pub fn render(
         &self,
         memory: &MemoryBudget,
         loader: &LoaderStatus,
+        files_from_memory: u64,
         tables: Option<&[TableLoadState]>,
     ) -> Result<String, std::fmt::Error> {
         let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        catch_up(&self.files_from_memory, files_from_memory);
         self.memory_used.set(i64::try_from(memory.used()).unwrap_or(i64::MAX));
         self.memory_budget.set(i64::try_from(memory.max()).unwrap_or(i64::MAX));
         catch_up(&self.memory_reliefs, memory.reliefs());

@@ -39,6 +39,7 @@ fn buffers(stage: &Arc<Stage>, ledger: &Arc<dyn Ledger>) -> Buffers {
         Arc::new(Notify::new()),
         Duration::from_secs(10),
         Arc::new(snowgate::metrics::Metrics::new()),
+        None,
     )
 }
 

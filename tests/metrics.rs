@@ -61,6 +61,8 @@ async fn a_scrape_shows_the_batch_and_its_error_rate() {
     let rejected = ["stage=\"gateway\"", "code=\"type_mismatch\""];
     assert_eq!(sum(&s, "snowgate_records_rejected_total", &[&source[..], &rejected[..]].concat()), 10.0);
     assert_eq!(sum(&s, "snowgate_records_loaded_total", &["table=\"LOANS\""]), 990.0);
+    // The embedded warehouse took the file's rows from memory rather than reading it back.
+    assert!(sum(&s, "snowgate_loader_files_from_memory_total", &[]) >= 1.0, "{text}");
     assert_eq!(sum(&s, "snowgate_batches_total", &["status=\"staged\""]), 1.0);
     assert_eq!(sum(&s, "snowgate_ack_duration_seconds_count", &["table=\"LOANS\""]), 1.0);
     assert!(sum(&s, "snowgate_copy_duration_seconds_count", &["outcome=\"loaded\""]) >= 1.0);

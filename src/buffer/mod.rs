@@ -24,6 +24,7 @@ use crate::ingest::Accepted;
 use crate::ledger::{Ledger, LedgerError, NewBatch, NewFile, StageCommit};
 use crate::metrics::SharedMetrics;
 use crate::schema::TableSchema;
+use crate::stage::recent::RecentFiles;
 use crate::stage::{Stage, StageError};
 use encode::RowGroup;
 
@@ -153,6 +154,8 @@ struct Inner {
     commit_timeout: Duration,
     /// Where stage writes are measured.
     metrics: SharedMetrics,
+    /// Where a file's rows are kept for a loader in this process, when the warehouse has one.
+    recent: Option<Arc<RecentFiles>>,
 }
 
 impl Inner {
@@ -197,6 +200,7 @@ impl Buffers {
         staged: Arc<Notify>,
         commit_timeout: Duration,
         metrics: SharedMetrics,
+        recent: Option<Arc<RecentFiles>>,
     ) -> Self {
         Buffers {
             inner: Arc::new(Inner {
@@ -210,6 +214,7 @@ impl Buffers {
                 staged,
                 commit_timeout,
                 metrics,
+                recent,
             }),
         }
     }
@@ -414,14 +419,23 @@ async fn flush(
     let parts: Vec<(Uuid, u64)> = entries.iter().map(|e| (e.batch_id, e.rows.len() as u64)).collect();
     let completed: Vec<NewBatch> = entries.iter_mut().filter_map(|e| e.completes.take()).collect();
     let encode_schema = schema.clone();
-    let data = tokio::task::spawn_blocking(move || {
+    // The rows are also kept for the loader when the warehouse reads in this process and there
+    // is room for them now (about the rows' memory again: checked before the copy is made).
+    let memory: usize = entries.iter().map(|e| e.rows.memory_bytes()).sum();
+    let recent = inner.recent.clone().filter(|recent| recent.has_room(&inner.budget, memory));
+    let keep = recent.is_some();
+    let (data, batch) = tokio::task::spawn_blocking(move || {
         let ids: Vec<String> = entries.iter().map(|e| e.batch_id.to_string()).collect();
         let groups: Vec<RowGroup<'_>> = entries
             .iter()
             .zip(&ids)
             .map(|(e, id)| RowGroup { batch_id: id, ingested_at: e.ingested_at, rows: &e.rows })
             .collect();
-        encode::file_bytes(&encode_schema, &groups)
+        if keep {
+            encode::file_bytes_and_batch(&encode_schema, &groups).map(|(data, batch)| (data, Some(batch)))
+        } else {
+            encode::file_bytes(&encode_schema, &groups).map(|data| (data, None))
+        }
     })
     .await
     .map_err(|e| BufferError::Internal(format!("encoder task: {e}")))?
@@ -433,10 +447,26 @@ async fn flush(
     inner.stage.put_new(&path, data).await?;
     inner.metrics.stage_put.observe(started.elapsed().as_secs_f64());
     crate::fault::crash_point(crate::fault::CrashPoint::StagedBeforeCommit);
-    let file =
-        NewFile { id, table: schema.name.clone(), path, rows: rows as u64, bytes, columns: schema.columns.clone() };
+    // Kept before the commit that lets the loader see the file.
+    if let (Some(recent), Some(batch)) = (&recent, batch) {
+        recent.keep(&inner.budget, &path, batch);
+    }
+    let file = NewFile {
+        id,
+        table: schema.name.clone(),
+        path: path.clone(),
+        rows: rows as u64,
+        bytes,
+        columns: schema.columns.clone(),
+    };
     let commit = StageCommit { file: Some(file), parts, completed, pending };
-    inner.commit(&commit).await?;
+    if let Err(e) = inner.commit(&commit).await {
+        // A commit that timed out may still land: the loader then reads the file from the stage.
+        if let Some(recent) = &recent {
+            recent.forget(&path);
+        }
+        return Err(e);
+    }
     tracing::debug!(table = %schema.name, file_id = %id, rows, bytes, "staged file");
     Ok(())
 }

@@ -99,9 +99,10 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
             None
         }
     };
+    let from_memory = app.warehouse.recent_files().map_or(0, |recent| recent.taken());
     let text = app
         .metrics
-        .render(&app.budget, &app.loader_health.status(), tables.as_deref())
+        .render(&app.budget, &app.loader_health.status(), from_memory, tables.as_deref())
         .map_err(|e| ApiError::internal(format!("could not encode metrics: {e}")))?;
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }

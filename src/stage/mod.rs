@@ -1,5 +1,7 @@
 //! The stage: where Parquet files wait for the warehouse. A local folder or an object store.
 
+pub mod recent;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

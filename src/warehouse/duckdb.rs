@@ -3,7 +3,9 @@
 //! `COPY` reads the Parquet files from the stage in Rust and inserts their Arrow batches through
 //! DuckDB's `arrow()` table function (`INSERT ... BY NAME`, so files written before a column was
 //! added still load). Each COPY is one transaction that also writes a load-history row per file,
-//! which is what makes a repeated COPY of the same file a no-op.
+//! which is what makes a repeated COPY of the same file a no-op. A file this process staged a
+//! moment ago is not read back: its flush kept its rows in memory ([`RecentFiles`]), and the COPY
+//! takes them from there.
 //!
 //! Connections to the one database by role (loads, requests' DESCRIBE and DDL, readiness
 //! probes), so a probe or a request never queues behind a long COPY. Loads have
@@ -26,6 +28,7 @@ use super::{CopyResult, CopyStatus, ErrorKind, StagedFile, TableDescription, War
 use crate::schema::{
     quote_ident, Column, ColumnName, ColumnType, META_BATCH_ID, META_COLUMNS, META_INGESTED_AT, META_RECORD_INDEX,
 };
+use crate::stage::recent::{KeptFile, RecentFiles};
 use crate::stage::Stage;
 
 const HISTORY: &str = "\"_SNOWGATE_LOAD_HISTORY\"";
@@ -43,6 +46,8 @@ pub struct DuckDbWarehouse {
     /// Readiness probes.
     probe: Arc<Mutex<Connection>>,
     stage: Arc<Stage>,
+    /// Rows of files this process staged, taken instead of reading those files back.
+    recent: Arc<RecentFiles>,
 }
 
 impl DuckDbWarehouse {
@@ -80,6 +85,7 @@ impl DuckDbWarehouse {
             conn: Arc::new(Mutex::new(conn)),
             probe: Arc::new(Mutex::new(probe)),
             stage,
+            recent: RecentFiles::new(),
         })
     }
 
@@ -349,6 +355,12 @@ fn decode_parquet(path: &str, data: Bytes) -> Result<Vec<RecordBatch>, Warehouse
     reader.collect::<Result<Vec<_>, _>>().map_err(|e| WarehouseError::data(e.to_string()).in_file(path).with_source(e))
 }
 
+/// A file of a COPY: its rows as this process kept them, or its bytes as read from the stage.
+enum Contents {
+    Kept(KeptFile),
+    Staged(Bytes),
+}
+
 /// A failed insert of one file's rows, classified by DuckDB's error type.
 fn classify_insert_error(path: &str, e: duckdb::Error) -> WarehouseError {
     classify(e).in_file(path)
@@ -371,6 +383,10 @@ impl Warehouse for DuckDbWarehouse {
     /// COPYs of 100,000 rows cost more CPU than one of 200,000 (BENCHMARKS.md, eighth sitting).
     fn min_rows_per_parallel_copy(&self) -> u64 {
         ROW_GROUP_ROWS
+    }
+
+    fn recent_files(&self) -> Option<Arc<RecentFiles>> {
+        Some(self.recent.clone())
     }
 
     async fn ping(&self) -> Result<(), WarehouseError> {
@@ -459,18 +475,23 @@ impl Warehouse for DuckDbWarehouse {
         // never waits for one that another cannot free.
         let load = self.load_connection().await?;
         let (reads_tx, mut reads) = tokio::sync::mpsc::unbounded_channel();
-        let (stage, permits) = (self.stage.clone(), self.reads.clone());
+        let (stage, permits, recent) = (self.stage.clone(), self.reads.clone(), self.recent.clone());
         let paths: Vec<String> = staged.iter().map(|file| file.path.clone()).collect();
         let reads_of = paths.clone();
         let _feeder = AbortOnDropHandle::new(tokio::spawn(async move {
             for path in reads_of {
                 let Ok(permit) = permits.clone().acquire_owned().await else { return };
-                let stage = stage.clone();
+                let (stage, recent) = (stage.clone(), recent.clone());
                 // Each read is a task of its own, so the reads ahead keep going (and stay within
                 // the stage's timeout) while the insert is busy and the reader waits to hand a
-                // file over.
+                // file over. A file whose rows this process kept is not read at all.
                 let read = AbortOnDropHandle::new(tokio::spawn(async move {
-                    let data = stage.get(&path).await.map_err(|e| WarehouseError::from_stage(e, &path))?;
+                    let data = match recent.take(&path) {
+                        Some(kept) => Contents::Kept(kept),
+                        None => {
+                            Contents::Staged(stage.get(&path).await.map_err(|e| WarehouseError::from_stage(e, &path))?)
+                        }
+                    };
                     Ok::<_, WarehouseError>((path, data))
                 }));
                 if reads_tx.send((read, permit)).is_err() {
@@ -521,7 +542,12 @@ impl Warehouse for DuckDbWarehouse {
                 }
                 let mut rows = 0u64;
                 let named = |e: WarehouseError| e.with_query_id(Some(query_id.clone()));
-                for batch in decode_parquet(&path, data).map_err(named)? {
+                // Kept rows stay on the budget until they are inserted.
+                let (batches, _kept) = match data {
+                    Contents::Kept(kept) => (vec![kept.batch.clone()], Some(kept)),
+                    Contents::Staged(bytes) => (decode_parquet(&path, bytes).map_err(named)?, None),
+                };
+                for batch in batches {
                     let registration = ArrowBatchRegistration::new(batch);
                     let inserted =
                         tx.execute(&insert, [&registration]).map_err(|e| named(classify_insert_error(&path, e)))?;
@@ -577,6 +603,61 @@ mod tests {
         let panicked = run_load(ended, |_| -> Result<(), WarehouseError> { panic!("a corrupt file") }).await;
         assert_eq!(panicked.unwrap_err().kind, ErrorKind::Statement);
         assert!(tokio::time::timeout(wait * 5, waiting).await.unwrap().unwrap().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_copy_takes_the_rows_this_process_kept_and_reads_the_other_files_from_the_stage() {
+        use crate::buffer::encode::{file_bytes, file_bytes_and_batch, RowGroup};
+        use crate::ingest::coerce::Cell;
+        use crate::ingest::{Row, Rows};
+        use crate::schema::TableSchema;
+
+        let dir = tempfile::tempdir().unwrap();
+        let options = crate::config::StageConfig::default();
+        let stage = Arc::new(Stage::open(&format!("file://{}", dir.path().join("stage").display()), &options).unwrap());
+        let duck = DuckDbWarehouse::open(&dir.path().join("w.duckdb"), stage.clone()).unwrap();
+        let columns =
+            vec![Column { name: ColumnName::normalize("NAME").unwrap(), ty: ColumnType::VARCHAR, nullable: true }];
+        duck.create_table("T", &columns).await.unwrap();
+        let schema = TableSchema { name: "T".into(), columns: columns.clone() };
+        let rows = |names: &[&str]| {
+            let rows: Vec<Row> = (0u64..)
+                .zip(names)
+                .map(|(index, name)| Row { index, cells: vec![Cell::Str(name.to_string())] })
+                .collect();
+            Rows::from_rows(Arc::new(schema.clone()), &rows).unwrap().finish().unwrap()
+        };
+        let group = |rows| RowGroup { batch_id: "b-1", ingested_at: 1, rows };
+        // The stage holds "staged" rows for both files; this process kept other rows for the
+        // first, so that where each file's rows came from shows in the table.
+        let (staged, kept) = (rows(&["staged"]), rows(&["kept", "kept"]));
+        for path in ["T/a.parquet", "T/b.parquet"] {
+            stage.put_new(path, file_bytes(&schema, &[group(&staged)]).unwrap()).await.unwrap();
+        }
+        let budget = crate::budget::MemoryBudget::new(1 << 30);
+        let recent = duck.recent_files().expect("DuckDB loads in this process");
+        let (_, batch) = file_bytes_and_batch(&schema, &[group(&kept)]).unwrap();
+        assert!(recent.keep(&budget, "T/a.parquet", batch));
+        let files: Vec<StagedFile> = ["T/a.parquet", "T/b.parquet"]
+            .into_iter()
+            .map(|path| StagedFile { path: path.into(), columns: Some(columns.clone()) })
+            .collect();
+        let results = duck.copy_files("T", &files).await.unwrap();
+        let loaded: Vec<u64> = results.iter().map(|r| r.rows_loaded).collect();
+        assert_eq!(loaded, [2, 1]);
+        let conn = duck.connection().unwrap();
+        let names: Vec<(String, i64)> = conn
+            .prepare("SELECT \"NAME\", count(*) FROM \"T\" GROUP BY 1 ORDER BY 1")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(names, [("kept".to_string(), 2), ("staged".to_string(), 1)]);
+        assert_eq!((recent.bytes(), budget.used()), (0, 0), "taken, and given back once inserted");
+        // A second COPY of the same files skips both: the kept rows were taken once.
+        let again = duck.copy_files("T", &files).await.unwrap();
+        assert!(again.iter().all(|r| r.status == CopyStatus::Skipped));
     }
 
     #[test]

@@ -4,9 +4,12 @@ pub mod duckdb;
 pub mod snowflake;
 pub mod snowflake_http;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use crate::schema::Column;
+use crate::stage::recent::RecentFiles;
 use crate::stage::StageError;
 
 /// What the loader (and a request) should do about a warehouse failure. Decided once, by the
@@ -264,6 +267,13 @@ pub trait Warehouse: Send + Sync + 'static {
     /// write) outweighs the second core.
     fn min_rows_per_parallel_copy(&self) -> u64 {
         20_000
+    }
+
+    /// Where this process's flushes keep the rows of the files they stage, for a warehouse that
+    /// loads in this process to take instead of reading the files back; `None` for one that
+    /// reads the stage itself (Snowflake).
+    fn recent_files(&self) -> Option<Arc<RecentFiles>> {
+        None
     }
 }
 
