@@ -75,8 +75,8 @@ pub fn file_bytes(schema: &TableSchema, groups: &[RowGroup<'_>]) -> Result<Bytes
 }
 
 /// The Parquet file of `groups`, as [`file_bytes`], and its rows as one record batch of the file's
-/// schema, in arrays of their own (no slice of a request's arrays, no spare capacity). The batch
-/// is built once the writer has closed and given back its pages, in their place.
+/// schema: the groups' batches concatenated, once the writer has closed and given back its pages;
+/// a single group's batch as it is, sharing the request's arrays.
 pub fn file_bytes_and_batch(
     schema: &TableSchema,
     groups: &[RowGroup<'_>],
@@ -177,6 +177,42 @@ mod tests {
         assert_eq!(got.column_by_name(META_BATCH_ID).unwrap().as_string::<i32>().value(1), "b");
         let ingested = got.column_by_name(META_INGESTED_AT).unwrap();
         assert_eq!(ingested.as_primitive::<arrow::datatypes::TimestampMicrosecondType>().value(1), 2);
+    }
+
+    #[test]
+    fn the_kept_batch_holds_what_the_file_decodes_to() {
+        let col = |name: &str, ty| Column { name: ColumnName::normalize(name).unwrap(), ty, nullable: true };
+        let old = TableSchema {
+            name: "T".into(),
+            columns: vec![col("AMOUNT", ColumnType::Number { precision: 12, scale: 2 })],
+        };
+        let mut new = old.clone();
+        new.columns.push(col("NOTE", ColumnType::VARCHAR));
+        new.columns.push(col("AT", ColumnType::TimestampTz));
+        new.columns.push(col("PRICE", ColumnType::Number { precision: 38, scale: 4 }));
+        let row = |index, cells| Row { index, cells };
+        // A slice of a request checked against the older schema, then a group of the newer one.
+        let first = rows(&old, (0..3).map(|i| row(i, vec![Cell::Decimal(i as i128 * 100)])).collect()).slice(1, 2);
+        let second = rows(
+            &new,
+            vec![row(
+                7,
+                vec![Cell::Decimal(-5), Cell::Str("hi".into()), Cell::Timestamp(1_700_000_000_000_000), Cell::Null],
+            )],
+        );
+        let groups = [
+            RowGroup { batch_id: "a", ingested_at: 1, rows: &first },
+            RowGroup { batch_id: "b", ingested_at: 2, rows: &second },
+        ];
+        for groups in [&groups[..1], &groups[1..], &groups[..]] {
+            let (bytes, kept) = file_bytes_and_batch(&new, groups).unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap();
+            let read: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
+            let decoded = arrow::compute::concat_batches(&file_schema(&new), &read).unwrap();
+            assert_eq!(kept.schema().fields(), decoded.schema().fields());
+            assert_eq!(kept.num_rows(), groups.iter().map(|g| g.rows.len()).sum::<usize>());
+            assert_eq!(kept.columns(), decoded.columns());
+        }
     }
 
     #[test]

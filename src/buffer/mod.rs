@@ -355,8 +355,8 @@ impl Buffers {
             // files are being written.
             let metadata = rows.saturating_mul(encode::METADATA_BYTES_PER_ROW);
             let encoding = inner.budget.force(bytes.saturating_mul(ENCODING_COPIES).saturating_add(metadata));
-            let result = flush(&inner, schema, entries, rows, pending).await;
-            drop((encoding, grants));
+            let result = flush(&inner, schema, entries, rows, pending, grants).await;
+            drop(encoding);
             if let Err(e) = &result {
                 tracing::error!(error = %e, "flush failed");
             } else {
@@ -408,21 +408,26 @@ async fn wait(done: &mut watch::Receiver<Outcome>) -> Result<(), BufferError> {
     }
 }
 
-/// Encodes a segment, writes it to the stage, and commits it to the ledger.
+/// Encodes a segment, writes it to the stage, and commits it to the ledger. `grants` hold the
+/// rows on the budget until then, or become the hold of the rows kept for the loader.
 async fn flush(
     inner: &Inner,
     schema: Arc<TableSchema>,
     mut entries: Vec<Entry>,
     rows: usize,
     pending: bool,
+    grants: Vec<Grant>,
 ) -> Result<(), BufferError> {
     let parts: Vec<(Uuid, u64)> = entries.iter().map(|e| (e.batch_id, e.rows.len() as u64)).collect();
     let completed: Vec<NewBatch> = entries.iter_mut().filter_map(|e| e.completes.take()).collect();
     let encode_schema = schema.clone();
     // The rows are also kept for the loader when the warehouse reads in this process and there
-    // is room for them now (about the rows' memory again: checked before the copy is made).
-    let memory: usize = entries.iter().map(|e| e.rows.memory_bytes()).sum();
-    let recent = inner.recent.clone().filter(|recent| recent.has_room(&inner.budget, memory));
+    // is room for them now (checked before the batch is made). Not a piece of a larger batch
+    // (`pending`): it cannot load before the batch's last piece is staged, and it shares the
+    // request's arrays with the other pieces.
+    let memory: usize = entries.iter().map(|e| e.rows.memory_bytes()).sum::<usize>()
+        + rows.saturating_mul(encode::METADATA_BYTES_PER_ROW);
+    let recent = inner.recent.clone().filter(|recent| !pending && recent.has_room(&inner.budget, memory));
     let keep = recent.is_some();
     let (data, batch) = tokio::task::spawn_blocking(move || {
         let ids: Vec<String> = entries.iter().map(|e| e.batch_id.to_string()).collect();
@@ -447,10 +452,15 @@ async fn flush(
     inner.stage.put_new(&path, data).await?;
     inner.metrics.stage_put.observe(started.elapsed().as_secs_f64());
     crate::fault::crash_point(crate::fault::CrashPoint::StagedBeforeCommit);
-    // Kept before the commit that lets the loader see the file.
-    if let (Some(recent), Some(batch)) = (&recent, batch) {
-        recent.keep(&inner.budget, &path, batch);
-    }
+    // Kept before the commit that lets the loader see the file. The requests' grants become the
+    // kept rows' hold (their parsed records are gone by now), or go back if it is not kept.
+    let _held = match (&recent, batch) {
+        (Some(recent), Some(batch)) => {
+            recent.keep(&inner.budget, &path, batch, grants);
+            Vec::new()
+        }
+        _ => grants,
+    };
     let file = NewFile {
         id,
         table: schema.name.clone(),

@@ -5,7 +5,7 @@
 //! Only a cache: the staged file stays the record. A file not kept here (another replica staged
 //! it, it was crowded out, the process restarted, a COPY took it and failed) is read from the
 //! stage as before. Its memory is held on the gateway's budget, at most [`SHARE`] of it, and a
-//! file nobody takes within [`MAX_AGE`] is dropped at the next call.
+//! file nobody takes within [`MAX_AGE`] is dropped by the next file kept or taken.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,11 +44,14 @@ struct Entry {
     grant: Grant,
 }
 
-/// A kept file's rows, handed to the loader with their hold on the budget, given back when
-/// dropped (once they are inserted).
-pub struct KeptFile {
-    pub batch: RecordBatch,
-    _grant: Grant,
+/// A kept file's rows, handed to the loader with their hold on the budget.
+pub struct KeptFile(Entry);
+
+impl KeptFile {
+    /// The rows, and their hold on the budget, to be dropped once they are inserted.
+    pub fn into_parts(self) -> (RecordBatch, Grant) {
+        (self.0.batch, self.0.grant)
+    }
 }
 
 impl RecentFiles {
@@ -59,28 +62,50 @@ impl RecentFiles {
     /// Whether a file of `bytes` would be kept now, before the work of making its batch.
     pub fn has_room(&self, budget: &MemoryBudget, bytes: usize) -> bool {
         let mut kept = self.lock();
-        kept.expire(Instant::now());
+        let _expired = kept.expire(Instant::now());
         kept.bytes.saturating_add(bytes) <= budget.max() / SHARE
     }
 
     /// Keeps `batch` as the rows of the file staged at `path`, if it fits within [`SHARE`] of the
-    /// budget and the budget grants its memory now. False if it was not kept.
-    pub fn keep(&self, budget: &Arc<MemoryBudget>, path: &str, batch: RecordBatch) -> bool {
-        self.keep_at(budget, path, batch, Instant::now())
+    /// budget and the budget grants its memory now. `held` are grants that covered these rows
+    /// until now (the requests'): the kept file's grant is made of them, so the rows are never
+    /// counted twice, and they are given back whether it is kept or not. False if not kept.
+    pub fn keep(&self, budget: &Arc<MemoryBudget>, path: &str, batch: RecordBatch, held: Vec<Grant>) -> bool {
+        self.keep_at(budget, path, batch, held, Instant::now())
     }
 
-    fn keep_at(&self, budget: &Arc<MemoryBudget>, path: &str, batch: RecordBatch, now: Instant) -> bool {
+    fn keep_at(
+        &self,
+        budget: &Arc<MemoryBudget>,
+        path: &str,
+        batch: RecordBatch,
+        held: Vec<Grant>,
+        now: Instant,
+    ) -> bool {
+        // Every byte its arrays hold, a slice's whole buffers included: what keeping it pins.
         let bytes = batch.get_array_memory_size();
+        let mut held = held.into_iter();
+        let first = held.next();
+        // The other grants go back before the first is resized, so that it can grow into them.
+        drop(held);
         let mut kept = self.lock();
-        kept.expire(now);
-        if kept.bytes.saturating_add(bytes) > budget.max() / SHARE || kept.files.contains_key(path) {
-            return false;
+        let expired = kept.expire(now);
+        let fits = kept.bytes.saturating_add(bytes) <= budget.max() / SHARE && !kept.files.contains_key(path);
+        let grant = match first {
+            _ if !fits => None,
+            Some(mut grant) => grant.resize(bytes).is_ok().then_some(grant),
+            None => budget.reserve(bytes).ok(),
+        };
+        let done = grant.is_some();
+        if let Some(grant) = grant {
+            kept.bytes += bytes;
+            kept.order.push_back((path.to_string(), now));
+            kept.files.insert(path.to_string(), Entry { batch, grant });
         }
-        let Ok(grant) = budget.reserve(bytes) else { return false };
-        kept.bytes += bytes;
-        kept.order.push_back((path.to_string(), now));
-        kept.files.insert(path.to_string(), Entry { batch, grant });
-        true
+        // Expired rows (and rows not kept) are freed once the lock is let go.
+        drop(kept);
+        drop(expired);
+        done
     }
 
     /// The rows of the file staged at `path`, if they are kept; they are kept no longer.
@@ -90,19 +115,16 @@ impl RecentFiles {
 
     fn take_at(&self, path: &str, now: Instant) -> Option<KeptFile> {
         let mut kept = self.lock();
-        kept.expire(now);
-        let entry = kept.files.remove(path)?;
-        kept.bytes -= entry.grant.bytes();
+        let _expired = kept.expire(now);
+        let entry = kept.remove(path)?;
         self.taken.fetch_add(1, Ordering::Relaxed);
-        Some(KeptFile { batch: entry.batch, _grant: entry.grant })
+        Some(KeptFile(entry))
     }
 
     /// Drops the rows kept for `path` (a file whose ledger commit failed: it never loads).
     pub fn forget(&self, path: &str) {
-        let mut kept = self.lock();
-        if let Some(entry) = kept.files.remove(path) {
-            kept.bytes -= entry.grant.bytes();
-        }
+        let entry = self.lock().remove(path);
+        drop(entry);
     }
 
     /// How many files were taken so far, each one a file not read back from the stage.
@@ -123,19 +145,27 @@ impl RecentFiles {
 }
 
 impl Kept {
-    /// Drops the files kept before `now - MAX_AGE`, and forgets the order of files taken since.
-    fn expire(&mut self, now: Instant) {
+    fn remove(&mut self, path: &str) -> Option<Entry> {
+        let entry = self.files.remove(path)?;
+        self.bytes -= entry.grant.bytes();
+        Some(entry)
+    }
+
+    /// Takes out the files kept before `now - MAX_AGE`, to be dropped once the lock is let go,
+    /// and forgets the place of files taken since.
+    #[must_use]
+    fn expire(&mut self, now: Instant) -> Vec<Entry> {
+        let mut expired = Vec::new();
         while let Some((path, at)) = self.order.front() {
-            let stale = now.saturating_duration_since(*at) >= MAX_AGE;
-            if stale {
-                if let Some(entry) = self.files.remove(path) {
-                    self.bytes -= entry.grant.bytes();
-                }
+            if now.saturating_duration_since(*at) >= MAX_AGE {
+                let path = path.clone();
+                expired.extend(self.remove(&path));
             } else if self.files.contains_key(path) {
                 break;
             }
             self.order.pop_front();
         }
+        expired
     }
 }
 
@@ -155,20 +185,41 @@ mod tests {
         let recent = RecentFiles::new();
         let rows = batch(1_000);
         let bytes = rows.get_array_memory_size();
-        assert!(recent.keep(&budget, "T/a.parquet", rows.clone()));
-        assert!(!recent.keep(&budget, "T/a.parquet", rows.clone()), "one entry a path");
+        assert!(recent.keep(&budget, "T/a.parquet", rows.clone(), Vec::new()));
+        assert!(!recent.keep(&budget, "T/a.parquet", rows.clone(), Vec::new()), "one entry a path");
         assert_eq!((recent.bytes(), budget.used()), (bytes, bytes));
         assert!(recent.take("T/b.parquet").is_none());
         let taken = recent.take("T/a.parquet").expect("kept");
         assert_eq!(recent.taken(), 1);
-        assert_eq!(taken.batch, rows);
+        let (batch, grant) = taken.into_parts();
+        assert_eq!((batch, grant.bytes()), (rows.clone(), bytes));
         assert!(recent.take("T/a.parquet").is_none(), "taken once");
         assert_eq!((recent.bytes(), budget.used()), (0, bytes), "held until the loader drops it");
-        drop(taken);
+        drop(grant);
         assert_eq!(budget.used(), 0);
-        assert!(recent.keep(&budget, "T/c.parquet", rows));
+        assert!(recent.keep(&budget, "T/c.parquet", rows, Vec::new()));
         recent.forget("T/c.parquet");
         assert_eq!((recent.bytes(), budget.used(), recent.taken()), (0, 0, 1), "forgotten, not taken");
+    }
+
+    #[test]
+    fn the_requests_grants_become_the_kept_files_so_its_rows_are_counted_once() {
+        let budget = MemoryBudget::new(1 << 20);
+        let recent = RecentFiles::new();
+        let rows = batch(1_000);
+        let bytes = rows.get_array_memory_size();
+        // Two requests held more than the kept batch takes (their parsed records are gone now).
+        let held = vec![budget.reserve(bytes).unwrap(), budget.reserve(bytes * 2).unwrap()];
+        assert!(recent.keep(&budget, "T/a.parquet", rows.clone(), held));
+        assert_eq!(budget.used(), bytes, "only the kept rows stay held");
+        // Held less than the batch takes: the grant grows to it.
+        let held = vec![budget.reserve(bytes / 2).unwrap()];
+        assert!(recent.keep(&budget, "T/b.parquet", rows.clone(), held));
+        assert_eq!(budget.used(), bytes * 2);
+        // Not kept: the held grants are given back all the same.
+        let held = vec![budget.reserve(bytes).unwrap()];
+        assert!(!recent.keep(&budget, "T/a.parquet", rows, held), "one entry a path");
+        assert_eq!(budget.used(), bytes * 2);
     }
 
     #[test]
@@ -179,18 +230,18 @@ mod tests {
         let recent = RecentFiles::new();
         assert!(recent.has_room(&budget, bytes * 2));
         assert!(!recent.has_room(&budget, bytes * 2 + 1));
-        assert!(recent.keep(&budget, "1", rows.clone()));
-        assert!(recent.keep(&budget, "2", rows.clone()));
+        assert!(recent.keep(&budget, "1", rows.clone(), Vec::new()));
+        assert!(recent.keep(&budget, "2", rows.clone(), Vec::new()));
         assert!(!recent.has_room(&budget, 1));
-        assert!(!recent.keep(&budget, "3", rows.clone()), "a third would pass the share");
+        assert!(!recent.keep(&budget, "3", rows.clone(), Vec::new()), "a third would pass the share");
         drop(recent.take("1"));
-        assert!(recent.keep(&budget, "3", rows.clone()), "room again once one is taken");
+        assert!(recent.keep(&budget, "3", rows.clone(), Vec::new()), "room again once one is taken");
         // Requests hold the rest of the budget: the share has room, the budget refuses, and the
         // file is not kept.
         drop(recent.take("2"));
         let _requests = budget.reserve(budget.max() - budget.used()).unwrap();
         assert!(recent.has_room(&budget, bytes));
-        assert!(!recent.keep(&budget, "4", rows));
+        assert!(!recent.keep(&budget, "4", rows, Vec::new()));
         assert_eq!(recent.bytes(), bytes);
     }
 
@@ -199,9 +250,9 @@ mod tests {
         let budget = MemoryBudget::new(1 << 20);
         let recent = RecentFiles::new();
         let start = Instant::now();
-        assert!(recent.keep_at(&budget, "old", batch(10), start));
-        assert!(recent.keep_at(&budget, "taken", batch(10), start + Duration::from_secs(1)));
-        assert!(recent.keep_at(&budget, "new", batch(10), start + MAX_AGE / 2));
+        assert!(recent.keep_at(&budget, "old", batch(10), Vec::new(), start));
+        assert!(recent.keep_at(&budget, "taken", batch(10), Vec::new(), start + Duration::from_secs(1)));
+        assert!(recent.keep_at(&budget, "new", batch(10), Vec::new(), start + MAX_AGE / 2));
         assert!(recent.take_at("taken", start + Duration::from_secs(2)).is_some());
         assert!(recent.take_at("old", start + MAX_AGE).is_none(), "expired");
         let one = batch(10).get_array_memory_size();
