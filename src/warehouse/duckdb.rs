@@ -57,7 +57,8 @@ impl DuckDbWarehouse {
             std::fs::create_dir_all(dir)
                 .map_err(|e| WarehouseError::configuration(format!("{}: {e}", dir.display())).with_source(e))?;
         }
-        let conn = Connection::open(path).map_err(unavailable)?;
+        let config = duckdb::Config::default().threads(DUCKDB_THREADS).map_err(unavailable)?;
+        let conn = Connection::open_with_flags(path, config).map_err(unavailable)?;
         conn.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS {HISTORY} (
                  table_name VARCHAR NOT NULL,
@@ -128,6 +129,12 @@ impl DuckDbWarehouse {
 
 /// Connections for COPY: at most this many COPYs insert at once; more queue.
 const LOAD_CONNECTIONS: usize = 4;
+
+/// DuckDB's threads: each statement runs on the thread that asked for it. The loader's parallel
+/// COPYs already load on connections of their own, and the Arrow scan of an `INSERT` runs on one
+/// thread anyway; with worker threads of DuckDB's own, the asking thread polls in a loop for the
+/// tasks they run, a core's worth of CPU taken from requests (BENCHMARKS.md, tenth sitting).
+const DUCKDB_THREADS: i64 = 1;
 
 /// Staged files all COPYs hold in memory at once, read ahead or being inserted: one at a time,
 /// an S3 stage's round trips added up.
@@ -657,6 +664,9 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(names, [("kept".to_string(), 2), ("staged".to_string(), 1)]);
+        // Statements run on the thread that asks, with no worker threads of DuckDB's own.
+        let threads: i64 = conn.query_row("SELECT current_setting('threads')", [], |row| row.get(0)).unwrap();
+        assert_eq!(threads, DUCKDB_THREADS);
         assert_eq!((recent.bytes(), budget.used()), (0, 0), "taken, and given back once inserted");
         assert_eq!(recent.taken(), 1);
         assert!(recent.take("T/a.parquet").is_none(), "taken once");
