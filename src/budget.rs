@@ -163,9 +163,16 @@ impl Grant {
     }
 
     /// Holds exactly `total` bytes from now on: shrinks freely, grows only within the budget.
+    /// When refused, the grant is as it was.
     pub fn resize(&mut self, total: usize) -> Result<(), OverBudget> {
         self.shrink_to(total);
         self.grow_to(total)
+    }
+
+    /// Takes over what `other` holds on the same budget, without giving it back in between.
+    pub fn absorb(&mut self, mut other: Grant) {
+        debug_assert!(Arc::ptr_eq(&self.budget, &other.budget), "grants of one budget");
+        self.bytes += std::mem::take(&mut other.bytes);
     }
 }
 
@@ -194,6 +201,9 @@ mod tests {
         assert_eq!(budget.used(), 500);
         second.resize(70).unwrap();
         assert_eq!((second.bytes(), budget.used()), (70, 70), "what is no longer held goes back");
+        let third = budget.reserve(20).unwrap();
+        second.absorb(third);
+        assert_eq!((second.bytes(), budget.used()), (90, 90), "taken over, not given back");
         drop(second);
         assert_eq!(budget.used(), 0);
     }

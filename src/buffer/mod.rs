@@ -453,12 +453,10 @@ async fn flush(
     inner.metrics.stage_put.observe(started.elapsed().as_secs_f64());
     crate::fault::crash_point(crate::fault::CrashPoint::StagedBeforeCommit);
     // Kept before the commit that lets the loader see the file. The requests' grants become the
-    // kept rows' hold (their parsed records are gone by now), or go back if it is not kept.
+    // kept rows' hold (their parsed records are gone by now); when the rows are not kept, the
+    // grants hold them until the commit is done, as they do without a loader in this process.
     let _held = match (&recent, batch) {
-        (Some(recent), Some(batch)) => {
-            recent.keep(&inner.budget, &path, batch, grants);
-            Vec::new()
-        }
+        (Some(recent), Some(batch)) => recent.keep(&inner.budget, &path, batch, grants).err().unwrap_or_default(),
         _ => grants,
     };
     let file = NewFile {

@@ -61,16 +61,25 @@ impl RecentFiles {
 
     /// Whether a file of `bytes` would be kept now, before the work of making its batch.
     pub fn has_room(&self, budget: &MemoryBudget, bytes: usize) -> bool {
-        let mut kept = self.lock();
-        let _expired = kept.expire(Instant::now());
-        kept.bytes.saturating_add(bytes) <= budget.max() / SHARE
+        let (room, _expired) = {
+            let mut kept = self.lock();
+            let expired = kept.expire(Instant::now());
+            (kept.bytes.saturating_add(bytes) <= budget.max() / SHARE, expired)
+        };
+        room
     }
 
     /// Keeps `batch` as the rows of the file staged at `path`, if it fits within [`SHARE`] of the
-    /// budget and the budget grants its memory now. `held` are grants that covered these rows
-    /// until now (the requests'): the kept file's grant is made of them, so the rows are never
-    /// counted twice, and they are given back whether it is kept or not. False if not kept.
-    pub fn keep(&self, budget: &Arc<MemoryBudget>, path: &str, batch: RecordBatch, held: Vec<Grant>) -> bool {
+    /// budget and the budget grants its memory now. `held` are grants that cover these rows until
+    /// now (the requests'): the kept file's grant is made of them, so the rows are never counted
+    /// twice. When the file is not kept, they come back as they were.
+    pub fn keep(
+        &self,
+        budget: &Arc<MemoryBudget>,
+        path: &str,
+        batch: RecordBatch,
+        held: Vec<Grant>,
+    ) -> Result<(), Vec<Grant>> {
         self.keep_at(budget, path, batch, held, Instant::now())
     }
 
@@ -81,31 +90,26 @@ impl RecentFiles {
         batch: RecordBatch,
         held: Vec<Grant>,
         now: Instant,
-    ) -> bool {
+    ) -> Result<(), Vec<Grant>> {
         // Every byte its arrays hold, a slice's whole buffers included: what keeping it pins.
         let bytes = batch.get_array_memory_size();
-        let mut held = held.into_iter();
-        let first = held.next();
-        // The other grants go back before the first is resized, so that it can grow into them.
-        drop(held);
-        let mut kept = self.lock();
-        let expired = kept.expire(now);
-        let fits = kept.bytes.saturating_add(bytes) <= budget.max() / SHARE && !kept.files.contains_key(path);
-        let grant = match first {
-            _ if !fits => None,
-            Some(mut grant) => grant.resize(bytes).is_ok().then_some(grant),
-            None => budget.reserve(bytes).ok(),
+        let (kept, _expired) = {
+            let mut kept = self.lock();
+            let expired = kept.expire(now);
+            let fits = kept.bytes.saturating_add(bytes) <= budget.max() / SHARE && !kept.files.contains_key(path);
+            let grant = if fits { one_grant(budget, held, bytes) } else { Err(held) };
+            match grant {
+                Ok(grant) => {
+                    kept.bytes += bytes;
+                    kept.order.push_back((path.to_string(), now));
+                    kept.files.insert(path.to_string(), Entry { batch, grant });
+                    (Ok(()), expired)
+                }
+                Err(held) => (Err(held), expired),
+            }
         };
-        let done = grant.is_some();
-        if let Some(grant) = grant {
-            kept.bytes += bytes;
-            kept.order.push_back((path.to_string(), now));
-            kept.files.insert(path.to_string(), Entry { batch, grant });
-        }
         // Expired rows (and rows not kept) are freed once the lock is let go.
-        drop(kept);
-        drop(expired);
-        done
+        kept
     }
 
     /// The rows of the file staged at `path`, if they are kept; they are kept no longer.
@@ -114,9 +118,12 @@ impl RecentFiles {
     }
 
     fn take_at(&self, path: &str, now: Instant) -> Option<KeptFile> {
-        let mut kept = self.lock();
-        let _expired = kept.expire(now);
-        let entry = kept.remove(path)?;
+        let (entry, _expired) = {
+            let mut kept = self.lock();
+            let expired = kept.expire(now);
+            (kept.remove(path), expired)
+        };
+        let entry = entry?;
         self.taken.fetch_add(1, Ordering::Relaxed);
         Some(KeptFile(entry))
     }
@@ -141,6 +148,23 @@ impl RecentFiles {
         // Every change under the lock is whole before it can panic, so a poisoned lock holds a
         // consistent map.
         self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One grant of exactly `bytes` made of `held` (taken over, never given back in between), grown
+/// within the budget where they held less; `held` as it was when the budget refuses.
+fn one_grant(budget: &Arc<MemoryBudget>, held: Vec<Grant>, bytes: usize) -> Result<Grant, Vec<Grant>> {
+    let mut held = held.into_iter();
+    let mut grant = match held.next() {
+        Some(first) => first,
+        None => budget.reserve(0).map_err(|_| Vec::new())?,
+    };
+    for other in held {
+        grant.absorb(other);
+    }
+    match grant.resize(bytes) {
+        Ok(()) => Ok(grant),
+        Err(_) => Err(vec![grant]),
     }
 }
 
@@ -185,8 +209,8 @@ mod tests {
         let recent = RecentFiles::new();
         let rows = batch(1_000);
         let bytes = rows.get_array_memory_size();
-        assert!(recent.keep(&budget, "T/a.parquet", rows.clone(), Vec::new()));
-        assert!(!recent.keep(&budget, "T/a.parquet", rows.clone(), Vec::new()), "one entry a path");
+        assert!(recent.keep(&budget, "T/a.parquet", rows.clone(), Vec::new()).is_ok());
+        assert!(recent.keep(&budget, "T/a.parquet", rows.clone(), Vec::new()).is_err(), "one entry a path");
         assert_eq!((recent.bytes(), budget.used()), (bytes, bytes));
         assert!(recent.take("T/b.parquet").is_none());
         let taken = recent.take("T/a.parquet").expect("kept");
@@ -197,29 +221,38 @@ mod tests {
         assert_eq!((recent.bytes(), budget.used()), (0, bytes), "held until the loader drops it");
         drop(grant);
         assert_eq!(budget.used(), 0);
-        assert!(recent.keep(&budget, "T/c.parquet", rows, Vec::new()));
+        assert!(recent.keep(&budget, "T/c.parquet", rows, Vec::new()).is_ok());
         recent.forget("T/c.parquet");
         assert_eq!((recent.bytes(), budget.used(), recent.taken()), (0, 0, 1), "forgotten, not taken");
     }
 
     #[test]
     fn the_requests_grants_become_the_kept_files_so_its_rows_are_counted_once() {
-        let budget = MemoryBudget::new(1 << 20);
-        let recent = RecentFiles::new();
         let rows = batch(1_000);
         let bytes = rows.get_array_memory_size();
-        // Two requests held more than the kept batch takes (their parsed records are gone now).
+        let budget = MemoryBudget::new(bytes * SHARE * 4);
+        let recent = RecentFiles::new();
+        // Two requests held more than the kept batch takes (their parsed records are gone now),
+        // and others hold all the rest of the budget: only the requests' own bytes can keep it.
         let held = vec![budget.reserve(bytes).unwrap(), budget.reserve(bytes * 2).unwrap()];
-        assert!(recent.keep(&budget, "T/a.parquet", rows.clone(), held));
-        assert_eq!(budget.used(), bytes, "only the kept rows stay held");
-        // Held less than the batch takes: the grant grows to it.
+        let others = budget.reserve(budget.max() - budget.used()).unwrap();
+        assert!(recent.keep(&budget, "T/a.parquet", rows.clone(), held).is_ok());
+        assert_eq!(budget.used(), bytes + others.bytes(), "only the kept rows stay held");
+        // Held less than the batch takes, and the budget has no more: not kept, and the grant
+        // comes back as it was, to be held until the file is committed.
         let held = vec![budget.reserve(bytes / 2).unwrap()];
-        assert!(recent.keep(&budget, "T/b.parquet", rows.clone(), held));
+        let rest = budget.reserve(budget.max() - budget.used()).unwrap();
+        let back = recent.keep(&budget, "T/b.parquet", rows.clone(), held).unwrap_err();
+        assert_eq!(back.iter().map(Grant::bytes).collect::<Vec<_>>(), [bytes / 2]);
+        drop((back, others, rest));
+        // With room in the budget, the grant grows to the batch.
+        let held = vec![budget.reserve(bytes / 2).unwrap()];
+        assert!(recent.keep(&budget, "T/b.parquet", rows.clone(), held).is_ok());
         assert_eq!(budget.used(), bytes * 2);
-        // Not kept: the held grants are given back all the same.
-        let held = vec![budget.reserve(bytes).unwrap()];
-        assert!(!recent.keep(&budget, "T/a.parquet", rows, held), "one entry a path");
-        assert_eq!(budget.used(), bytes * 2);
+        // Refused as a second entry for a path: the held grants come back whole.
+        let held = vec![budget.reserve(bytes).unwrap(), budget.reserve(3).unwrap()];
+        let back = recent.keep(&budget, "T/a.parquet", rows, held).unwrap_err();
+        assert_eq!(back.iter().map(Grant::bytes).sum::<usize>(), bytes + 3);
     }
 
     #[test]
@@ -230,18 +263,18 @@ mod tests {
         let recent = RecentFiles::new();
         assert!(recent.has_room(&budget, bytes * 2));
         assert!(!recent.has_room(&budget, bytes * 2 + 1));
-        assert!(recent.keep(&budget, "1", rows.clone(), Vec::new()));
-        assert!(recent.keep(&budget, "2", rows.clone(), Vec::new()));
+        assert!(recent.keep(&budget, "1", rows.clone(), Vec::new()).is_ok());
+        assert!(recent.keep(&budget, "2", rows.clone(), Vec::new()).is_ok());
         assert!(!recent.has_room(&budget, 1));
-        assert!(!recent.keep(&budget, "3", rows.clone(), Vec::new()), "a third would pass the share");
+        assert!(recent.keep(&budget, "3", rows.clone(), Vec::new()).is_err(), "a third would pass the share");
         drop(recent.take("1"));
-        assert!(recent.keep(&budget, "3", rows.clone(), Vec::new()), "room again once one is taken");
+        assert!(recent.keep(&budget, "3", rows.clone(), Vec::new()).is_ok(), "room again once one is taken");
         // Requests hold the rest of the budget: the share has room, the budget refuses, and the
         // file is not kept.
         drop(recent.take("2"));
         let _requests = budget.reserve(budget.max() - budget.used()).unwrap();
         assert!(recent.has_room(&budget, bytes));
-        assert!(!recent.keep(&budget, "4", rows, Vec::new()));
+        assert!(recent.keep(&budget, "4", rows, Vec::new()).is_err());
         assert_eq!(recent.bytes(), bytes);
     }
 
@@ -250,9 +283,9 @@ mod tests {
         let budget = MemoryBudget::new(1 << 20);
         let recent = RecentFiles::new();
         let start = Instant::now();
-        assert!(recent.keep_at(&budget, "old", batch(10), Vec::new(), start));
-        assert!(recent.keep_at(&budget, "taken", batch(10), Vec::new(), start + Duration::from_secs(1)));
-        assert!(recent.keep_at(&budget, "new", batch(10), Vec::new(), start + MAX_AGE / 2));
+        assert!(recent.keep_at(&budget, "old", batch(10), Vec::new(), start).is_ok());
+        assert!(recent.keep_at(&budget, "taken", batch(10), Vec::new(), start + Duration::from_secs(1)).is_ok());
+        assert!(recent.keep_at(&budget, "new", batch(10), Vec::new(), start + MAX_AGE / 2).is_ok());
         assert!(recent.take_at("taken", start + Duration::from_secs(2)).is_some());
         assert!(recent.take_at("old", start + MAX_AGE).is_none(), "expired");
         let one = batch(10).get_array_memory_size();

@@ -647,7 +647,7 @@ mod tests {
         let budget = crate::budget::MemoryBudget::new(1 << 30);
         let recent = duck.recent_files().expect("DuckDB loads in this process");
         let (_, batch) = file_bytes_and_batch(&schema, &[group(&kept)]).unwrap();
-        assert!(recent.keep(&budget, "T/a.parquet", batch, Vec::new()));
+        assert!(recent.keep(&budget, "T/a.parquet", batch, Vec::new()).is_ok());
         let files: Vec<StagedFile> = ["T/a.parquet", "T/b.parquet"]
             .into_iter()
             .map(|path| StagedFile { path: path.into(), columns: Some(columns.clone()) })
@@ -670,6 +670,9 @@ mod tests {
         assert_eq!((recent.bytes(), budget.used()), (0, 0), "taken, and given back once inserted");
         assert_eq!(recent.taken(), 1);
         assert!(recent.take("T/a.parquet").is_none(), "taken once");
+        // Copied again, both files are skipped: the one loaded from memory has its history too.
+        let again = duck.copy_files("T", &files).await.unwrap();
+        assert!(again.iter().all(|r| r.status == CopyStatus::Skipped && r.rows_loaded == 0), "{again:?}");
     }
 
     #[test]
