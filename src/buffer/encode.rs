@@ -71,7 +71,7 @@ pub const METADATA_BYTES_PER_ROW: usize = 48;
 /// The Parquet file of `groups`, each group with its metadata columns; the metadata arrays of
 /// one group at a time are in memory (see [`METADATA_BYTES_PER_ROW`]).
 pub fn file_bytes(schema: &TableSchema, groups: &[RowGroup<'_>]) -> Result<Bytes, EncodeError> {
-    Ok(write_file(schema, groups, false)?.0)
+    write_file(schema, &file_schema(schema), groups, drop)
 }
 
 /// The Parquet file of `groups`, as [`file_bytes`], and its rows as one record batch of the file's
@@ -81,30 +81,29 @@ pub fn file_bytes_and_batch(
     schema: &TableSchema,
     groups: &[RowGroup<'_>],
 ) -> Result<(Bytes, RecordBatch), EncodeError> {
-    let (bytes, batch) = write_file(schema, groups, true)?;
-    Ok((bytes, batch.unwrap_or_else(|| RecordBatch::new_empty(file_schema(schema)))))
+    let file = file_schema(schema);
+    let mut written = Vec::with_capacity(groups.len());
+    let bytes = write_file(schema, &file, groups, |batch| written.push(batch))?;
+    Ok((bytes, arrow::compute::concat_batches(&file, &written)?))
 }
 
+/// Writes each group's batch into the file and hands it to `written`.
 fn write_file(
     schema: &TableSchema,
+    file: &SchemaRef,
     groups: &[RowGroup<'_>],
-    keep: bool,
-) -> Result<(Bytes, Option<RecordBatch>), EncodeError> {
-    let file = file_schema(schema);
+    mut written: impl FnMut(RecordBatch),
+) -> Result<Bytes, EncodeError> {
     let memory: usize = groups.iter().map(|g| g.rows.memory_bytes()).sum();
     let mut out = Vec::with_capacity(memory / 2);
     let mut writer = ArrowWriter::try_new(&mut out, file.clone(), Some(writer_properties()))?;
-    let mut written = Vec::with_capacity(if keep { groups.len() } else { 0 });
     for group in groups {
-        let batch = group_batch(&file, schema, group)?;
+        let batch = group_batch(file, schema, group)?;
         writer.write(&batch)?;
-        if keep {
-            written.push(batch);
-        }
+        written(batch);
     }
     writer.close()?;
-    let batch = if keep { Some(arrow::compute::concat_batches(&file, &written)?) } else { None };
-    Ok((Bytes::from(out), batch))
+    Ok(Bytes::from(out))
 }
 
 /// Encodes a record batch as one Parquet file, as stage files are written.
