@@ -5,7 +5,7 @@
 //! a gateway process, runs unchanged against it through its `base_url`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -28,6 +28,16 @@ fn fakesnow_binary() -> PathBuf {
     }
 }
 
+/// How long fakesnow may take to listen.
+const STARTUP: Duration = Duration::from_secs(90);
+
+/// The last lines fakesnow wrote, for a failure message.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
 fn dirs_home() -> PathBuf {
     PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
 }
@@ -42,26 +52,33 @@ impl Fakesnow {
             binary.display()
         );
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // Its output goes to a file beside its databases, shown if it never listens.
+        let log_path = dir.join(format!("fakesnow-{port}.log"));
+        let log = std::fs::File::create(&log_path).expect("fakesnow log file");
         let mut child = Command::new(&binary)
             .args(["-s", "-p", &port.to_string()])
             .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().expect("fakesnow log file"))
+            .stderr(log)
             .spawn()
             .expect("start fakesnow");
         let upstream = format!("http://127.0.0.1:{port}");
-        for _ in 0..400 {
+        // Its Python imports take a few seconds on an idle machine and several times that when
+        // both cores are busy with other tests' builds of a gateway, a DuckDB and more emulators.
+        let deadline = tokio::time::Instant::now() + STARTUP;
+        while tokio::time::Instant::now() < deadline {
             if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
                 let proxy = ShimProxy::start(&upstream).await;
                 return Fakesnow { base_url: proxy.base_url.clone(), child, _proxy: proxy };
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("fakesnow exited early: {status}");
+                panic!("fakesnow exited early: {status}\n{}", log_tail(&log_path));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = child.kill();
-        panic!("fakesnow did not listen on port {port}");
+        let _ = child.wait();
+        panic!("fakesnow did not listen on port {port} within {STARTUP:?}\n{}", log_tail(&log_path));
     }
 
     /// A config for the `SNOWGATE` database and `PARTNERS` schema, loading from `stage`.
