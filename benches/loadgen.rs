@@ -474,6 +474,8 @@ async fn scenario(
         }
     }
     let peak = gateway.peak_rss_mib()?;
+    let metrics = client.get(format!("{}/metrics", gateway.base)).send().await?.text().await?;
+    let flushes = flush_steps(&metrics)?;
     gateway_stop_and_check(gateway, accepted)?;
     if let Some(peers) = &peers {
         peers.check(ids.len()).await?;
@@ -502,7 +504,35 @@ async fn scenario(
         "peak_rss_mib": peak.round(),
         "gateway_cpu_s": (cpu_s * 100.0).round() / 100.0,
         "gateway_page_faults": page_faults,
+        "flushes": flushes,
     }))
+}
+
+/// Where a POST's wait for durability went, from the gateway's own histograms: the number of
+/// files written, and the mean milliseconds of each step of a flush (encode, stage write, ledger
+/// commit; the commit count includes batches without rows, which have no file).
+fn flush_steps(metrics: &str) -> anyhow::Result<Value> {
+    let sample = |name: &str| -> anyhow::Result<f64> {
+        let line = metrics
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(name))
+            .with_context(|| format!("no {name} in /metrics"))?;
+        Ok(line.split_whitespace().nth(1).context("no value")?.parse()?)
+    };
+    let mut steps = serde_json::Map::new();
+    for (step, histogram) in [
+        ("encode", "snowgate_flush_encode_duration_seconds"),
+        ("stage_put", "snowgate_stage_put_duration_seconds"),
+        ("commit", "snowgate_ledger_commit_duration_seconds"),
+    ] {
+        let count = sample(&format!("{histogram}_count"))?;
+        let mean_ms = if count > 0.0 { sample(&format!("{histogram}_sum"))? / count * 1e3 } else { 0.0 };
+        steps.insert(format!("{step}_mean_ms"), json!((mean_ms * 10.0).round() / 10.0));
+        if step == "stage_put" {
+            steps.insert("files".into(), json!(count));
+        }
+    }
+    Ok(Value::Object(steps))
 }
 
 /// Stops the gateway (a clean shutdown) and checks in its DuckDB file that every accepted record

@@ -101,6 +101,8 @@ pub struct Metrics {
     pub load_delay: Histograms<TableLabels>,
     pub copies: Histograms<CopyLabels>,
     pub stage_put: Histogram,
+    pub flush_encode: Histogram,
+    pub ledger_commit: Histogram,
     pub bytes_received: Family<BytesLabels, Counter>,
     pub schema_changes: Family<TableLabels, Counter>,
     pub quota_refusals: Family<QuotaLabels, Counter>,
@@ -146,6 +148,8 @@ impl Metrics {
             load_delay: Family::new_with_constructor(seconds),
             copies: Family::new_with_constructor(seconds),
             stage_put: seconds(),
+            flush_encode: seconds(),
+            ledger_commit: seconds(),
             bytes_received: Family::default(),
             schema_changes: Family::default(),
             quota_refusals: Family::default(),
@@ -200,6 +204,18 @@ impl Metrics {
             "Writes of files to the stage",
             Unit::Seconds,
             metrics.stage_put.clone(),
+        );
+        r.register_with_unit(
+            "flush_encode_duration",
+            "Encodings of buffered rows into a Parquet file, before its write to the stage",
+            Unit::Seconds,
+            metrics.flush_encode.clone(),
+        );
+        r.register_with_unit(
+            "ledger_commit_duration",
+            "Ledger commits that make accepted rows durable: a staged file with the batches it completes, or a batch with no rows",
+            Unit::Seconds,
+            metrics.ledger_commit.clone(),
         );
         r.register_with_unit(
             "received",

@@ -67,6 +67,9 @@ async fn a_scrape_shows_the_batch_and_its_error_rate() {
     assert_eq!(sum(&s, "snowgate_ack_duration_seconds_count", &["table=\"LOANS\""]), 1.0);
     assert!(sum(&s, "snowgate_copy_duration_seconds_count", &["outcome=\"loaded\""]) >= 1.0);
     assert!(sum(&s, "snowgate_stage_put_duration_seconds_count", &[]) >= 1.0);
+    // One flush for the one POST: its file was encoded once and committed once.
+    assert_eq!(sum(&s, "snowgate_flush_encode_duration_seconds_count", &[]), 1.0, "{text}");
+    assert_eq!(sum(&s, "snowgate_ledger_commit_duration_seconds_count", &[]), 1.0, "{text}");
     assert!(sum(&s, "snowgate_received_bytes_total", &["form=\"wire\""]) > 0.0);
     assert!(
         sum(&s, "snowgate_received_bytes_total", &["form=\"decompressed\""])

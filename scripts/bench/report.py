@@ -33,9 +33,16 @@ def table(r):
     return "\n".join(out)
 
 
+def steps(s):
+    f = s.get("flushes")
+    if not f:
+        return ""
+    return f"{f['files']:,.0f}: {f['encode_mean_ms']} / {f['stage_put_mean_ms']} / {f['commit_mean_ms']} ms"
+
+
 def scenarios(r):
-    out = ["| scenario | records | POSTs x batch, clients | ack records/s (MB/s) | first POST -> all loaded | ack p50 / p99 / max | rejected | peak RSS | gateway CPU (µs a record) |",
-           "|---|---:|---|---:|---:|---|---:|---:|---:|"]
+    out = ["| scenario | records | POSTs x batch, clients | ack records/s (MB/s) | first POST -> all loaded | ack p50 / p99 / max | rejected | peak RSS | gateway CPU (µs a record) | files: encode / stage write / commit (mean) |",
+           "|---|---:|---|---:|---:|---|---:|---:|---:|---|"]
     base = {"scenario_1": "1: one partner, large batches", "scenario_2": "2: 100 clients, batches of 100",
             "scenario_3": "3: 1% bad records and a new field"}
     names = dict(base)
@@ -48,7 +55,7 @@ def scenarios(r):
         out.append(f"| {name} | {s['records']:,} | {s['posts']:,} x {s['batch']:,}, {s['concurrency']} | "
                    f"{s['ack_records_per_s']:,.0f} ({s['ack_mb_per_s']}) | {s['first_post_to_all_loaded_s']} s | "
                    f"{lat['p50']} / {lat['p99']} / {lat['max']} ms | {s['rejected']:,} | {s['peak_rss_mib']:.0f} MiB | "
-                   f"{s['gateway_cpu_s']} s ({s['gateway_cpu_s'] * 1e6 / s['records']:.1f}) |")
+                   f"{s['gateway_cpu_s']} s ({s['gateway_cpu_s'] * 1e6 / s['records']:.1f}) | {steps(s)} |")
     return "\n".join(out)
 
 

@@ -162,7 +162,10 @@ impl Inner {
     /// Commits to the ledger within `commit_timeout`. One that outlasts it answers its requests
     /// 503; if it lands after all, its batches are whole and load like any other.
     async fn commit(&self, commit: &StageCommit) -> Result<(), BufferError> {
-        match tokio::time::timeout(self.commit_timeout, self.ledger.commit_stage(commit)).await {
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(self.commit_timeout, self.ledger.commit_stage(commit)).await;
+        self.metrics.ledger_commit.observe(started.elapsed().as_secs_f64());
+        match outcome {
             Ok(done) => Ok(done?),
             Err(_) => Err(BufferError::LedgerUnavailable(format!(
                 "the ledger did not commit within ledger.timeout_secs ({}s)",
@@ -429,18 +432,22 @@ async fn flush(
         + rows.saturating_mul(encode::METADATA_BYTES_PER_ROW);
     let recent = inner.recent.clone().filter(|recent| !pending && recent.has_room(&inner.budget, memory));
     let keep = recent.is_some();
+    let metrics = inner.metrics.clone();
     let (data, batch) = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
         let ids: Vec<String> = entries.iter().map(|e| e.batch_id.to_string()).collect();
         let groups: Vec<RowGroup<'_>> = entries
             .iter()
             .zip(&ids)
             .map(|(e, id)| RowGroup { batch_id: id, ingested_at: e.ingested_at, rows: &e.rows })
             .collect();
-        if keep {
+        let encoded = if keep {
             encode::file_bytes_and_batch(&encode_schema, &groups).map(|(data, batch)| (data, Some(batch)))
         } else {
             encode::file_bytes(&encode_schema, &groups).map(|data| (data, None))
-        }
+        };
+        metrics.flush_encode.observe(started.elapsed().as_secs_f64());
+        encoded
     })
     .await
     .map_err(|e| BufferError::Internal(format!("encoder task: {e}")))?
