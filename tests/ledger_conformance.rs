@@ -124,10 +124,17 @@ pub async fn tables_and_schema_changes(ledger: Arc<dyn Ledger>) {
 pub async fn group_commit_then_load_reconciles(ledger: Arc<dyn Ledger>) {
     let a = new_batch("T", 3, vec![reject(1)]);
     let b = new_batch("T", 2, vec![]);
-    let (a_id, b_id) = (a.id, b.id);
+    // A batch whose every record was rejected completes in the same commit, with no rows in it.
+    let c = new_batch("T", 0, vec![reject(0), reject(1)]);
+    let (a_id, b_id, c_id) = (a.id, b.id, c.id);
     let f = file("T", 5);
     let path = f.path.clone();
-    ledger.commit_stage(&commit(f, vec![(a_id, 3), (b_id, 2)], vec![a, b], false)).await.unwrap();
+    ledger.commit_stage(&commit(f, vec![(a_id, 3), (b_id, 2)], vec![a, b, c], false)).await.unwrap();
+    let rejected = ledger.get_batch(c_id).await.unwrap().unwrap();
+    assert_eq!(rejected.status, BatchStatus::Rejected);
+    assert_eq!(rejected.counts, Counts { received: 2, accepted: 0, rejected: 2, loaded: 0 });
+    assert!(rejected.staged_at.is_none() && rejected.files.is_empty());
+    assert_eq!(ledger.get_batch(b_id).await.unwrap().unwrap().counts.received, 2);
 
     let staged = ledger.get_batch(a_id).await.unwrap().unwrap();
     assert_eq!(staged.status, BatchStatus::Staged);

@@ -24,6 +24,10 @@ use crate::schema::Column;
 const ROWS_PER_INSERT: usize = 5_000;
 /// Ids per `IN (...)` list.
 const IDS_PER_LIST: usize = 10_000;
+/// Parameters of one `batches` row a commit inserts, and rows per statement (well under
+/// SQLite's 32,766 parameters).
+const BATCH_PARAMS: usize = 13;
+const BATCHES_PER_INSERT: usize = 1_000;
 
 /// What one SQL backend does differently from the others.
 pub trait Dialect: Database {
@@ -508,35 +512,62 @@ where
                 .await?;
             insert_file_batches(&mut tx, file.id, &commit.parts).await?;
         }
-        // The batches this commit completes: staged (or rejected), their gateway rejects, and
-        // their earlier pending parts made loadable.
-        for batch in &commit.completed {
-            let status = BatchStatus::on_commit(batch.counts.accepted);
+        // The batches this commit completes, staged (or rejected): a statement for up to
+        // `BATCHES_PER_INSERT` of them, not one each, since a flush under many small requests
+        // completes dozens and each statement is a round trip to the database.
+        for chunk in commit.completed.chunks(BATCHES_PER_INSERT) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = |k: usize| format!("${}", i * BATCH_PARAMS + k);
+                    format!(
+                        "({}, {}, {}, {}, {}, {}, {}, 0, {}, {}, CASE WHEN {} THEN {} END, {}, {}, {})",
+                        p(1),
+                        p(2),
+                        p(3),
+                        p(4),
+                        p(5),
+                        p(6),
+                        p(7),
+                        p(8),
+                        p(9),
+                        p(10),
+                        D::NOW,
+                        p(11),
+                        p(12),
+                        p(13)
+                    )
+                })
+                .collect();
             let sql = format!(
                 "INSERT INTO batches (id, table_name, partner, status, received, accepted, rejected, loaded,
                      rejects_by_code, received_at, staged_at, drift_counts, replay_of, rejects_path)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, CASE WHEN $10 THEN {} END, $11, $12, $13)",
-                D::NOW
+                 VALUES {}",
+                rows.join(", ")
             );
-            sqlx::query::<D>(&sql)
-                .bind(D::id(batch.id))
-                .bind(batch.table.as_str())
-                .bind(batch.partner.as_str())
-                .bind(status.as_str())
-                .bind(int(batch.counts.received))
-                .bind(int(batch.counts.accepted))
-                .bind(int(batch.counts.rejected))
-                .bind(to_json(&batch.rejects_by_code)?)
-                .bind(D::time(batch.received_at))
-                .bind(status == BatchStatus::Staged)
-                .bind(to_json(&batch.drift)?)
-                .bind(batch.replay_of.map(D::id))
-                .bind(match &batch.rejects {
-                    NewRejects::Staged(staged) => Some(staged.path.as_str()),
-                    NewRejects::Whole(_) => None,
-                })
-                .execute(&mut *tx)
-                .await?;
+            let mut insert = sqlx::query::<D>(&sql);
+            for batch in chunk {
+                let status = BatchStatus::on_commit(batch.counts.accepted);
+                insert = insert
+                    .bind(D::id(batch.id))
+                    .bind(batch.table.as_str())
+                    .bind(batch.partner.as_str())
+                    .bind(status.as_str())
+                    .bind(int(batch.counts.received))
+                    .bind(int(batch.counts.accepted))
+                    .bind(int(batch.counts.rejected))
+                    .bind(to_json(&batch.rejects_by_code)?)
+                    .bind(D::time(batch.received_at))
+                    .bind(status == BatchStatus::Staged)
+                    .bind(to_json(&batch.drift)?)
+                    .bind(batch.replay_of.map(D::id))
+                    .bind(match &batch.rejects {
+                        NewRejects::Staged(staged) => Some(staged.path.as_str()),
+                        NewRejects::Whole(_) => None,
+                    });
+            }
+            insert.execute(&mut *tx).await?;
+        }
+        for batch in &commit.completed {
             insert_rejects::<D>(&mut tx, batch.id, &batch.rejects).await?;
             // A replay is stored: its holds on the rejects it corrects are settled, never taken
             // over for want of a batch or by a lease.
@@ -547,16 +578,16 @@ where
                     .execute(&mut *tx)
                     .await?;
             }
-            // The batch is complete: its earlier parts become loadable.
-            sqlx::query::<D>(
+        }
+        // The batches are complete: their earlier parts become loadable.
+        for chunk in commit.completed.chunks(IDS_PER_LIST) {
+            let sql = format!(
                 "UPDATE files SET status = $1
-                 WHERE status = $2 AND id IN (SELECT file_id FROM file_batches WHERE batch_id = $3)",
-            )
-            .bind(FileStatus::Staged.as_str())
-            .bind(FileStatus::Pending.as_str())
-            .bind(D::id(batch.id))
-            .execute(&mut *tx)
-            .await?;
+                 WHERE status = $2 AND id IN (SELECT file_id FROM file_batches WHERE batch_id IN {})",
+                params(3, chunk.len())
+            );
+            let update = sqlx::query::<D>(&sql).bind(FileStatus::Staged.as_str()).bind(FileStatus::Pending.as_str());
+            chunk.iter().fold(update, |q, batch| q.bind(D::id(batch.id))).execute(&mut *tx).await?;
         }
         crate::fault::crash_point(crate::fault::CrashPoint::DuringCommit);
         tx.commit().await?;
