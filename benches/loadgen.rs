@@ -474,7 +474,7 @@ async fn scenario(
         }
     }
     let peak = gateway.peak_rss_mib()?;
-    let metrics = client.get(format!("{}/metrics", gateway.base)).send().await?.text().await?;
+    let metrics = client.get(format!("{}/metrics", gateway.base)).send().await?.error_for_status()?.text().await?;
     let flushes = flush_steps(&metrics)?;
     gateway_stop_and_check(gateway, accepted)?;
     if let Some(peers) = &peers {
@@ -510,7 +510,7 @@ async fn scenario(
 
 /// Where a POST's wait for durability went, from the gateway's own histograms: the number of
 /// files written, and the mean milliseconds of each step of a flush (encode, stage write, ledger
-/// commit; the commit count includes batches without rows, which have no file).
+/// commit; the commit mean also counts batches without accepted rows, which have no file).
 fn flush_steps(metrics: &str) -> anyhow::Result<Value> {
     let sample = |name: &str| -> anyhow::Result<f64> {
         let line = metrics
@@ -526,8 +526,12 @@ fn flush_steps(metrics: &str) -> anyhow::Result<Value> {
         ("commit", "snowgate_ledger_commit_duration_seconds"),
     ] {
         let count = sample(&format!("{histogram}_count"))?;
-        let mean_ms = if count > 0.0 { sample(&format!("{histogram}_sum"))? / count * 1e3 } else { 0.0 };
-        steps.insert(format!("{step}_mean_ms"), json!((mean_ms * 10.0).round() / 10.0));
+        let mean_ms = if count > 0.0 {
+            json!((sample(&format!("{histogram}_sum"))? / count * 1e4).round() / 10.0)
+        } else {
+            Value::Null
+        };
+        steps.insert(format!("{step}_mean_ms"), mean_ms);
         if step == "stage_put" {
             steps.insert("files".into(), json!(count));
         }

@@ -213,7 +213,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "ledger_commit_duration",
-            "Ledger commits that make accepted rows durable: a staged file with the batches it completes, or a batch with no rows",
+            "Ledger commits of a staged file and the batches it completes, or of a batch with no accepted rows",
             Unit::Seconds,
             metrics.ledger_commit.clone(),
         );

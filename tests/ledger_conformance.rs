@@ -124,7 +124,8 @@ pub async fn tables_and_schema_changes(ledger: Arc<dyn Ledger>) {
 pub async fn group_commit_then_load_reconciles(ledger: Arc<dyn Ledger>) {
     let a = new_batch("T", 3, vec![reject(1)]);
     let b = new_batch("T", 2, vec![]);
-    // A batch whose every record was rejected completes in the same commit, with no rows in it.
+    // A batch whose every record was rejected, in the same commit (the ledger takes one anywhere;
+    // the buffer commits such a batch on its own).
     let c = new_batch("T", 0, vec![reject(0), reject(1)]);
     let (a_id, b_id, c_id) = (a.id, b.id, c.id);
     let f = file("T", 5);
@@ -164,6 +165,38 @@ pub async fn group_commit_then_load_reconciles(ledger: Arc<dyn Ledger>) {
     assert!(loaded.loaded_at.is_some());
     assert_eq!(ledger.get_batch(b_id).await.unwrap().unwrap().counts.loaded, 2);
     assert!(ledger.claim_files("one", LEASE, 10).await.unwrap().is_empty());
+}
+
+/// A commit completing more batches than one statement inserts: every batch is stored with its
+/// own counts and rejects, and the one among them with an earlier pending part frees it.
+pub async fn a_commit_completes_batches_over_several_statements(ledger: Arc<dyn Ledger>) {
+    let split = new_batch("M", 2, vec![]);
+    ledger.commit_stage(&commit(file("M", 1), vec![(split.id, 1)], vec![], true)).await.unwrap();
+    // 1,200 batches: one row each, every seventh with a reject, every hundredth all rejected.
+    let mut batches: Vec<NewBatch> = (0..1_200u64)
+        .map(|i| match i {
+            _ if i % 100 == 99 => new_batch("M", 0, vec![reject(0)]),
+            _ if i % 7 == 3 => new_batch("M", 1, vec![reject(i)]),
+            _ => new_batch("M", 1, vec![]),
+        })
+        .collect();
+    batches.insert(1_100, split);
+    let parts: Vec<(Uuid, u64)> =
+        batches.iter().filter(|b| b.counts.accepted > 0).map(|b| (b.id, b.counts.accepted.min(1))).collect();
+    let rows = parts.iter().map(|(_, rows)| rows).sum();
+    let expected: Vec<(Uuid, Counts)> = batches.iter().map(|b| (b.id, b.counts)).collect();
+    ledger.commit_stage(&commit(file("M", rows), parts, batches, false)).await.unwrap();
+    for (id, counts) in expected {
+        let stored = ledger.get_batch(id).await.unwrap().unwrap_or_else(|| panic!("batch {id} stored"));
+        assert_eq!(stored.counts, counts);
+        let status = if counts.accepted == 0 { BatchStatus::Rejected } else { BatchStatus::Staged };
+        assert_eq!(stored.status, status);
+        assert_eq!(stored.staged_at.is_some(), status == BatchStatus::Staged);
+        let rejects = ledger.list_rejects(id, &RejectFilter::default(), None, 10).await.unwrap();
+        assert_eq!(rejects.len() as u64, counts.rejected);
+    }
+    let claimed = ledger.claim_files("one", LEASE, 10).await.unwrap();
+    assert_eq!(claimed.len(), 2, "the split batch's earlier part became loadable with the rest");
 }
 
 pub async fn pending_parts_wait_for_the_last_commit(ledger: Arc<dyn Ledger>) {
@@ -782,6 +815,12 @@ macro_rules! ledger_suite {
             async fn group_commit_then_load_reconciles() {
                 let (_guard, ledger) = $make.await;
                 super::group_commit_then_load_reconciles(ledger).await;
+            }
+
+            #[tokio::test]
+            async fn a_commit_completes_batches_over_several_statements() {
+                let (_guard, ledger) = $make.await;
+                super::a_commit_completes_batches_over_several_statements(ledger).await;
             }
 
             #[tokio::test]

@@ -37,7 +37,8 @@ def steps(s):
     f = s.get("flushes")
     if not f:
         return ""
-    return f"{f['files']:,.0f}: {f['encode_mean_ms']} / {f['stage_put_mean_ms']} / {f['commit_mean_ms']} ms"
+    ms = [f[k] if f[k] is not None else "-" for k in ("encode_mean_ms", "stage_put_mean_ms", "commit_mean_ms")]
+    return f"{f['files']:,.0f}: {ms[0]} / {ms[1]} / {ms[2]} ms"
 
 
 def scenarios(r):

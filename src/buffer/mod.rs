@@ -152,7 +152,7 @@ struct Inner {
     staged: Arc<Notify>,
     /// Bound on a ledger commit (`ledger.timeout_secs`).
     commit_timeout: Duration,
-    /// Where stage writes are measured.
+    /// Where a flush's encoding, stage write and ledger commit are measured.
     metrics: SharedMetrics,
     /// Where a file's rows are kept for a loader in this process, when the warehouse has one.
     recent: Option<Arc<RecentFiles>>,
@@ -163,10 +163,12 @@ impl Inner {
     /// 503; if it lands after all, its batches are whole and load like any other.
     async fn commit(&self, commit: &StageCommit) -> Result<(), BufferError> {
         let started = std::time::Instant::now();
-        let outcome = tokio::time::timeout(self.commit_timeout, self.ledger.commit_stage(commit)).await;
-        self.metrics.ledger_commit.observe(started.elapsed().as_secs_f64());
-        match outcome {
-            Ok(done) => Ok(done?),
+        match tokio::time::timeout(self.commit_timeout, self.ledger.commit_stage(commit)).await {
+            Ok(done) => {
+                done?;
+                self.metrics.ledger_commit.observe(started.elapsed().as_secs_f64());
+                Ok(())
+            }
             Err(_) => Err(BufferError::LedgerUnavailable(format!(
                 "the ledger did not commit within ledger.timeout_secs ({}s)",
                 self.commit_timeout.as_secs()
@@ -446,7 +448,9 @@ async fn flush(
         } else {
             encode::file_bytes(&encode_schema, &groups).map(|data| (data, None))
         };
-        metrics.flush_encode.observe(started.elapsed().as_secs_f64());
+        if encoded.is_ok() {
+            metrics.flush_encode.observe(started.elapsed().as_secs_f64());
+        }
         encoded
     })
     .await

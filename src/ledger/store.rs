@@ -24,10 +24,12 @@ use crate::schema::Column;
 const ROWS_PER_INSERT: usize = 5_000;
 /// Ids per `IN (...)` list.
 const IDS_PER_LIST: usize = 10_000;
-/// Parameters of one `batches` row a commit inserts, and rows per statement (well under
-/// SQLite's 32,766 parameters).
+/// Parameters of one `batches` row a commit inserts.
 const BATCH_PARAMS: usize = 13;
+/// Batches a commit inserts in one statement.
 const BATCHES_PER_INSERT: usize = 1_000;
+// SQLite takes at most 32,766 parameters in a statement (Postgres 65,535).
+const _: () = assert!(BATCH_PARAMS * BATCHES_PER_INSERT <= 32_766);
 
 /// What one SQL backend does differently from the others.
 pub trait Dialect: Database {
@@ -514,7 +516,7 @@ where
         }
         // The batches this commit completes, staged (or rejected): a statement for up to
         // `BATCHES_PER_INSERT` of them, not one each, since a flush under many small requests
-        // completes dozens and each statement is a round trip to the database.
+        // completes dozens and each statement is a round trip to Postgres.
         for chunk in commit.completed.chunks(BATCHES_PER_INSERT) {
             let rows: Vec<String> = (0..chunk.len())
                 .map(|i| {

@@ -33,7 +33,7 @@ const STARTUP: Duration = Duration::from_secs(90);
 
 /// The last lines fakesnow wrote, for a failure message.
 fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
@@ -58,13 +58,15 @@ impl Fakesnow {
         let mut child = Command::new(&binary)
             .args(["-s", "-p", &port.to_string()])
             .current_dir(dir)
+            // Written as it comes, so a kill at the deadline loses none of it.
+            .env("PYTHONUNBUFFERED", "1")
             .stdout(log.try_clone().expect("fakesnow log file"))
             .stderr(log)
             .spawn()
             .expect("start fakesnow");
         let upstream = format!("http://127.0.0.1:{port}");
-        // Its Python imports take a few seconds on an idle machine and several times that when
-        // both cores are busy with other tests' builds of a gateway, a DuckDB and more emulators.
+        // Its Python imports take a few seconds on an idle machine, and several times that while
+        // other tests' gateways, DuckDBs and emulators keep both cores busy.
         let deadline = tokio::time::Instant::now() + STARTUP;
         while tokio::time::Instant::now() < deadline {
             if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
