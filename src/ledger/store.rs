@@ -520,23 +520,16 @@ where
         for chunk in commit.completed.chunks(BATCHES_PER_INSERT) {
             let rows: Vec<String> = (0..chunk.len())
                 .map(|i| {
-                    let p = |k: usize| format!("${}", i * BATCH_PARAMS + k);
+                    let p: Vec<String> = (1..=BATCH_PARAMS).map(|k| format!("${}", i * BATCH_PARAMS + k)).collect();
+                    // `loaded` starts at 0; `staged_at` is the database clock when staged.
                     format!(
-                        "({}, {}, {}, {}, {}, {}, {}, 0, {}, {}, CASE WHEN {} THEN {} END, {}, {}, {})",
-                        p(1),
-                        p(2),
-                        p(3),
-                        p(4),
-                        p(5),
-                        p(6),
-                        p(7),
-                        p(8),
-                        p(9),
-                        p(10),
+                        "({}, 0, {}, {}, CASE WHEN {} THEN {} END, {})",
+                        p[..7].join(", "),
+                        p[7],
+                        p[8],
+                        p[9],
                         D::NOW,
-                        p(11),
-                        p(12),
-                        p(13)
+                        p[10..].join(", ")
                     )
                 })
                 .collect();
