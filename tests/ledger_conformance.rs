@@ -167,20 +167,21 @@ pub async fn group_commit_then_load_reconciles(ledger: Arc<dyn Ledger>) {
     assert!(ledger.claim_files("one", LEASE, 10).await.unwrap().is_empty());
 }
 
-/// A commit completing more batches than one statement inserts: every batch is stored with its
+/// A commit completing more batches than one statement inserts, and more than one statement of
+/// SQLite could take (13 parameters a batch, 32,766 a statement): every batch is stored with its
 /// own counts and rejects, and the one among them with an earlier pending part frees it.
 pub async fn a_commit_completes_batches_over_several_statements(ledger: Arc<dyn Ledger>) {
     let split = new_batch("M", 2, vec![]);
     ledger.commit_stage(&commit(file("M", 1), vec![(split.id, 1)], vec![], true)).await.unwrap();
-    // 1,200 batches: one row each, every seventh with a reject, every hundredth all rejected.
-    let mut batches: Vec<NewBatch> = (0..1_200u64)
+    // 2,600 batches: one row each, every seventh with a reject, every hundredth all rejected.
+    let mut batches: Vec<NewBatch> = (0..2_600u64)
         .map(|i| match i {
             _ if i % 100 == 99 => new_batch("M", 0, vec![reject(0)]),
             _ if i % 7 == 3 => new_batch("M", 1, vec![reject(i)]),
             _ => new_batch("M", 1, vec![]),
         })
         .collect();
-    batches.insert(1_100, split);
+    batches.insert(2_500, split);
     let parts: Vec<(Uuid, u64)> =
         batches.iter().filter(|b| b.counts.accepted > 0).map(|b| (b.id, b.counts.accepted.min(1))).collect();
     let rows = parts.iter().map(|(_, rows)| rows).sum();
